@@ -1,0 +1,595 @@
+"""The Distiller: a keras.Model that trains a student to imitate a frozen teacher."""
+
+import threading
+import warnings
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_kd import objectives as objectives_lib
+from keras_kd import taps
+
+
+class _Untracked:
+    """Holds objects that Keras must not track or save (views, trackers)."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+def _check_alpha(alpha):
+    if not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            f"alpha must be in [0, 1], got {alpha!r}. alpha weighs the "
+            "hard-label loss and 1 - alpha the distillation loss; the usual "
+            "value is 0.1."
+        )
+    return float(alpha)
+
+
+def _check_temperature(temperature):
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(
+            f"temperature must be > 0, got {temperature!r}. Use a positive "
+            "value such as temperature=4.0 (1.0 leaves the logits unsoftened)."
+        )
+    return float(temperature)
+
+
+def _is_built(model):
+    return bool(model.built) and len(model.weights) > 0
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Distiller(keras.Model):
+    """Trains a student model to imitate a frozen teacher with ``fit()``.
+
+    The Distiller is an ordinary ``keras.Model``: ``call()`` is the student,
+    ``fit``/``evaluate`` add the distillation terms, ``predict`` never runs the
+    teacher, and ``save``/``keras.models.load_model`` restore teacher, student,
+    adapters and compile options. Each training step runs the teacher once
+    (``training=False``, under ``stop_gradient``; its weights and BatchNorm
+    statistics never change) and the student once, even when intermediate
+    features are tapped.
+
+    The loss of a step, per batch:
+
+        loss = alpha · hard + (1 − alpha) · soft + Σ_k w_k · feature_k
+
+    where ``hard`` is the compiled ``loss`` on the labels, ``soft`` the logit
+    objective (Hinton KD by default: ``T² · KL(softmax(t/T) ‖ softmax(s/T))``)
+    and ``feature_k`` the feature objectives with their own weights. Without
+    labels (``fit(x)``) or without a compiled ``loss``, the hard term is
+    dropped and ``soft`` gets weight 1. ``sample_weight`` weighs every
+    per-sample term, reduced as Keras does (sum of weighted losses divided by
+    the batch size).
+
+    Args:
+        teacher: a trained, built ``keras.Model`` producing logits, or a list
+            of them (multi-teacher distillation: their softened outputs are
+            averaged, with ``teacher_weights``).
+        student: the ``keras.Model`` to train, producing logits with as many
+            classes as the teacher.
+        teacher_weights: optional per-teacher weights (a list of teachers).
+        name: the model's name.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_kd as kd
+    >>> def mlp(width, name):
+    ...     inputs = keras.Input((64,))
+    ...     h = keras.layers.Dense(width, activation="relu")(inputs)
+    ...     return keras.Model(inputs, keras.layers.Dense(10)(h), name=name)
+    >>> distiller = kd.Distiller(teacher=mlp(128, "teacher"),
+    ...                          student=mlp(16, "student"))
+    >>> distiller.compile(
+    ...     optimizer="adam",
+    ...     loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    ...     metrics=["accuracy"], alpha=0.1, temperature=4.0)
+    >>> x = np.random.rand(32, 64).astype("float32")
+    >>> y = np.random.randint(0, 10, 32)
+    >>> history = distiller.fit(x, y, epochs=1, verbose=0)
+    >>> sorted(history.history)
+    ['accuracy', 'distillation_loss', 'loss', 'student_loss']
+    """
+
+    def __init__(self, teacher, student, teacher_weights=None,
+                 name="distiller", **kwargs):
+        super().__init__(name=name, **kwargs)
+        teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [
+            teacher]
+        if not teachers:
+            raise ValueError("teacher must be a keras.Model or a non-empty "
+                             "list of them.")
+        for i, t in enumerate(teachers):
+            self._validate_model(t, "teacher" if len(teachers) == 1
+                                 else f"teacher[{i}]")
+        self._validate_model(student, "student")
+        if teacher_weights is not None:
+            teacher_weights = [float(w) for w in teacher_weights]
+            if len(teacher_weights) != len(teachers) or min(
+                    teacher_weights) < 0 or sum(teacher_weights) <= 0:
+                raise ValueError(
+                    f"teacher_weights must hold one non-negative weight per "
+                    f"teacher ({len(teachers)}) with a positive sum, got "
+                    f"{teacher_weights}."
+                )
+        for i, t in enumerate(teachers):
+            self._check_compatible(t, student, i if len(teachers) > 1 else None)
+        for t in teachers:
+            t.trainable = False
+        self.teacher = teachers[0] if len(teachers) == 1 else teachers
+        self.student = student
+        self.teacher_weights = teacher_weights
+        self._alpha = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(0.1),
+            trainable=False, name="alpha", dtype="float32")
+        self._temperature = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(4.0),
+            trainable=False, name="temperature", dtype="float32")
+        self.distillation_objective = None
+        self.feature_objectives = []
+        self._kd = _Untracked(student_view=student, teacher_views=list(teachers),
+                              teacher_feature_count=0, trackers=[],
+                             teacher_checked=False)
+        self._stash = threading.local()
+        self.built = True
+
+    # ------------------------------------------------------------------
+    # Validation
+    # ------------------------------------------------------------------
+    @staticmethod
+    def _validate_model(model, role):
+        if not isinstance(model, keras.Model):
+            raise TypeError(
+                f"{role} must be a keras.Model, got {type(model).__name__}. "
+                "Wrap your layers in keras.Model(inputs, outputs) or "
+                "keras.Sequential([...])."
+            )
+        if role.startswith("teacher") and not _is_built(model):
+            raise ValueError(
+                f"The {role} '{model.name}' is not built: it has no weights, "
+                "so it cannot have been trained. Train it (teacher.fit) or "
+                "load its trained weights before distilling; a model built "
+                "with keras.Input(shape=...) is built on creation."
+            )
+
+    @staticmethod
+    def _check_compatible(teacher, student, index):
+        role = "teacher" if index is None else f"teacher[{index}]"
+        t_out, s_out = taps.output_shape(teacher), taps.output_shape(student)
+        if t_out and s_out and t_out[-1] is not None and s_out[-1] is not None \
+                and t_out[-1] != s_out[-1]:
+            raise ValueError(
+                f"The {role} predicts {t_out[-1]} classes (output shape "
+                f"{t_out}) but the student predicts {s_out[-1]} (output shape "
+                f"{s_out}). Give the student's last layer {t_out[-1]} units "
+                "so that both score the same classes."
+            )
+        t_in, s_in = taps.input_shape(teacher), taps.input_shape(student)
+        if t_in and s_in and tuple(t_in[1:]) != tuple(s_in[1:]):
+            raise ValueError(
+                f"The {role} takes inputs of shape {t_in} but the student "
+                f"takes {s_in}; each batch feeds both. Make the input shapes "
+                "agree, e.g. put a keras.layers.Resizing (or Reshape) layer "
+                "at the start of the model whose input differs."
+            )
+
+    # ------------------------------------------------------------------
+    # Options
+    # ------------------------------------------------------------------
+    @property
+    def teachers(self):
+        """The teachers as a list (one element for a single teacher)."""
+        return list(self.teacher) if isinstance(self.teacher, list) else [
+            self.teacher]
+
+    @property
+    def alpha(self):
+        """Weight of the hard-label loss (a float; settable, e.g. by schedules)."""
+        return float(ops.convert_to_numpy(self._alpha.value))
+
+    @alpha.setter
+    def alpha(self, value):
+        self._alpha.assign(_check_alpha(value))
+
+    @property
+    def temperature(self):
+        """Softening temperature T (a float; settable, e.g. by schedules)."""
+        return float(ops.convert_to_numpy(self._temperature.value))
+
+    @temperature.setter
+    def temperature(self, value):
+        self._temperature.assign(_check_temperature(value))
+
+    def _lock_state(self):
+        # Objectives (and their adapters) are attached at compile time, after
+        # the model is built, as Functional models allow too.
+        pass
+
+    def compile(self, optimizer="adam", loss=None, metrics=None, alpha=0.1,
+                temperature=4.0, distillation_loss="kd", feature_losses=None,
+                **kwargs):
+        """Configures the distillation.
+
+        Args:
+            optimizer: the student's optimizer (name or instance).
+            loss: the student's hard-label loss, e.g.
+                ``keras.losses.SparseCategoricalCrossentropy(from_logits=True)``;
+                ``None`` for distillation without labels.
+            metrics: metrics measured on the student's predictions.
+            alpha: weight of the hard-label loss, in [0, 1]; ``1 − alpha``
+                weighs the distillation loss.
+            temperature: softening temperature, > 0.
+            distillation_loss: a logit objective: its name (``"kd"``, ...),
+                an objective instance, or ``None`` for features only.
+            feature_losses: a list of feature objectives such as
+                ``kd.FitNet("teacher_layer", "student_layer", weight=100.0)``.
+            **kwargs: passed to ``keras.Model.compile`` (``jit_compile``,
+                ``steps_per_execution``, ``run_eagerly``, ...).
+        """
+        alpha = _check_alpha(alpha)
+        temperature = _check_temperature(temperature)
+        objective = (None if distillation_loss is None
+                     else objectives_lib.get(distillation_loss))
+        feature_losses = list(feature_losses or [])
+        for f in feature_losses:
+            if not isinstance(f, objectives_lib.Objective) or f.kind == "logits":
+                raise ValueError(
+                    f"feature_losses takes feature objectives such as "
+                    f"kd.FitNet('teacher_layer', 'student_layer'), got {f!r}; "
+                    "logit objectives go in distillation_loss=."
+                )
+        if objective is None and not feature_losses and loss is None:
+            raise ValueError(
+                "Nothing to train on: pass distillation_loss='kd' (the "
+                "default), feature_losses=[...], or a hard-label loss."
+            )
+        names = [f.name for f in feature_losses]
+        if len(set(names)) != len(names):
+            raise ValueError(
+                f"Feature objectives need distinct names to be logged apart, "
+                f"got {names}; pass name='...' to each."
+            )
+        self._build_views(feature_losses)
+        self.distillation_objective = objective
+        self.feature_objectives = feature_losses
+        self._alpha.assign(alpha)
+        self._temperature.assign(temperature)
+        trackers = [keras.metrics.Mean(name="student_loss")]
+        if objective is not None:
+            trackers.append(keras.metrics.Mean(name="distillation_loss"))
+        trackers += [keras.metrics.Mean(name=f"{f.name}_loss")
+                     for f in feature_losses]
+        self._kd.trackers = trackers
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                        **kwargs)
+        self._compile_config.config.update(
+            alpha=alpha, temperature=temperature,
+            distillation_loss=objective, feature_losses=feature_losses)
+
+    def compile_from_config(self, config):
+        """Recompiles from ``get_compile_config()`` (used by ``load_model``)."""
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+        if self.optimizer is not None:
+            self.optimizer.build(self.trainable_variables)
+
+    def _build_views(self, feature_losses):
+        """Makes the one-forward tap views and builds the objectives' adapters."""
+        t_names = [f.teacher_layer for f in feature_losses]
+        s_names = [f.student_layer for f in feature_losses]
+        teacher = self.teachers[0]
+        t_view = taps.make_view(teacher, t_names, "teacher")
+        s_view = taps.make_view(self.student, s_names, "student")
+        for f in feature_losses:
+            f.build_for(
+                tuple(taps.layer_output(teacher, f.teacher_layer, "teacher").shape),
+                tuple(taps.layer_output(self.student, f.student_layer,
+                                        "student").shape))
+        self._kd.student_view = s_view
+        self._kd.teacher_views = [t_view] + self.teachers[1:]
+        self._kd.teacher_feature_count = len(t_names)
+
+    # ------------------------------------------------------------------
+    # Forward pass and loss
+    # ------------------------------------------------------------------
+    def call(self, inputs, training=None):
+        """The student's forward pass (its tapped features kept for the loss)."""
+        view = self._kd.student_view
+        if view is self.student:
+            return self.student(inputs, training=training)
+        outputs = view(inputs, training=training)
+        logits = outputs[0]
+        self._stash.value = (logits, list(outputs[1:]))
+        return logits
+
+    def _student_features(self, x, y_pred, training):
+        """Features of the forward pass that produced ``y_pred``."""
+        if self._kd.student_view is self.student:
+            return []
+        stash = getattr(self._stash, "value", None)
+        self._stash.value = None
+        if stash is not None and stash[0] is y_pred:
+            return stash[1]
+        # `y_pred` came from elsewhere (a custom loop): run the view.
+        return list(self._kd.student_view(x, training=training)[1:])
+
+    def _teacher_outputs(self, x):
+        """Teacher logits (a list for several teachers) and tapped features."""
+        logits, features = [], []
+        for i, view in enumerate(self._kd.teacher_views):
+            out = view(x, training=False)
+            if i == 0 and self._kd.teacher_feature_count:
+                features = [ops.stop_gradient(f) for f in out[1:]]
+                out = out[0]
+            logits.append(ops.stop_gradient(out))
+        return (logits[0] if len(logits) == 1 else logits), features
+
+    @staticmethod
+    def _label_mask(y):
+        """``(labels, mask)``: integer labels below 0 mark unlabeled samples."""
+        if y is None or isinstance(y, (list, tuple, dict)):
+            return y, None
+        dtype = keras.backend.standardize_dtype(y.dtype)
+        if "int" not in dtype:
+            return y, None
+        mask = ops.cast(ops.greater_equal(y, 0), "float32")
+        if len(mask.shape) > 1:
+            mask = ops.reshape(mask, (ops.shape(mask)[0],))
+        return ops.maximum(y, ops.zeros_like(y)), mask
+
+    @staticmethod
+    def _reduce(per_sample, weights, count):
+        """``Σ_i l_i w_i / count`` for per-sample losses; scalars unchanged."""
+        if len(per_sample.shape) == 0:
+            return per_sample
+        if weights is not None:
+            per_sample = per_sample * weights
+        return ops.sum(per_sample) / count
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None,
+                     training=True):
+        """Combines the hard-label, distillation and feature losses.
+
+        ``alpha · hard + (1 − alpha) · soft + Σ_k w_k · feature_k``; without
+        labels (or without a compiled ``loss``) ``soft + Σ_k w_k feature_k``.
+        Each term is logged under its own name.
+        """
+        if y_pred is None:
+            y_pred = self(x, training=training)
+        student_features = self._student_features(x, y_pred, training)
+        cached, y = split_targets(y)
+        if cached is not None:
+            teacher_logits = cached["teacher_logits"]
+            teacher_features = list(cached.get("teacher_features", []))
+        else:
+            teacher_logits, teacher_features = self._teacher_outputs(x)
+        self._check_logits(teacher_logits, y_pred)
+
+        batch = ops.cast(ops.shape(y_pred)[0], "float32")
+        weights = (None if sample_weight is None else
+                   ops.reshape(ops.cast(sample_weight, "float32"), (-1,)))
+        labels, mask = self._label_mask(y)
+        has_hard = y is not None and self._compile_loss is not None
+
+        if mask is None:
+            labeled_weights, labeled_count = weights, batch
+        else:
+            labeled_weights = mask if weights is None else weights * mask
+            labeled_count = ops.maximum(ops.sum(mask), 1.0)
+
+        zero = ops.zeros((), "float32")
+        hard = zero
+        if has_hard:
+            hard = ops.cast(self._compile_loss(labels, y_pred, labeled_weights),
+                            "float32")
+            if mask is not None:
+                hard = hard * batch / labeled_count
+
+        soft = zero
+        objective = self.distillation_objective
+        if objective is not None:
+            if objective.needs_labels and labels is None:
+                raise ValueError(
+                    f"The '{objective.name}' objective needs labels: pass y "
+                    "to fit()/evaluate(), or choose distillation_loss='kd'."
+                )
+            per_sample = objective.compute(teacher_logits, y_pred, labels=labels,
+                                           temperature=self._temperature)
+            if objective.needs_labels:
+                soft = self._reduce(per_sample, labeled_weights, labeled_count)
+            else:
+                soft = self._reduce(per_sample, weights, batch)
+            soft = soft * objective.weight
+
+        if has_hard:
+            alpha = ops.cast(self._alpha, "float32")
+            total = alpha * hard + (1.0 - alpha) * soft
+        else:
+            total = soft
+        feature_values = []
+        for f, t_feat, s_feat in zip(self.feature_objectives, teacher_features,
+                                     student_features):
+            value = self._reduce(f.compute(t_feat, s_feat, training=training),
+                                 weights, batch)
+            feature_values.append(value)
+            total = total + f.weight * value
+
+        values = [hard] + ([soft] if objective is not None else []) + \
+            feature_values
+        for tracker, value in zip(self._kd.trackers, values):
+            tracker.update_state(value)
+        return total
+
+    def _check_logits(self, teacher_logits, student_logits):
+        t = teacher_logits[0] if isinstance(teacher_logits, list) else \
+            teacher_logits
+        t_classes, s_classes = t.shape[-1], student_logits.shape[-1]
+        if t_classes is not None and s_classes is not None and \
+                t_classes != s_classes:
+            raise ValueError(
+                f"The teacher predicts {t_classes} classes but the student "
+                f"predicts {s_classes}. Give the student's last layer "
+                f"{t_classes} units."
+            )
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Updates the compiled metrics on the student's predictions.
+
+        Without labels only the loss terms are reported.
+        """
+        _, y = split_targets(y)
+        self._kd.labels_seen = y is not None
+        if y is not None and self._compile_metrics is not None:
+            labels, mask = self._label_mask(y)
+            if mask is not None:
+                sample_weight = mask if sample_weight is None else \
+                    ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) * mask
+            self._compile_metrics.update_state(labels, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    @property
+    def metrics(self):
+        metrics = []
+        if self.compiled:
+            if self._loss_tracker is not None:
+                metrics.append(self._loss_tracker)
+            metrics.extend(self._kd.trackers if hasattr(self, "_kd") else [])
+            if self._compile_metrics is not None:
+                metrics.append(self._compile_metrics)
+        return metrics
+
+    def get_metrics_result(self):
+        logs = {}
+        labels_seen = getattr(self._kd, "labels_seen", True)
+        for metric in self.metrics:
+            if metric is self._compile_metrics:
+                if metric.built and labels_seen:
+                    logs.update(metric.result())
+            elif metric.name == "student_loss" and not labels_seen:
+                continue
+            else:
+                logs[metric.name] = metric.result()
+        return logs
+
+    # ------------------------------------------------------------------
+    # fit: a check that the teacher is worth imitating
+    # ------------------------------------------------------------------
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.fit``, after checking the teacher on a first batch.
+
+        When labels come with the data, the teacher's accuracy on the first
+        batch (up to 256 samples) is measured; near-chance accuracy raises a
+        warning, since distilling an untrained teacher teaches nothing.
+        """
+        if not self._kd.teacher_checked:
+            self._kd.teacher_checked = True
+            self._warn_if_teacher_untrained(x, y)
+        callbacks = list(kwargs.pop("callbacks", None) or [])
+        hooks = [o for o in self._objectives() if hasattr(o, "on_epoch_begin")]
+        if hooks:
+            callbacks.append(_ObjectiveEpochHook(hooks))
+        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+
+    def _objectives(self):
+        first = [] if self.distillation_objective is None else [
+            self.distillation_objective]
+        return first + list(self.feature_objectives)
+
+    def _warn_if_teacher_untrained(self, x, y):
+        batch = _first_labeled_batch(x, y)
+        if batch is None:
+            return
+        xb, yb = batch
+        yb = np.asarray(yb)
+        if yb.ndim > 1 and yb.shape[-1] > 1:
+            yb = yb.argmax(-1)
+        yb = yb.reshape(-1)
+        keep = yb >= 0
+        if keep.sum() < 20:
+            return
+        for i, teacher in enumerate(self.teachers):
+            logits = ops.convert_to_numpy(teacher(xb, training=False))
+            classes = logits.shape[-1]
+            if classes < 2:
+                return
+            accuracy = float((logits.argmax(-1)[keep] == yb[keep]).mean())
+            if accuracy <= 1.5 / classes:
+                warnings.warn(
+                    f"The teacher{'' if len(self.teachers) == 1 else f'[{i}]'} "
+                    f"'{teacher.name}' scores {accuracy:.2f} accuracy on the "
+                    f"first batch, near chance (1/{classes}). Distilling an "
+                    "untrained teacher teaches nothing: train it first "
+                    "(teacher.fit) or load its trained weights.",
+                    stacklevel=3,
+                )
+
+    # ------------------------------------------------------------------
+    # Serialization
+    # ------------------------------------------------------------------
+    def get_config(self):
+        teacher = ([keras.saving.serialize_keras_object(t)
+                    for t in self.teacher] if isinstance(self.teacher, list)
+                   else keras.saving.serialize_keras_object(self.teacher))
+        return {
+            "name": self.name,
+            "teacher": teacher,
+            "student": keras.saving.serialize_keras_object(self.student),
+            "teacher_weights": self.teacher_weights,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        teacher = config.pop("teacher")
+        if isinstance(teacher, list):
+            teacher = [keras.saving.deserialize_keras_object(t)
+                       for t in teacher]
+        else:
+            teacher = keras.saving.deserialize_keras_object(teacher)
+        student = keras.saving.deserialize_keras_object(config.pop("student"))
+        config.pop("trainable", None)
+        config.pop("dtype", None)
+        return cls(teacher=teacher, student=student, **config)
+
+
+def split_targets(y):
+    """Splits targets into (cached teacher outputs, labels).
+
+    Offline distillation feeds precomputed teacher outputs as targets: ``y``
+    is then a dict with ``"teacher_logits"`` (and optionally
+    ``"teacher_features"`` and ``"labels"``), so that each output travels with
+    its sample through shuffling and batching. Any other ``y`` is labels.
+    """
+    if isinstance(y, dict) and "teacher_logits" in y:
+        return y, y.get("labels")
+    return None, y
+
+
+class _ObjectiveEpochHook(keras.callbacks.Callback):
+    """Tells epoch-dependent objectives (e.g. DKD's warm-up) the epoch."""
+
+    def __init__(self, objectives):
+        super().__init__()
+        self.objectives = objectives
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for objective in self.objectives:
+            objective.on_epoch_begin(epoch)
+
+
+def _first_labeled_batch(x, y, limit=256):
+    """The first (inputs, labels) batch of NumPy data or a tf.data dataset."""
+    if y is not None and isinstance(x, np.ndarray):
+        return x[:limit], np.asarray(y)[:limit]
+    if y is None and type(x).__module__.startswith("tensorflow") and hasattr(
+            x, "take") and hasattr(x, "element_spec"):
+        for element in x.take(1):
+            if isinstance(element, (tuple, list)) and len(element) >= 2:
+                xb, yb = element[0], element[1]
+                if isinstance(xb, (dict, list, tuple)) or isinstance(yb, dict):
+                    return None
+                return np.asarray(xb)[:limit], np.asarray(yb)[:limit]
+    return None

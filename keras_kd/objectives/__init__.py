@@ -1,0 +1,41 @@
+"""keras-kd's distillation objectives: pure functions plus serializable classes.
+
+``get(identifier)`` resolves the names accepted by ``Distiller.compile``.
+"""
+
+from keras_kd.objectives.base import Objective, to_float32
+from keras_kd.objectives.features import FeatureObjective, FitNet, fitnet_loss
+from keras_kd.objectives.logits import KD, kd_loss
+
+# Names usable as `distillation_loss=` in `Distiller.compile`.
+LOGIT_OBJECTIVES = {
+    "kd": KD,
+}
+
+
+def get(identifier):
+    """Returns a logit objective instance from a name or an instance.
+
+    Args:
+        identifier: a name (``"kd"``, ...) or an :class:`Objective` instance.
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> kd.objectives.get("kd").name
+    'kd'
+    """
+    if isinstance(identifier, Objective):
+        if identifier.kind != "logits":
+            raise ValueError(
+                f"distillation_loss={identifier.name!r} is a feature "
+                "objective; pass it in feature_losses=[...] instead."
+            )
+        return identifier
+    if isinstance(identifier, str) and identifier.lower() in LOGIT_OBJECTIVES:
+        return LOGIT_OBJECTIVES[identifier.lower()]()
+    raise ValueError(
+        f"Unknown distillation_loss {identifier!r}. Use one of "
+        f"{sorted(LOGIT_OBJECTIVES)} or an objective instance such as "
+        "keras_kd.objectives.KD(temperature=4.0)."
+    )
