@@ -6,6 +6,7 @@ import warnings
 import keras
 import numpy as np
 from keras import ops
+from keras.src.losses import loss as keras_loss_module
 
 from keras_kd import objectives as objectives_lib
 from keras_kd import taps
@@ -252,6 +253,11 @@ class Distiller(keras.Model):
                 f"Feature objectives need distinct names to be logged apart, "
                 f"got {names}; pass name='...' to each."
             )
+        if objective is not None and self.teacher_weights is not None and \
+                getattr(objective, "teacher_weights", False) is None:
+            # The Distiller's per-teacher weights apply to an objective that
+            # sets none of its own.
+            objective.teacher_weights = list(self.teacher_weights)
         self._build_views(feature_losses)
         self.distillation_objective = objective
         self.feature_objectives = feature_losses
@@ -263,6 +269,13 @@ class Distiller(keras.Model):
         trackers += [keras.metrics.Mean(name=f"{f.name}_loss")
                      for f in feature_losses]
         self._kd.trackers = trackers
+        if kwargs.get("auto_scale_loss", True) and _computes_in_float16(
+                self.student) and self.dtype_policy.name != "mixed_float16":
+            # Keras wraps the optimizer for loss scaling only when the model's
+            # own policy is mixed_float16; here the student's policy decides.
+            optimizer = keras.optimizers.get(optimizer)
+            if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         **kwargs)
         self._compile_config.config.update(
@@ -383,8 +396,10 @@ class Distiller(keras.Model):
         zero = ops.zeros((), "float32")
         hard = zero
         if has_hard:
-            hard = ops.cast(self._compile_loss(labels, y_pred, labeled_weights),
-                            "float32")
+            # Keras's compiled losses come pre-divided by the number of
+            # tf.distribute replicas; bring the term back to a per-batch mean.
+            hard = _unscale_for_replicas(ops.cast(
+                self._compile_loss(labels, y_pred, labeled_weights), "float32"))
             if mask is not None:
                 hard = hard * batch / labeled_count
 
@@ -421,7 +436,9 @@ class Distiller(keras.Model):
             feature_values
         for tracker, value in zip(self._kd.trackers, values):
             tracker.update_state(value)
-        return total
+        # Under tf.distribute each replica returns its share (1 / replicas) of
+        # the loss, so that the summed gradients are those of the global batch.
+        return _scale_for_replicas(total)
 
     def _check_logits(self, teacher_logits, student_logits):
         t = teacher_logits[0] if isinstance(teacher_logits, list) else \
@@ -553,6 +570,34 @@ class Distiller(keras.Model):
         config.pop("trainable", None)
         config.pop("dtype", None)
         return cls(teacher=teacher, student=student, **config)
+
+
+def _computes_in_float16(model):
+    """True when ``model`` or one of its layers computes in float16.
+
+    Gradients of float16 computations underflow without loss scaling, so
+    ``Distiller.compile`` then wraps the optimizer in a ``LossScaleOptimizer``
+    (bfloat16 has float32's exponent range and needs none).
+    """
+    layers = [model] + list(getattr(model, "layers", []))
+    return any(getattr(layer, "compute_dtype", None) == "float16"
+               for layer in layers)
+
+
+def _scale_for_replicas(value):
+    """``value / replicas`` under a tf.distribute strategy, else ``value``.
+
+    Keras's TensorFlow ``train_step`` sums the replicas' gradients and
+    multiplies the loss it logs back by the replica count, so ``compute_loss``
+    must return each replica's share of the global loss (as Keras's own
+    ``compute_loss`` does). A no-op on JAX and PyTorch and outside a strategy.
+    """
+    return keras_loss_module.scale_loss_for_distribution(value)
+
+
+def _unscale_for_replicas(value):
+    """Inverse of :func:`_scale_for_replicas`."""
+    return keras_loss_module.unscale_loss_for_distribution(value)
 
 
 def split_targets(y):

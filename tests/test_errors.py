@@ -1,0 +1,139 @@
+"""Bad input gets a clear error that names the fix."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import keras_kd as kd
+from tests.helpers import mlp, to_numpy
+
+
+def ce():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def test_different_class_counts():
+    with pytest.raises(ValueError, match="Give the student's last layer 10"):
+        kd.Distiller(mlp(16, "teacher"), mlp(8, "student", classes=7))
+
+
+def test_different_input_shapes():
+    with pytest.raises(ValueError, match="Make the input shapes agree"):
+        kd.Distiller(mlp(16, "teacher"), mlp(8, "student", inputs=32))
+
+
+def test_unknown_layer_name_lists_the_names():
+    distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    with pytest.raises(ValueError, match="No layer named 'nope'.*student_hidden"):
+        distiller.compile("sgd", ce(), feature_losses=[
+            kd.FitNet("teacher_hidden", "nope")])
+
+
+class SubclassedStudent(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden = keras.layers.Dense(8, activation="relu", name="hidden")
+        self.out = keras.layers.Dense(10)
+
+    def call(self, x):
+        return self.out(self.hidden(x))
+
+
+def test_feature_taps_of_a_subclassed_model_are_refused():
+    student = SubclassedStudent(name="student")
+    student.build((None, 64))
+    distiller = kd.Distiller(mlp(16, "teacher"), student)
+    with pytest.raises(ValueError, match="functional API"):
+        distiller.compile("sgd", ce(), feature_losses=[
+            kd.FitNet("teacher_hidden", "hidden")])
+
+
+def test_logits_kd_works_with_a_subclassed_student():
+    student = SubclassedStudent(name="student")  # unbuilt: built by fit
+    distiller = kd.Distiller(mlp(16, "teacher"), student)
+    distiller.compile("adam", ce(), metrics=["accuracy"])
+    x = np.random.rand(16, 64).astype("float32")
+    y = np.random.randint(0, 10, 16)
+    history = distiller.fit(x, y, epochs=2, batch_size=8, verbose=0)
+    assert history.history["loss"][1] < history.history["loss"][0]
+    assert distiller.predict(x, verbose=0).shape == (16, 10)
+
+
+def test_unbuilt_subclassed_student_with_wrong_classes_fails_at_first_step():
+    class Wrong(SubclassedStudent):
+        def __init__(self):
+            super().__init__(name="student")
+            self.out = keras.layers.Dense(3)
+
+    distiller = kd.Distiller(mlp(16, "teacher"), Wrong())
+    distiller.compile("sgd", ce())
+    with pytest.raises(ValueError, match="Give the student's last layer 10"):
+        distiller.fit(np.random.rand(8, 64).astype("float32"),
+                      np.zeros(8, "int32"), verbose=0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0])
+def test_temperature_must_be_positive(temperature):
+    distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        distiller.compile("sgd", ce(), temperature=temperature)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kd.KD(temperature=temperature)
+
+
+@pytest.mark.parametrize("alpha", [-0.1, 1.5])
+def test_alpha_must_be_in_unit_interval(alpha):
+    distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        distiller.compile("sgd", ce(), alpha=alpha)
+
+
+def test_unbuilt_teacher_is_refused():
+    teacher = keras.Sequential([keras.layers.Dense(10)])
+    with pytest.raises(ValueError, match="not built.*Train it"):
+        kd.Distiller(teacher, mlp(8, "student"))
+
+
+def test_unbuilt_student_with_feature_taps_is_refused():
+    student = keras.Sequential([keras.layers.Dense(8, name="h"),
+                                keras.layers.Dense(10)], name="student")
+    distiller = kd.Distiller(mlp(16, "teacher"), student)
+    with pytest.raises(ValueError, match="student 'student' is not built"):
+        distiller.compile("sgd", ce(), feature_losses=[
+            kd.FitNet("teacher_hidden", "h")])
+
+
+def test_untrained_teacher_warns_and_trained_teacher_does_not():
+    x = np.random.rand(200, 64).astype("float32")
+    y = x[:, :10].argmax(-1).astype("int32")
+    teacher = mlp(64, "teacher")
+    distiller = kd.Distiller(teacher, mlp(8, "student"))
+    distiller.compile("sgd", ce())
+    with pytest.warns(UserWarning, match="near chance.*train it first"):
+        distiller.fit(x, y, epochs=1, verbose=0)
+    teacher = mlp(64, "teacher")  # the first one was frozen by its Distiller
+    teacher.compile("adam", ce())
+    teacher.fit(x, y, epochs=150, batch_size=50, verbose=0)
+    accuracy = (to_numpy(teacher(x)).argmax(-1) == y).mean()
+    assert accuracy > 0.5
+    distiller = kd.Distiller(teacher, mlp(8, "student"))
+    distiller.compile("sgd", ce())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        distiller.fit(x, y, epochs=1, verbose=0)
+
+
+def test_bad_objectives_in_compile():
+    distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    with pytest.raises(ValueError, match="Unknown distillation_loss 'kl'"):
+        distiller.compile("sgd", ce(), distillation_loss="kl")
+    with pytest.raises(ValueError, match="feature_losses takes feature"):
+        distiller.compile("sgd", ce(), feature_losses=[kd.KD()])
+    with pytest.raises(ValueError, match="distinct names"):
+        distiller.compile("sgd", ce(), feature_losses=[
+            kd.FitNet("teacher_hidden", "student_hidden"),
+            kd.FitNet("teacher_hidden", "student_hidden")])
+    with pytest.raises(TypeError, match="must be a keras.Model"):
+        kd.Distiller(lambda x: x, mlp(8, "student"))

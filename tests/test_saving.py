@@ -1,0 +1,93 @@
+"""Save and load: teacher, student, adapters, compile options, optimizer state."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+
+import keras_kd as kd
+from tests.helpers import mlp, to_numpy
+
+
+def build(alpha=0.2, temperature=3.0):
+    keras.utils.set_random_seed(7)
+    distiller = kd.Distiller(mlp(32, "teacher"), mlp(8, "student"))
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(1e-2),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"], alpha=alpha, temperature=temperature,
+        feature_losses=[kd.FitNet("teacher_hidden", "student_hidden",
+                                  weight=5.0)])
+    return distiller
+
+
+def data():
+    rng = np.random.default_rng(0)
+    return (rng.random((32, 64)).astype("float32"),
+            rng.integers(0, 10, 32).astype("int32"))
+
+
+def test_save_load_restores_everything_and_fit_continues(tmp_path):
+    x, y = data()
+    distiller = build()
+    distiller.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    path = os.path.join(tmp_path, "d.keras")
+    distiller.save(path)
+    loaded = keras.models.load_model(path)
+
+    assert isinstance(loaded, kd.Distiller)
+    assert loaded.alpha == distiller.alpha == pytest.approx(0.2)
+    assert loaded.temperature == pytest.approx(3.0)
+    hint = loaded.feature_objectives[0]
+    assert isinstance(hint, kd.FitNet) and hint.weight == 5.0
+    assert hint.adapter is not None
+    for a, b in zip(distiller.feature_objectives[0].adapter.weights,
+                    hint.adapter.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    for a, b in zip(distiller.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    # the teacher is still frozen after loading
+    assert not {id(v) for v in loaded.teacher.weights} & {
+        id(v) for v in loaded.trainable_weights}
+    # optimizer state (moments, iteration count) came back
+    assert int(to_numpy(loaded.optimizer.iterations)) == 4
+    for a, b in zip(distiller.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+
+    # fit continues exactly as the uninterrupted model does
+    h1 = distiller.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    h2 = loaded.fit(x, y, epochs=1, batch_size=8, shuffle=False, verbose=0)
+    for key in h1.history:
+        np.testing.assert_allclose(h1.history[key], h2.history[key], rtol=1e-5)
+    np.testing.assert_allclose(distiller.predict(x, verbose=0),
+                               loaded.predict(x, verbose=0), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_student_saves_and_loads_alone(tmp_path):
+    x, y = data()
+    distiller = build()
+    distiller.fit(x, y, epochs=1, verbose=0)
+    path = os.path.join(tmp_path, "student.keras")
+    distiller.student.save(path)
+    student = keras.models.load_model(path)
+    assert not isinstance(student, kd.Distiller)
+    assert {layer.name for layer in student.layers}.isdisjoint(
+        {layer.name for layer in distiller.teacher.layers})
+    np.testing.assert_allclose(student.predict(x, verbose=0),
+                               distiller.predict(x, verbose=0), rtol=1e-6)
+    # much smaller than the whole distiller file
+    distiller.save(os.path.join(tmp_path, "d.keras"))
+    assert os.path.getsize(path) < os.path.getsize(
+        os.path.join(tmp_path, "d.keras"))
+
+
+def test_config_round_trip_of_objectives():
+    hint = kd.FitNet("a", "b", weight=2.0, adapter="always", resize=True,
+                     name="h")
+    again = kd.FitNet.from_config(hint.get_config())
+    assert again.get_config() == hint.get_config()
+    objective = kd.KD(temperature=2.0, teacher_weights=[1, 2])
+    assert kd.KD.from_config(objective.get_config()).get_config() == \
+        objective.get_config()
