@@ -3,10 +3,50 @@
 Public API only; see the README for a tour.
 """
 
-from keras_kd import objectives
+from keras_kd import callbacks, data, objectives
 from keras_kd.distiller import Distiller
-from keras_kd.objectives import KD, FitNet
+from keras_kd.objectives import (
+    DIST,
+    DKD,
+    KD,
+    LS,
+    PKT,
+    RKD,
+    AttentionTransfer,
+    FitNet,
+    HardDistillation,
+    SimilarityPreserving,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["Distiller", "FitNet", "KD", "objectives", "__version__"]
+
+def __getattr__(name):
+    # `export` and `soft_labels` are imported on first use: `export` brings in
+    # the TFLite converter, and `python -m keras_kd.export` must not find the
+    # module already imported.
+    if name in ("export", "soft_labels"):
+        import importlib
+
+        return importlib.import_module(f"keras_kd.{name}")
+    raise AttributeError(f"module 'keras_kd' has no attribute {name!r}")
+
+__all__ = [
+    "Distiller",
+    "KD",
+    "DKD",
+    "LS",
+    "DIST",
+    "HardDistillation",
+    "FitNet",
+    "AttentionTransfer",
+    "RKD",
+    "SimilarityPreserving",
+    "PKT",
+    "callbacks",
+    "data",
+    "export",
+    "objectives",
+    "soft_labels",
+    "__version__",
+]

@@ -1,0 +1,293 @@
+"""Exports of the student: .keras, SavedModel, TFLite at each precision, CLI.
+
+On JAX and PyTorch the conversions run in one TensorFlow worker process
+(started by the first export, reused by the rest), so each conversion after
+the first costs about a second.
+"""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert.interpreter import Interpreter
+
+import keras_kd as kd
+from keras_kd import export
+from keras_kd.data import load_digits
+from tests.conftest import BACKEND
+from tests.helpers import mlp, to_numpy
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def student(digits):
+    """A small MLP trained a few epochs on the digits (about 95% accuracy)."""
+    keras.utils.set_random_seed(0)
+    (x_train, y_train), _ = digits
+    model = mlp(32, "student")
+    model.compile(keras.optimizers.Adam(0.01),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(x_train, y_train, epochs=5, batch_size=64, verbose=0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def float32_export(student, tmp_path_factory):
+    """The student's float32 export (path, report), shared by two tests."""
+    path = tmp_path_factory.mktemp("float32") / "student.tflite"
+    return path, export.to_tflite(student, path, latency_runs=5)
+
+
+def run_file(path, x):
+    """Independent LiteRT run of a .tflite file, one sample at a time."""
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = (interpreter.get_input_details(),
+                      interpreter.get_output_details())
+    outputs = []
+    for sample in x:
+        interpreter.set_tensor(inp["index"], sample[None].astype(inp["dtype"]))
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(out["index"])[0])
+    return np.stack(outputs).astype("float32"), interpreter
+
+
+def weight_dtypes(interpreter, shape):
+    return {t["dtype"] for t in interpreter.get_tensor_details()
+            if tuple(t["shape"]) == shape}
+
+
+def keras_outputs(model, x):
+    return to_numpy(model(x, training=False))
+
+
+def test_float32_matches_keras(student, digits, float32_export):
+    _, (x_test, _) = digits
+    path, report = float32_export
+    tflite, interpreter = run_file(path, x_test[:100])
+    expected = keras_outputs(student, x_test[:100])
+    np.testing.assert_allclose(tflite, expected, atol=1e-4, rtol=0)
+    assert report.max_abs_diff <= 1e-4
+    assert report.quantize == "float32"
+    assert report.size_bytes == os.path.getsize(path)
+    # float32 weights: the file holds at least 4 bytes per parameter.
+    assert report.size_bytes >= 4 * student.count_params()
+    assert report.latency_ms_median > 0
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert report.converted_in == ("process" if BACKEND == "tensorflow"
+                                   else "subprocess")
+
+
+def test_float16_close_to_keras_and_smaller(student, digits, tmp_path):
+    _, (x_test, _) = digits
+    report = export.to_tflite(student, tmp_path / "f16.tflite",
+                              quantize="float16", latency_runs=0)
+    tflite, interpreter = run_file(tmp_path / "f16.tflite", x_test[:100])
+    diff = np.max(np.abs(tflite - keras_outputs(student, x_test[:100])))
+    assert diff <= 1e-2
+    assert report.max_abs_diff <= 1e-2
+    assert report.latency_ms_median is None
+    # The hidden kernel (stored as [out, in]) is kept in float16 in the file
+    # and dequantized to float32 at load.
+    assert weight_dtypes(interpreter, (32, 64)) == {np.float16, np.float32}
+
+
+def test_int8_keeps_accuracy(student, digits, tmp_path):
+    (x_train, _), (x_test, y_test) = digits
+    path = tmp_path / "int8.tflite"
+    report = export.to_tflite(student, path, quantize="int8",
+                              representative_data=x_train,
+                              eval_data=(x_test, y_test), latency_runs=5)
+    tflite, interpreter = run_file(path, x_test)
+    keras_acc = np.mean(np.argmax(keras_outputs(student, x_test), -1) == y_test)
+    tflite_acc = np.mean(np.argmax(tflite, -1) == y_test)
+    assert keras_acc > 0.85  # the student learned something
+    assert abs(tflite_acc - keras_acc) <= 0.02
+    assert report.keras_accuracy == pytest.approx(keras_acc)
+    assert report.tflite_accuracy == pytest.approx(tflite_acc)
+    assert report.accuracy_change == pytest.approx(tflite_acc - keras_acc)
+    # Float inputs and outputs, int8 weights and activations inside.
+    assert interpreter.get_input_details()[0]["dtype"] == np.float32
+    assert interpreter.get_output_details()[0]["dtype"] == np.float32
+    assert weight_dtypes(interpreter, (32, 64)) == {np.int8}
+    assert weight_dtypes(interpreter, (10, 32)) == {np.int8}
+    assert "accuracy keras" in report.summary()
+    assert report.as_dict()["quantize"] == "int8"
+
+
+def test_dynamic_range_export(student, digits, tmp_path):
+    _, (x_test, _) = digits
+    report = export.to_tflite(student, tmp_path / "dyn.tflite",
+                              quantize="dynamic", latency_runs=0)
+    tflite, _ = run_file(tmp_path / "dyn.tflite", x_test[:50])
+    expected = keras_outputs(student, x_test[:50])
+    assert report.max_abs_diff < 0.25
+    assert np.mean(np.argmax(tflite, -1) == np.argmax(expected, -1)) >= 0.95
+
+
+@keras.saving.register_keras_serializable(package="keras_kd_tests")
+class Erf(keras.layers.Layer):
+    """keras.ops.erf: TensorFlow's Erf has no TFLite builtin (a Flex op).
+
+    Defined in an importable module, so the TensorFlow worker used on JAX and
+    PyTorch imports it to load the model.
+    """
+
+    def call(self, x):
+        return keras.ops.erf(x)
+
+
+def erf_model():
+    inputs = keras.Input((8,))
+    hidden = Erf()(keras.layers.Dense(4)(inputs))
+    return keras.Model(inputs, keras.layers.Dense(2)(hidden))
+
+
+def test_flex_ops_raise_and_leave_existing_file(tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(b"a good export")
+    with pytest.raises(export.FlexOpsError, match=r"Erf.*allow_flex=True"):
+        export.to_tflite(erf_model(), path, latency_runs=0)
+    assert path.read_bytes() == b"a good export"
+    assert os.listdir(tmp_path) == ["model.tflite"]  # no temporary left
+    report = export.to_tflite(erf_model(), path, allow_flex=True,
+                              verify=False, latency_runs=0)
+    assert report.flex_ops == ["Erf"]
+    assert export._flex_ops(path.read_bytes()) == ["Erf"]
+
+
+def test_layer_defined_in_main_gets_a_clear_error():
+    class Local(keras.layers.Layer):
+        def call(self, x):
+            return x
+
+    Local.__module__ = "__main__"
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Local()(inputs))
+    with pytest.raises(ValueError, match="move the class into an importable"):
+        export._custom_modules(model)
+    assert export._custom_modules(erf_model()) == [__name__]
+
+
+def test_failed_verification_leaves_existing_file(student, tmp_path,
+                                                  monkeypatch):
+    # A valid TFLite file of *another* model must fail the float32 check.
+    other = tmp_path / "other.tflite"
+    export.to_tflite(mlp(32, "other"), other, latency_runs=0)
+    wrong = other.read_bytes()
+    path = tmp_path / "student.tflite"
+    path.write_bytes(b"previous export")
+    monkeypatch.setattr(export, "_tflite_bytes",
+                        lambda *args: (wrong, "process"))
+    with pytest.raises(export.ExportError, match="differs from the Keras"):
+        export.to_tflite(student, path, latency_runs=0)
+    assert path.read_bytes() == b"previous export"
+    assert sorted(os.listdir(tmp_path)) == ["other.tflite", "student.tflite"]
+
+
+def test_distiller_exports_only_the_student(student, digits, float32_export,
+                                            tmp_path):
+    _, (x_test, _) = digits
+    teacher = mlp(256, "teacher")
+    distiller = kd.Distiller(teacher=teacher, student=student)
+    report = export.to_tflite(distiller, tmp_path / "d.tflite",
+                              latency_runs=0)
+    _, alone = float32_export
+    assert abs(report.size_bytes - alone.size_bytes) < 256
+    assert report.size_bytes < 4 * teacher.count_params()
+    tflite, interpreter = run_file(tmp_path / "d.tflite", x_test[:20])
+    assert list(interpreter.get_input_details()[0]["shape_signature"]) == [
+        -1, 64]
+    assert list(interpreter.get_output_details()[0]["shape"]) == [1, 10]
+    np.testing.assert_allclose(tflite, keras_outputs(student, x_test[:20]),
+                               atol=1e-4, rtol=0)
+    # .keras: a plain student model, not a Distiller.
+    saved = export.to_keras(distiller, tmp_path / "student.keras")
+    loaded = keras.models.load_model(saved)
+    assert not isinstance(loaded, kd.Distiller)
+    assert loaded.count_params() == student.count_params()
+    np.testing.assert_allclose(to_numpy(loaded(x_test[:5])),
+                               keras_outputs(student, x_test[:5]), atol=1e-6)
+
+
+def test_saved_model_export(student, tmp_path):
+    path = tmp_path / "saved"
+    path.mkdir()
+    (path / "stale.txt").write_text("replaced")
+    assert export.to_saved_model(student, path) == str(path)
+    assert os.path.isfile(path / "saved_model.pb")
+    assert os.path.isdir(path / "variables")
+    assert not (path / "stale.txt").exists()
+    assert os.listdir(tmp_path) == ["saved"]
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        x = np.random.default_rng(0).random((4, 64), dtype="float32")
+        loaded = tf.saved_model.load(str(path))
+        served = loaded.serve(x).numpy()
+        np.testing.assert_allclose(served, keras_outputs(student, x),
+                                   atol=1e-5)
+
+
+def test_representative_data_from_batches(student, digits):
+    (x_train, y_train), _ = digits
+    batches = [(x_train[i:i + 50], y_train[i:i + 50]) for i in range(0, 200, 50)]
+    x, y = export._collect(iter(batches), (64,), "float32")
+    np.testing.assert_array_equal(x, x_train[:200])
+    np.testing.assert_array_equal(y, y_train[:200])
+    single = export._collect(iter(list(x_train[:3])), (64,), "float32")[0]
+    np.testing.assert_array_equal(single, x_train[:3])
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(64)
+        x, _ = export._collect(ds, (64,), "float32", limit=100)
+        np.testing.assert_array_equal(x, x_train[:128])
+
+
+def test_bad_arguments_name_the_fix(student, tmp_path):
+    with pytest.raises(ValueError, match="representative_data"):
+        export.to_tflite(student, tmp_path / "a.tflite", quantize="int8")
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        export.to_tflite(student, tmp_path / "a.tflite", quantize="int4")
+    with pytest.raises(ValueError, match="must end with '.tflite'"):
+        export.to_tflite(student, tmp_path / "a.keras")
+    with pytest.raises(TypeError, match="distiller.student"):
+        export.to_tflite("student.keras", tmp_path / "a.tflite")
+    with pytest.raises(ValueError, match=r"reshape the data"):
+        export.to_tflite(student, tmp_path / "a.tflite", quantize="int8",
+                         representative_data=np.zeros((10, 8, 8)))
+    with pytest.raises(ValueError, match="eval_data must hold labels"):
+        export.to_tflite(student, tmp_path / "a.tflite",
+                         eval_data=np.zeros((10, 64)))
+    with pytest.raises(ValueError, match="must end with '.keras'"):
+        export.to_keras(student, tmp_path / "a.h5")
+    assert os.listdir(tmp_path) == []
+
+
+def test_command_line_exports_a_distiller_file(student, tmp_path, capsys):
+    distiller = kd.Distiller(teacher=mlp(64, "teacher"), student=student)
+    model_path = tmp_path / "distiller.keras"
+    distiller.save(model_path)
+    out = tmp_path / "out" / "student.tflite"
+    assert export.main([str(model_path), "--output", str(out),
+                        "--quantize", "float32,int8",
+                        "--representative-data", "digits",
+                        "--eval-data", "digits", "--latency-runs", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "student_float32.tflite [float32]" in printed
+    assert "student_int8.tflite [int8]" in printed
+    f32 = tmp_path / "out" / "student_float32.tflite"
+    tflite, _ = run_file(f32, np.ones((2, 64), "float32"))
+    np.testing.assert_allclose(
+        tflite, keras_outputs(student, np.ones((2, 64), "float32")),
+        atol=1e-4)
+    with pytest.raises(SystemExit, match="needs --representative-data"):
+        export.main([str(model_path), "--quantize", "int8"])
+    assert export.main([str(tmp_path / "missing.keras")]) == 1
+    assert "No model file at" in capsys.readouterr().err
