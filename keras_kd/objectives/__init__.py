@@ -4,12 +4,46 @@
 """
 
 from keras_kd.objectives.base import Objective, to_float32
-from keras_kd.objectives.features import FeatureObjective, FitNet, fitnet_loss
-from keras_kd.objectives.logits import KD, kd_loss
+from keras_kd.objectives.features import (
+    AttentionTransfer,
+    FeatureObjective,
+    FitNet,
+    attention_map,
+    attention_transfer_loss,
+    fitnet_loss,
+)
+from keras_kd.objectives.logits import (
+    DIST,
+    DKD,
+    KD,
+    LS,
+    HardDistillation,
+    dist_loss,
+    dkd_loss,
+    hard_loss,
+    kd_loss,
+    ls_loss,
+    standardize_logits,
+)
+from keras_kd.objectives.relations import (
+    PKT,
+    RKD,
+    RelationObjective,
+    SimilarityPreserving,
+    pkt_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    rkd_loss,
+    sp_loss,
+)
 
 # Names usable as `distillation_loss=` in `Distiller.compile`.
 LOGIT_OBJECTIVES = {
     "kd": KD,
+    "dkd": DKD,
+    "ls": LS,
+    "dist": DIST,
+    "hard": HardDistillation,
 }
 
 

@@ -196,3 +196,173 @@ class FitNet(FeatureObjective):
         config = super().get_config()
         config["adapter"] = self.adapter_mode
         return config
+
+
+def _channel_axis(rank):
+    if rank == 4 and keras.config.image_data_format() == "channels_first":
+        return 1
+    return -1
+
+
+def attention_map(features, p=2):
+    """Spatial attention map of AT: ``normalize(flatten(mean_c |f|^p))``.
+
+    For a feature map ``(batch, H, W, C)`` (or ``(batch, C, H, W)`` under
+    ``channels_first``) the map averages ``|f|^p`` over channels, flattens the
+    ``H·W`` positions and L2-normalises each sample's vector
+    (``x / max(‖x‖, 1e-12)``). A sequence ``(batch, L, D)`` gives a map over
+    its ``L`` positions. Float32.
+
+    Args:
+        features: a rank-3 or rank-4 tensor.
+        p: the power applied to the activations (the paper uses 2).
+
+    Returns:
+        A ``(batch, positions)`` float32 tensor of unit rows.
+
+    Example:
+
+    >>> import numpy as np
+    >>> a = attention_map(np.ones((1, 2, 2, 3)))
+    >>> [round(float(v), 2) for v in a[0]]
+    [0.5, 0.5, 0.5, 0.5]
+    """
+    f = to_float32(ops.convert_to_tensor(features))
+    rank = len(f.shape)
+    if rank not in (3, 4):
+        raise ValueError(
+            f"Attention transfer needs feature maps (batch, H, W, C) or "
+            f"sequences (batch, L, D), got a tensor of shape {tuple(f.shape)}."
+            " Tap a convolutional (or sequence) layer, before any pooling."
+        )
+    if p == 2:
+        powered = ops.square(f)
+    else:
+        powered = ops.power(ops.abs(f), p)
+    a = ops.mean(powered, axis=_channel_axis(rank))
+    a = ops.reshape(a, (ops.shape(a)[0], -1))
+    norm = ops.sqrt(ops.maximum(ops.sum(ops.square(a), axis=-1,
+                                        keepdims=True), 1e-24))
+    return a / norm
+
+
+def attention_transfer_loss(teacher_features, student_features, p=2):
+    """Attention transfer (AT) loss for one stage pair, one value per sample.
+
+        loss_i = mean_j (a(f_s)_ij − a(f_t)_ij)²,
+        a(f) = normalize(flatten(mean_c f^p))
+
+    (Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017,
+    arXiv:1612.03928; the mean over positions follows the CRD benchmark
+    code). The channel counts may differ; the spatial sizes must agree. The
+    teacher's map is treated as a constant (``stop_gradient``). Several
+    stage pairs are summed by the Distiller, one :class:`AttentionTransfer`
+    per pair.
+
+    Args:
+        teacher_features: ``(batch, H, W, C_t)`` tensor.
+        student_features: ``(batch, H, W, C_s)`` tensor.
+        p: the power of the attention map (2 in the paper).
+
+    Returns:
+        A ``(batch,)`` float32 tensor.
+
+    Example:
+
+    >>> import numpy as np
+    >>> t = np.random.rand(2, 4, 4, 8); s = np.random.rand(2, 4, 4, 3)
+    >>> tuple(attention_transfer_loss(t, s).shape)
+    (2,)
+    """
+    a_t = ops.stop_gradient(attention_map(teacher_features, p))
+    a_s = attention_map(student_features, p)
+    if a_t.shape[-1] is not None and a_s.shape[-1] is not None and \
+            a_t.shape[-1] != a_s.shape[-1]:
+        raise ValueError(
+            f"Attention transfer: the teacher's map has {a_t.shape[-1]} "
+            f"positions and the student's {a_s.shape[-1]}; the spatial sizes "
+            "must agree. Tap layers with the same spatial size, or use "
+            "AttentionTransfer(..., resize=True)."
+        )
+    return ops.mean(ops.square(a_s - a_t), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class AttentionTransfer(FeatureObjective):
+    """Attention transfer (AT) between one teacher layer and one student layer.
+
+    ``weight · mean_j (a(f_s) − a(f_t))²`` with ``a(f) = normalize(flatten(
+    mean_c f^p))`` (Zagoruyko & Komodakis, ICLR 2017); see
+    :func:`attention_transfer_loss`. One instance compares one stage pair;
+    to transfer attention at several stages (the paper's setting), pass one
+    instance per pair with distinct names, the Distiller sums them:
+
+        feature_losses=[
+            kd.objectives.AttentionTransfer("t_block1", "s_block1",
+                                            weight=1000.0, name="at1"),
+            kd.objectives.AttentionTransfer("t_block2", "s_block2",
+                                            weight=1000.0, name="at2"),
+        ]
+
+    Channel counts may differ (no adapter is needed). Spatial sizes must
+    agree; with ``resize=True`` the student's map is resized (bilinear) to
+    the teacher's instead of raising an error. Usual weight: 1000 (CRD
+    benchmark code; the paper's β/2 = 500 per stage with a sum instead of a
+    mean over positions differs only by a constant).
+
+    Args:
+        teacher_layer: name of the teacher layer (a feature map).
+        student_layer: name of the student layer (a feature map).
+        weight: the term's weight in the total loss.
+        p: the power of the attention map (2).
+        resize: resize the student's map to the teacher's spatial size.
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> at = kd.objectives.AttentionTransfer("teacher_conv2", "student_conv2",
+    ...                                      weight=1000.0)
+    >>> at.get_config()["p"]
+    2.0
+    """
+
+    def __init__(self, teacher_layer, student_layer, weight=1.0, p=2,
+                 resize=False, name="at", **kwargs):
+        super().__init__(teacher_layer, student_layer, weight=weight,
+                         resize=resize, name=name, **kwargs)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or p <= 0:
+            raise ValueError(f"p must be a number > 0, got {p!r}; the paper "
+                             "uses p=2.")
+        self.p = float(p)
+
+    def build_for(self, teacher_shape, student_shape):
+        for role, layer, shape in (("teacher", self.teacher_layer,
+                                    teacher_shape),
+                                   ("student", self.student_layer,
+                                    student_shape)):
+            if len(shape) not in (3, 4):
+                raise ValueError(
+                    f"AttentionTransfer: {role} layer '{layer}' has output "
+                    f"shape {tuple(shape)}; attention transfer needs feature "
+                    "maps (batch, H, W, C) or sequences (batch, L, D). Tap a "
+                    "convolutional layer, before global pooling."
+                )
+        self.check_spatial(teacher_shape, student_shape)
+        if len(teacher_shape) == 3 and teacher_shape[1] != student_shape[1]:
+            raise ValueError(
+                f"AttentionTransfer: teacher layer '{self.teacher_layer}' has "
+                f"{teacher_shape[1]} positions and student layer "
+                f"'{self.student_layer}' has {student_shape[1]}; tap layers "
+                "with the same sequence length."
+            )
+        self.built = True
+
+    def compute(self, teacher_features, student_features, training=False):
+        p = int(self.p) if self.p == int(self.p) else self.p
+        return attention_transfer_loss(
+            teacher_features, self.resize_student(student_features), p)
+
+    def get_config(self):
+        config = super().get_config()
+        config["p"] = self.p
+        return config

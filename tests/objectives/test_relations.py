@@ -1,0 +1,190 @@
+"""Relation objectives (RKD, SP, PKT) against NumPy, and batches of one."""
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_kd as kd
+from keras_kd import objectives as obj
+from tests.helpers import mlp, to_numpy
+from tests.objectives.test_logits import backend_grad, numeric_grad
+
+BACKEND = keras.backend.backend()
+
+
+def _flat(e):
+    e = np.asarray(e, "float64")
+    return e.reshape(len(e), -1)
+
+
+def np_huber(x, y):
+    d = np.abs(x - y)
+    return np.mean(np.where(d < 1, 0.5 * d * d, d - 0.5))
+
+
+def np_rkd_distance(t, s):
+    def psi(e):
+        e = _flat(e)
+        n = len(e)
+        d = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(n)]
+                      for i in range(n)])
+        return d / d[~np.eye(n, dtype=bool)].mean()
+    return np_huber(psi(s), psi(t))
+
+
+def np_rkd_angle(t, s):
+    def psi(e):
+        e = _flat(e)
+        n = len(e)
+        out = np.zeros((n, n, n))
+        for i in range(n):
+            for j in range(n):
+                for k in range(n):
+                    if j == i or k == i:
+                        continue   # a repeated sample: no angle (0)
+                    u, v = e[j] - e[i], e[k] - e[i]
+                    out[i, j, k] = u @ v / (np.linalg.norm(u) *
+                                            np.linalg.norm(v))
+        return out
+    return np_huber(psi(s), psi(t))
+
+
+def np_rkd(t, s, wd=25.0, wa=50.0):
+    return wd * np_rkd_distance(t, s) + wa * np_rkd_angle(t, s)
+
+
+def np_sp(t, s):
+    def gram(e):
+        e = _flat(e)
+        g = e @ e.T
+        return g / np.linalg.norm(g, axis=1, keepdims=True)
+    b = len(t)
+    return np.sum((gram(s) - gram(t)) ** 2) / b ** 2
+
+
+def np_pkt(t, s, eps=1e-7):
+    def dist(e):
+        e = _flat(e)
+        e = e / (np.linalg.norm(e, axis=1, keepdims=True) + eps)
+        k = (e @ e.T + 1) / 2
+        return k / k.sum(1, keepdims=True)
+    p_t, p_s = dist(t), dist(s)
+    return np.mean(p_t * np.log((p_t + eps) / (p_s + eps)))
+
+
+def embeddings(seed, batch=6, t_width=10, s_width=4):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=(batch, t_width)).astype("float32"),
+            rng.normal(size=(batch, s_width)).astype("float32"))
+
+
+FUNCTIONS = {
+    "rkd_distance": (obj.rkd_distance_loss, np_rkd_distance),
+    "rkd_angle": (obj.rkd_angle_loss, np_rkd_angle),
+    "rkd": (obj.rkd_loss, np_rkd),
+    "sp": (obj.sp_loss, np_sp),
+    "pkt": (obj.pkt_loss, np_pkt),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_relation_matches_numpy(name):
+    fn, ref = FUNCTIONS[name]
+    t, s = embeddings(0)
+    got = to_numpy(fn(t, s))
+    assert got.shape == ()
+    np.testing.assert_allclose(got, ref(t, s), rtol=1e-4, atol=1e-7)
+    # Feature maps are flattened per sample.
+    rng = np.random.default_rng(1)
+    t4 = rng.normal(size=(5, 3, 3, 4)).astype("float32")
+    s4 = rng.normal(size=(5, 2, 2, 3)).astype("float32")
+    np.testing.assert_allclose(to_numpy(fn(t4, s4)), ref(t4, s4), rtol=1e-4,
+                               atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["rkd", "sp", "pkt"])
+def test_relation_gradient_matches_finite_differences(name):
+    fn, ref = FUNCTIONS[name]
+    t, s = embeddings(2, batch=4, t_width=5, s_width=3)
+    got = backend_grad(lambda v: fn(t, v), s)
+    expected = numeric_grad(lambda v: ref(t, v), s)
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_rkd_gives_no_gradient_to_the_teacher():
+    t, s = embeddings(3, batch=4, t_width=5, s_width=3)
+    g = backend_grad(lambda v: obj.rkd_loss(v, s), t)
+    assert g is None or np.all(np.asarray(g) == 0)
+
+
+def test_rkd_weights_combine_terms():
+    t, s = embeddings(4)
+    rkd = obj.RKD("t", "s", distance_weight=2.0, angle_weight=0.0)
+    np.testing.assert_allclose(to_numpy(rkd.compute(t, s)),
+                               2.0 * np_rkd_distance(t, s), rtol=1e-4)
+    assert rkd.per_sample is False
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_batch_of_one_raises(name):
+    fn, _ = FUNCTIONS[name]
+    t, s = embeddings(5, batch=1)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        fn(t, s)
+
+
+def test_batch_of_one_in_fit(sparse_ce):
+    """JAX and PyTorch know the batch size when tracing: a clear error.
+
+    TensorFlow traces fit() with an unknown batch size, where the check
+    cannot run: the documented behaviour is then a loss of 0 (a single
+    sample has no relation to another), checked on a traced function.
+    """
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+        spec = tf.TensorSpec((None, 4), tf.float32)
+        for fn in (obj.rkd_loss, obj.sp_loss, obj.pkt_loss):
+            traced = tf.function(fn, input_signature=[spec, spec])
+            t, s = embeddings(7, batch=1, t_width=4, s_width=4)
+            assert abs(float(traced(t, s))) < 1e-6
+            t, s = embeddings(7, batch=5, t_width=4, s_width=4)
+            np.testing.assert_allclose(float(traced(t, s)), float(fn(t, s)),
+                                       rtol=1e-5)
+        return
+    distiller = kd.Distiller(teacher=mlp(16, "teacher"),
+                             student=mlp(8, "student"))
+    distiller.compile(optimizer="sgd", loss=sparse_ce, feature_losses=[
+        obj.RKD("teacher_hidden", "student_hidden")])
+    x = np.random.default_rng(6).normal(size=(3, 64)).astype("float32")
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        distiller.fit(x, np.zeros(3, "int32"), batch_size=2, epochs=1,
+                      verbose=0)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: obj.RKD("t", "s", distance_weight=-1.0), "distance_weight"),
+    (lambda: obj.RKD("t", "s", distance_weight=0, angle_weight=0),
+     "distance_weight > 0 or angle_weight > 0"),
+    (lambda: obj.SimilarityPreserving("t", ""), "layer name"),
+    (lambda: obj.PKT("t", "s", weight=-3.0), "weight must be a number"),
+])
+def test_bad_options_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize("cls,kwargs", [
+    (obj.RKD, dict(distance_weight=25.0, angle_weight=50.0, weight=2.0)),
+    (obj.SimilarityPreserving, dict(weight=3000.0)),
+    (obj.PKT, dict(weight=30000.0)),
+])
+def test_config_round_trip(cls, kwargs):
+    instance = cls("t_pool", "s_pool", name="rel", **kwargs)
+    config = instance.get_config()
+    assert config == dict(kwargs, name="rel", teacher_layer="t_pool",
+                          student_layer="s_pool")
+    clone = keras.saving.deserialize_keras_object(
+        keras.saving.serialize_keras_object(instance))
+    assert type(clone) is cls and clone.get_config() == config
