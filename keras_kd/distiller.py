@@ -372,6 +372,10 @@ class Distiller(keras.Model):
         """
         if y_pred is None:
             y_pred = self(x, training=training)
+        # Regularization and add_loss terms of the student and adapters, read
+        # before the teacher runs so that none of the teacher's are included.
+        extra_losses = [self._aggregate_additional_loss(loss)
+                        for loss in self.losses]
         student_features = self._student_features(x, y_pred, training)
         cached, y = split_targets(y)
         if cached is not None:
@@ -438,7 +442,11 @@ class Distiller(keras.Model):
             tracker.update_state(value)
         # Under tf.distribute each replica returns its share (1 / replicas) of
         # the loss, so that the summed gradients are those of the global batch.
-        return _scale_for_replicas(total)
+        total = _scale_for_replicas(total)
+        # `_aggregate_additional_loss` already takes the replica share.
+        for loss in extra_losses:
+            total = total + ops.cast(loss, "float32")
+        return total
 
     def _check_logits(self, teacher_logits, student_logits):
         t = teacher_logits[0] if isinstance(teacher_logits, list) else \
@@ -459,12 +467,26 @@ class Distiller(keras.Model):
         """
         _, y = split_targets(y)
         self._kd.labels_seen = y is not None
-        if y is not None and self._compile_metrics is not None:
+        metrics = self._compile_metrics
+        if y is not None and metrics is not None:
             labels, mask = self._label_mask(y)
-            if mask is not None:
-                sample_weight = mask if sample_weight is None else \
-                    ops.reshape(ops.cast(sample_weight, "float32"), (-1,)) * mask
-            self._compile_metrics.update_state(labels, y_pred, sample_weight)
+            if mask is None or isinstance(y_pred, (list, tuple, dict)):
+                metrics.update_state(labels, y_pred, sample_weight)
+            else:
+                # Unlabeled samples (label < 0) are left out of every metric:
+                # Keras passes sample_weight to `weighted_metrics` only, so the
+                # mask goes to each metric of the single output directly.
+                if not metrics.built:
+                    metrics.build(labels, y_pred)
+                weights = mask if sample_weight is None else ops.reshape(
+                    ops.cast(sample_weight, "float32"), (-1,)) * mask
+                for metric in metrics._flat_metrics:
+                    if metric:
+                        metric.update_state(labels, y_pred, sample_weight=mask)
+                for metric in metrics._flat_weighted_metrics:
+                    if metric:
+                        metric.update_state(labels, y_pred,
+                                            sample_weight=weights)
         return self.get_metrics_result()
 
     @property

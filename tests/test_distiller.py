@@ -217,3 +217,25 @@ def test_multi_teacher_kd_averages_soft_targets():
     np.testing.assert_allclose(loss, expected, rtol=1e-5)
     assert not {id(v) for v in t1.weights + t2.weights} & {
         id(v) for v in distiller.trainable_weights}
+
+
+def test_student_regularization_losses_count_and_teacher_ones_do_not():
+    def regularized(width, name):
+        inputs = keras.Input((64,))
+        h = keras.layers.Dense(width, activation="relu",
+                               kernel_regularizer=keras.regularizers.L2(0.1),
+                               name=f"{name}_hidden")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(10)(h), name=name)
+
+    teacher, student = regularized(16, "teacher"), regularized(8, "student")
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile("sgd", loss=None, temperature=2.0)
+    x = np.random.rand(4, 64).astype("float32")
+    loss = to_numpy(distiller.compute_loss(x, None, distiller(x),
+                                           training=False))
+    t = to_numpy(teacher(x)).astype("float64")
+    s = to_numpy(student(x)).astype("float64")
+    kernel = to_numpy(student.get_layer("student_hidden").kernel)
+    penalty = 0.1 * (kernel.astype("float64") ** 2).sum()
+    np.testing.assert_allclose(loss, np_kd(t, s, 2.0).mean() + penalty,
+                               rtol=1e-5)
