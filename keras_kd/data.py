@@ -101,3 +101,177 @@ def load_tfds(name, split=("train", "test"), image_size=None, batch_size=None,
             ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
         out.append(ds)
     return (out[0] if single else tuple(out)), info
+
+
+class Splits:
+    """Train, validation and test ``tf.data`` pipelines plus what models need.
+
+    Attributes:
+        name: the dataset name.
+        train, validation, test: batched ``tf.data.Dataset`` of
+            ``(image, label)``; ``train`` reshuffles every epoch, the others
+            keep their order.
+        num_classes: the number of classes.
+        input_shape: one example's shape, e.g. ``(8, 8, 1)``.
+        counts: ``{"train": n, "validation": n, "test": n}`` (None when
+            unknown).
+    """
+
+    def __init__(self, name, train, validation, test, num_classes,
+                 input_shape, counts):
+        self.name = name
+        self.train = train
+        self.validation = validation
+        self.test = test
+        self.num_classes = int(num_classes)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.counts = counts
+
+    def __repr__(self):
+        return (f"Splits({self.name!r}, input_shape={self.input_shape}, "
+                f"num_classes={self.num_classes}, counts={self.counts})")
+
+
+def _parse_image_size(image_size):
+    if image_size is None:
+        return None
+    if isinstance(image_size, int):
+        image_size = (image_size, image_size)
+    image_size = tuple(int(s) for s in image_size)
+    if len(image_size) != 2 or min(image_size) < 1:
+        raise ValueError(
+            f"image_size must be a positive int or (height, width), got "
+            f"{image_size!r}; e.g. image_size=32.")
+    return image_size
+
+
+def load_dataset(name="digits", image_size=None, batch_size=64,
+                 validation_fraction=0.1, max_train=None, max_test=None,
+                 seed=0, data_dir=None, download=True):
+    """Loads an image classification dataset as train/validation/test pipelines.
+
+    ``"digits"`` is the bundled offline default (scikit-learn's 8×8 digits as
+    ``(8, 8, 1)`` images, no download); any other name is loaded with
+    tensorflow-datasets (its ``train`` split, the last ``validation_fraction``
+    of which is held out for validation, and its ``test`` split). Images are
+    scaled to [0, 1] and, with ``image_size``, resized (bilinear). With
+    ``max_train``/``max_test`` only the first examples are kept (a fixed
+    subset, cached), for quick runs.
+
+    Args:
+        name: ``"digits"`` or a tensorflow-datasets name (``"cifar10"``,
+            ``"fashion_mnist"``, ``"mnist"``, ...).
+        image_size: an int or ``(height, width)`` to resize to; None keeps the
+            dataset's size.
+        batch_size: the batch size of the pipelines.
+        validation_fraction: share of the training data held out.
+        max_train: keep at most this many training examples.
+        max_test: keep at most this many validation and test examples.
+        seed: seed of the shuffles and of the digits split.
+        data_dir: tensorflow-datasets' data directory (its default if None).
+        download: let tensorflow-datasets download missing data.
+
+    Returns:
+        A :class:`Splits`.
+
+    Example:
+
+    >>> splits = load_dataset("digits", batch_size=32)
+    >>> splits.input_shape, splits.num_classes, splits.counts["test"]
+    ((8, 8, 1), 10, 450)
+    """
+    import tensorflow as tf
+
+    image_size = _parse_image_size(image_size)
+    if batch_size is None or int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}.")
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got "
+                         f"{validation_fraction!r}; e.g. 0.1.")
+    for arg, value in (("max_train", max_train), ("max_test", max_test)):
+        if value is not None and int(value) < 1:
+            raise ValueError(f"{arg} must be >= 1 or None, got {value!r}.")
+
+    def finish(ds, train, cache):
+        if cache:
+            ds = ds.cache()
+        if train:
+            ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
+        return ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
+
+    if name == "digits":
+        (x_train, y_train), (x_test, y_test) = load_digits(
+            seed=seed, as_images=True)
+        n_val = max(1, int(round(len(x_train) * validation_fraction)))
+        x_val, y_val = x_train[-n_val:], y_train[-n_val:]
+        x_train, y_train = x_train[:-n_val], y_train[:-n_val]
+        if max_train:
+            x_train, y_train = x_train[:max_train], y_train[:max_train]
+        if max_test:
+            x_val, y_val = x_val[:max_test], y_val[:max_test]
+            x_test, y_test = x_test[:max_test], y_test[:max_test]
+        if image_size is not None:
+            x_train, x_val, x_test = (
+                tf.image.resize(a, image_size).numpy()
+                for a in (x_train, x_val, x_test))
+        make = tf.data.Dataset.from_tensor_slices
+        return Splits(
+            "digits",
+            finish(make((x_train, y_train)), True, False),
+            finish(make((x_val, y_val)), False, False),
+            finish(make((x_test, y_test)), False, False),
+            10, x_train.shape[1:],
+            {"train": len(x_train), "validation": len(x_val),
+             "test": len(x_test)})
+
+    cut = int(round(100 * (1.0 - validation_fraction)))
+    (train, val, test), info = load_tfds(
+        name, split=(f"train[:{cut}%]", f"train[{cut}%:]", "test"),
+        image_size=image_size, shuffle=False, seed=seed, data_dir=data_dir,
+        download=download)
+    if "label" not in info.features or "image" not in info.features:
+        raise ValueError(
+            f"keras-kd trains image classifiers: dataset {name!r} has "
+            f"features {list(info.features)}, not 'image' and 'label'.")
+    num_classes = info.features["label"].num_classes
+    shape = tuple(info.features["image"].shape)
+    if image_size is not None:
+        shape = tuple(image_size) + shape[-1:]
+    if None in shape:
+        raise ValueError(
+            f"The images of {name!r} vary in size {shape}; pass image_size "
+            "(--image-size), e.g. 224, to resize them to one size.")
+    if max_train:
+        train = train.take(int(max_train))
+    if max_test:
+        val, test = val.take(int(max_test)), test.take(int(max_test))
+    counts = {}
+    for key, split in (("train", "train"), ("test", "test")):
+        try:
+            counts[key] = int(info.splits[split].num_examples)
+        except Exception:  # unknown (e.g. mocked data)
+            counts[key] = None
+    if counts.get("train") is not None:
+        full = counts["train"]
+        counts["validation"] = full - int(full * cut / 100)
+        counts["train"] = full - counts["validation"]
+    else:
+        counts["validation"] = None
+    if max_train and counts["train"] is not None:
+        counts["train"] = min(counts["train"], int(max_train))
+    if max_test:
+        for key in ("validation", "test"):
+            if counts[key] is not None:
+                counts[key] = min(counts[key], int(max_test))
+    small = max_train is not None or (
+        counts["train"] is not None
+        and counts["train"] * _prod(shape) * 4 < 2 ** 30)
+    return Splits(name, finish(train, True, small), finish(val, False, small),
+                  finish(test, False, small), num_classes, shape, counts)
+
+
+def _prod(shape):
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out

@@ -1,0 +1,511 @@
+"""The ``keras-kd`` command.
+
+``keras-kd run`` trains a teacher, the same student alone and the student
+distilled from the teacher, exports the distilled student to TFLite and writes
+a report (table, JSON, Markdown, plots) under ``saved_models/<run>/``. With no
+options it runs offline on the bundled digits (8×8 images) in a few minutes on
+a laptop CPU; ``--quick`` runs a smoke-sized version in seconds.
+
+``keras-kd export`` converts a saved ``.keras`` model to TFLite.
+
+Examples::
+
+    keras-kd run                       # offline default: digits, cnn -> small_cnn
+    keras-kd run --quick               # a few seconds, for tests
+    keras-kd run --dataset cifar10 --teacher ResNet50 --student MobileNetV2 \\
+        --image-size 96 --weights imagenet --teacher-finetune --epochs 10
+"""
+
+import argparse
+import datetime
+import difflib
+import os
+import sys
+import time
+
+DEFAULTS = dict(dataset="digits", teacher="cnn", student="small_cnn",
+                objective="kd", alpha=0.1, temperature=4.0, epochs=30,
+                batch_size=64, learning_rate=1e-3, quantize="float32",
+                latency_runs=50)
+QUICK = dict(epochs=2, max_train=256, max_test=128, batch_size=32,
+             latency_runs=5)
+
+
+def _stage(message):
+    stamp = datetime.datetime.now().strftime("%H:%M:%S")
+    print(f"[keras-kd {stamp}] {message}", flush=True)
+
+
+# ----------------------------------------------------------------------
+# Argument types: each error names the fix.
+# ----------------------------------------------------------------------
+def _alpha(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not in [0, 1]; alpha weighs the hard-label loss "
+            "(1 - alpha the distillation loss), e.g. --alpha 0.1")
+    return value
+
+
+def _positive_float(name, example):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not value > 0:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a positive number; e.g. --{name} {example}")
+        return value
+    return parse
+
+
+def _positive_int(name, example):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < 1:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a positive integer; e.g. --{name} {example}")
+        return value
+    return parse
+
+
+def _image_size(text):
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an image size; use one side (--image-size 32) "
+            "or HEIGHTxWIDTH (--image-size 96x96)")
+    return size
+
+
+def _model_name(text):
+    from keras_kd import models
+
+    try:
+        return models._resolve(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _dataset_name(text):
+    if text == "digits":
+        return text
+    import tensorflow_datasets as tfds
+
+    builders = tfds.list_builders()
+    if text in builders:
+        return text
+    close = difflib.get_close_matches(text, builders + ["digits"], n=5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown dataset {text!r}.{hint} Use 'digits' (bundled, offline) or "
+        "a tensorflow-datasets image classification name such as cifar10, "
+        "cifar100, mnist, fashion_mnist (all names: "
+        "python -c 'import tensorflow_datasets as tfds; "
+        "print(tfds.list_builders())').")
+
+
+def _objective_names():
+    from keras_kd import objectives
+
+    return sorted(objectives.LOGIT_OBJECTIVES)
+
+
+def _objective(text):
+    names = _objective_names()
+    if text.lower() in names:
+        return text.lower()
+    raise argparse.ArgumentTypeError(
+        f"unknown objective {text!r}; choose one of {', '.join(names)}")
+
+
+def add_run_parser(subparsers):
+    """Registers ``keras-kd run`` on an argparse ``subparsers`` object."""
+    p = subparsers.add_parser(
+        "run", help="train teacher, student alone and distilled student; "
+        "export; report",
+        description="Train a teacher, the student alone and the distilled "
+        "student, export the distilled student to TFLite, and write a report "
+        "(table, report.json, report.md, plots) under OUTPUT/RUN_NAME/. "
+        "Defaults run offline on the bundled digits.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = DEFAULTS
+    p.add_argument("--dataset", type=_dataset_name, default=d["dataset"],
+                   help="'digits' (bundled, offline) or a tensorflow-datasets "
+                   "name: cifar10, fashion_mnist, mnist, ...")
+    p.add_argument("--teacher", type=_model_name, default=d["teacher"],
+                   help="built-in (cnn, small_cnn, tiny_cnn, mlp, small_mlp) "
+                   "or keras.applications name (ResNet50, MobileNetV2, ...)")
+    p.add_argument("--student", type=_model_name, default=d["student"],
+                   help="same choices as --teacher")
+    p.add_argument("--image-size", type=_image_size, default=None,
+                   help="resize images to SIDE or HxW (keras.applications "
+                   "models need at least 32)")
+    p.add_argument("--weights", choices=("auto", "none", "imagenet"),
+                   default="auto",
+                   help="initial weights of keras.applications models: "
+                   "imagenet, none (random), or auto (imagenet when the "
+                   "weights are cached or downloadable, else none)")
+    p.add_argument("--teacher-finetune", action="store_true",
+                   help="transfer learning for the teacher: train the head on "
+                   "a frozen backbone for --epochs, then fine-tune everything "
+                   "for --finetune-epochs at learning rate x "
+                   "--finetune-lr-factor")
+    p.add_argument("--finetune-epochs", type=_positive_int(
+        "finetune-epochs", 5), default=None,
+        help="fine-tuning epochs (default: half of --epochs, at least 1)")
+    p.add_argument("--finetune-lr-factor", type=_positive_float(
+        "finetune-lr-factor", 0.1), default=0.1)
+    p.add_argument("--objective", type=_objective, default=d["objective"],
+                   help="logit distillation objective: one of "
+                   + ", ".join(_objective_names()))
+    p.add_argument("--alpha", type=_alpha, default=d["alpha"],
+                   help="weight of the hard-label loss; 1 - alpha on the "
+                   "distillation loss")
+    p.add_argument("--temperature", type=_positive_float("temperature", 4),
+                   default=d["temperature"])
+    p.add_argument("--epochs", type=_positive_int("epochs", 20),
+                   default=d["epochs"],
+                   help="epochs for each of teacher, student, distilled student")
+    p.add_argument("--teacher-epochs", type=_positive_int("teacher-epochs", 20),
+                   default=None, help="teacher epochs (default: --epochs)")
+    p.add_argument("--batch-size", type=_positive_int("batch-size", 64),
+                   default=d["batch_size"])
+    p.add_argument("--learning-rate", type=_positive_float(
+        "learning-rate", "1e-3"), default=d["learning_rate"])
+    p.add_argument("--quantize", choices=("float32", "float16", "dynamic",
+                                          "int8"), default=d["quantize"],
+                   help="TFLite quantization of the exported student")
+    p.add_argument("--max-train", type=_positive_int("max-train", 5000),
+                   default=None, help="use at most this many training examples")
+    p.add_argument("--max-test", type=_positive_int("max-test", 1000),
+                   default=None,
+                   help="use at most this many validation and test examples")
+    p.add_argument("--latency-runs", type=_positive_int("latency-runs", 50),
+                   default=d["latency_runs"])
+    p.add_argument("--output", default="saved_models",
+                   help="directory under which the run directory is made")
+    p.add_argument("--run-name", default=None,
+                   help="name of the run directory (default: "
+                   "DATASET-TEACHER-STUDENT-TIMESTAMP)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
+                   help="smoke-test size: %s" % ", ".join(
+                       f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--no-export", action="store_true",
+                   help="skip the TFLite export")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
+                   help="Keras fit verbosity (2: one line per epoch)")
+    p.set_defaults(func=run)
+    return p
+
+
+def build_parser():
+    """The ``keras-kd`` argument parser (subcommands ``run`` and ``export``)."""
+    parser = argparse.ArgumentParser(
+        prog="keras-kd",
+        description="Knowledge distillation for Keras 3: train a student "
+        "from a teacher and ship it to TFLite.")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_run_parser(subparsers)
+    try:
+        from keras_kd import export
+    except ImportError:  # pragma: no cover - export module missing
+        export = None
+    if export is not None and hasattr(export, "add_export_parser"):
+        export.add_export_parser(subparsers)
+    return parser
+
+
+# ----------------------------------------------------------------------
+# keras-kd run
+# ----------------------------------------------------------------------
+def _apply_quick(args):
+    if not args.quick:
+        return
+    if args.epochs == DEFAULTS["epochs"]:
+        args.epochs = QUICK["epochs"]
+    if args.max_train is None:
+        args.max_train = QUICK["max_train"]
+    if args.max_test is None:
+        args.max_test = QUICK["max_test"]
+    if args.latency_runs == DEFAULTS["latency_runs"]:
+        args.latency_runs = QUICK["latency_runs"]
+    if args.batch_size == DEFAULTS["batch_size"]:
+        args.batch_size = QUICK["batch_size"]
+
+
+def _resolve_weights(args, models):
+    if args.weights == "none":
+        return None
+    apps = [m for m in (args.teacher, args.student) if models.is_application(m)]
+    if not apps:
+        if args.weights == "imagenet":
+            _stage("note: --weights imagenet applies to keras.applications "
+                   "models only; the built-in models start from random "
+                   "weights")
+        return None
+    if args.weights == "imagenet":
+        return "imagenet"
+    if models.imagenet_weights_available():
+        _stage("weights: imagenet (reachable) for " + ", ".join(apps))
+        return "imagenet"
+    _stage("weights: none: ImageNet weights are neither cached nor "
+           "downloadable (offline); pass --weights imagenet once online")
+    return None
+
+
+def _history(h):
+    return {k: [float(v) for v in vals] for k, vals in h.history.items()}
+
+
+def _merge(a, b):
+    out = {k: list(v) for k, v in a.items()}
+    for k, v in b.items():
+        out.setdefault(k, []).extend(v)
+    return out
+
+
+def _compile(model, lr, keras):
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"])
+
+
+def _build(args, name, role, splits, weights, models):
+    w = weights if models.is_application(name) else None
+    try:
+        return models.build_model(name, splits.input_shape, splits.num_classes,
+                                  weights=w, model_name=role)
+    except (ValueError, RuntimeError) as error:
+        raise SystemExit(f"keras-kd run: {error}") from None
+
+
+def run(args):
+    """Runs the main job for parsed ``keras-kd run`` arguments; returns the report.
+
+    Stages: load data; build and train the teacher (optionally frozen
+    backbone, then fine-tuning); train the student alone; distil the same
+    initial student with :class:`keras_kd.Distiller`; save the three models
+    (``.keras``); export the distilled student to TFLite; measure parameters,
+    file size, test accuracy and latency; write ``report.json``,
+    ``report.md``, ``learning_curves.png`` and ``accuracy_vs_size.png``.
+    """
+    _apply_quick(args)
+    start = time.perf_counter()
+    import keras
+    import numpy as np
+
+    from keras_kd import data, models, report
+    from keras_kd.distiller import Distiller
+
+    keras.utils.set_random_seed(args.seed)
+    backend = keras.backend.backend()
+    run_name = args.run_name or "{}-{}-{}-{}".format(
+        args.dataset, args.teacher.lower(), args.student.lower(),
+        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run_dir = os.path.join(args.output, run_name)
+    os.makedirs(run_dir, exist_ok=True)
+    _stage(f"run {run_name}: backend {backend}, output {run_dir}")
+    timings = {}
+
+    # -- data ----------------------------------------------------------
+    t0 = time.perf_counter()
+    _stage(f"loading dataset {args.dataset}"
+           + (f" resized to {args.image_size}" if args.image_size else ""))
+    size = args.image_size
+    needs_32 = [m for m in (args.teacher, args.student)
+                if models.is_application(m)]
+    if needs_32 and size is None and args.dataset == "digits":
+        size = (32, 32)
+        _stage(f"{', '.join(needs_32)} need images of at least 32x32: "
+               "resizing digits to 32x32 (set --image-size to change)")
+    try:
+        splits = data.load_dataset(
+            args.dataset, image_size=size, batch_size=args.batch_size,
+            max_train=args.max_train, max_test=args.max_test, seed=args.seed)
+    except ValueError as error:
+        raise SystemExit(f"keras-kd run: {error}") from None
+    test_labels = report.labels_of(splits.test)
+    _stage(f"data: input shape {splits.input_shape}, {splits.num_classes} "
+           f"classes, examples {splits.counts}, test examples "
+           f"{len(test_labels)}")
+    timings["data_s"] = time.perf_counter() - t0
+    weights = _resolve_weights(args, models)
+
+    # -- teacher -------------------------------------------------------
+    t0 = time.perf_counter()
+    teacher = _build(args, args.teacher, "teacher", splits, weights, models)
+    teacher_epochs = args.teacher_epochs or args.epochs
+    _stage(f"teacher {args.teacher}: {report.count_params(teacher):,} "
+           f"parameters; training {teacher_epochs} epochs"
+           + (" on a frozen backbone" if args.teacher_finetune else ""))
+    if args.teacher_finetune:
+        if weights is None:
+            _stage("note: --teacher-finetune without pretrained weights: "
+                   "the frozen backbone holds random features (a smoke test "
+                   "of the mechanics, not transfer learning)")
+        models.freeze_backbone(teacher)
+    _compile(teacher, args.learning_rate, keras)
+    teacher_hist = _history(teacher.fit(
+        splits.train, validation_data=splits.validation,
+        epochs=teacher_epochs, verbose=args.verbose, shuffle=False))
+    if args.teacher_finetune:
+        ft_epochs = args.finetune_epochs or max(1, args.epochs // 2)
+        lr = args.learning_rate * args.finetune_lr_factor
+        models.unfreeze_backbone(teacher)
+        _stage(f"teacher: fine-tuning all layers for {ft_epochs} epochs at "
+               f"learning rate {lr:g}")
+        _compile(teacher, lr, keras)
+        teacher_hist = _merge(teacher_hist, _history(teacher.fit(
+            splits.train, validation_data=splits.validation,
+            epochs=ft_epochs, verbose=args.verbose, shuffle=False)))
+    teacher.trainable = True
+    timings["teacher_s"] = time.perf_counter() - t0
+
+    # -- student alone and distilled, from the same initial weights ------
+    student = _build(args, args.student, "student", splits, weights, models)
+    alone = keras.models.clone_model(student)
+    alone.set_weights(student.get_weights())
+    t0 = time.perf_counter()
+    _stage(f"student {args.student} alone: {report.count_params(alone):,} "
+           f"parameters; training {args.epochs} epochs on the labels")
+    _compile(alone, args.learning_rate, keras)
+    alone_hist = _history(alone.fit(
+        splits.train, validation_data=splits.validation, epochs=args.epochs,
+        verbose=args.verbose, shuffle=False))
+    timings["student_alone_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    _stage(f"distilling teacher -> student: objective {args.objective}, "
+           f"alpha {args.alpha}, temperature {args.temperature}, "
+           f"{args.epochs} epochs")
+    distiller = Distiller(teacher=teacher, student=student)
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"], alpha=args.alpha, temperature=args.temperature,
+        distillation_loss=args.objective)
+    distilled_hist = _history(distiller.fit(
+        splits.train, validation_data=splits.validation, epochs=args.epochs,
+        verbose=args.verbose, shuffle=False))
+    timings["distillation_s"] = time.perf_counter() - t0
+
+    # -- save, measure ------------------------------------------------------
+    _stage("saving models and measuring test accuracy and latency")
+    example = next(iter(splits.test.map(lambda x, y: x).unbatch().batch(1)
+                        .as_numpy_iterator()))
+    records = []
+    for key, label, model, arch in (
+            ("teacher", "teacher", teacher, args.teacher),
+            ("student_alone", "student alone", alone, args.student),
+            ("student_distilled", "distilled student", student, args.student)):
+        path = os.path.join(run_dir, f"{key}.keras")
+        report.save_model_only(model, path)
+        records.append(dict(
+            key=key, label=f"{label} ({arch})", path=path,
+            parameters=report.count_params(model),
+            size_bytes=os.path.getsize(path),
+            test_accuracy=report.accuracy(model, splits.test, test_labels),
+            latency_ms=report.keras_latency_ms(model, example,
+                                               runs=args.latency_runs),
+            runtime=f"keras ({backend})"))
+
+    # -- export ------------------------------------------------------------
+    export_info = None
+    if not args.no_export:
+        t0 = time.perf_counter()
+        tflite_path = os.path.join(run_dir, f"student_distilled_{args.quantize}"
+                                   ".tflite")
+        _stage(f"exporting the distilled student to TFLite ({args.quantize}): "
+               f"{tflite_path}")
+        export_info, record = _export(args, student, splits, tflite_path,
+                                      test_labels)
+        if record is not None:
+            records.append(record)
+        timings["export_s"] = time.perf_counter() - t0
+
+    timings["total_s"] = time.perf_counter() - start
+    result = dict(
+        backend=backend, keras_version=keras.__version__,
+        config={k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in vars(args).items() if k != "func"},
+        dataset=dict(name=splits.name, input_shape=list(splits.input_shape),
+                     num_classes=splits.num_classes, counts=splits.counts),
+        models=records,
+        histories={"teacher": teacher_hist, "student alone": alone_hist,
+                   "distilled student": distilled_hist},
+        export=export_info, timings=timings, run_dir=run_dir)
+    paths = report.write_report(run_dir, result)
+    print()
+    print(report.markdown_table(records))
+    print()
+    gain = records[2]["test_accuracy"] - records[1]["test_accuracy"]
+    _stage(f"distillation changed the student's test accuracy by "
+           f"{100 * gain:+.2f} points ({len(test_labels)} test examples)")
+    _stage(f"done in {timings['total_s']:.0f} s; report: {paths['markdown']}")
+    result["paths"] = paths
+    return result
+
+
+def _export(args, model, splits, path, test_labels):
+    """Exports with keras_kd.export.to_tflite; returns (report dict, record)."""
+    try:
+        from keras_kd import export
+    except ImportError as error:
+        _stage(f"TFLite export unavailable ({error}); skipped")
+        return {"error": str(error)}, None
+    representative = splits.train.map(lambda x, y: x).unbatch().take(100) \
+        .batch(1)
+    eval_data = splits.test
+    try:
+        rep = export.to_tflite(
+            model, path, quantize=args.quantize,
+            representative_data=representative, eval_data=eval_data,
+            latency_runs=args.latency_runs)
+    except Exception as error:  # report, do not lose the trained models
+        _stage(f"TFLite export failed: {type(error).__name__}: {error}")
+        return {"error": f"{type(error).__name__}: {error}"}, None
+    info = rep.as_dict() if hasattr(rep, "as_dict") else dict(vars(rep))
+    record = dict(
+        key="student_tflite",
+        label=f"distilled student, TFLite {args.quantize}", path=str(rep.path),
+        parameters=None, size_bytes=int(rep.size_bytes),
+        test_accuracy=getattr(rep, "tflite_accuracy", None),
+        latency_ms=getattr(rep, "latency_ms_median", None),
+        runtime="tflite")
+    return info, record
+
+
+def main(argv=None):
+    """Entry point of the ``keras-kd`` command."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        if getattr(args, "command", None) == "export":
+            from keras_kd import export
+            return export.run_export(args)
+        parser.print_help()
+        return 2
+    result = args.func(args)
+    return 0 if result is None or isinstance(result, dict) else int(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Measurements and the run report of ``keras-kd run``: table, JSON, Markdown, plots.
+
+The report compares the teacher, the student trained alone, the distilled
+student and its TFLite export on parameters, file size, test accuracy and
+single-example latency. Plots are drawn with matplotlib's Agg backend (no
+display needed).
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+
+def count_params(model):
+    """The number of weights of a Keras model (trainable and not)."""
+    return int(sum(int(np.prod(w.shape)) for w in model.weights))
+
+
+def labels_of(dataset):
+    """The labels of a batched ``(x, y)`` dataset as one int NumPy array."""
+    return np.concatenate([np.asarray(y) for _, y in dataset.as_numpy_iterator()])
+
+
+def accuracy(model, dataset, labels=None):
+    """Top-1 accuracy of a logits model on a batched ``(x, y)`` dataset.
+
+    ``mean(argmax(model.predict(x)) == y)``; ``labels`` may be given when
+    already gathered (the dataset must keep its order).
+    """
+    labels = labels_of(dataset) if labels is None else labels
+    logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == labels))
+
+
+def keras_latency_ms(model, example, runs=50, warmup=3):
+    """Median milliseconds of ``model.predict_on_batch`` on one example.
+
+    Args:
+        model: a Keras model.
+        example: one input with its batch axis, e.g. shape ``(1, 8, 8, 1)``.
+        runs: timed calls (the median is returned).
+        warmup: untimed calls first (compilation, tracing).
+    """
+    for _ in range(warmup):
+        model.predict_on_batch(example)
+    times = []
+    for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        model.predict_on_batch(example)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return float(np.median(times))
+
+
+def save_model_only(model, path):
+    """Saves a model's architecture and weights, without optimizer state.
+
+    ``model.save`` of a compiled model also stores its optimizer's variables
+    (Adam: two per weight), which triples the file; comparing architectures
+    needs the model alone. Returns the file size in bytes.
+    """
+    copy = type(model).from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    copy.save(path)
+    return os.path.getsize(path)
+
+
+def format_bytes(n):
+    """``1234567`` -> ``'1.18 MB'`` (binary units)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return str(n)
+
+
+TABLE_COLUMNS = ("Model", "Parameters", "File", "Size", "Test accuracy",
+                 "Latency (ms)")
+
+
+def rows_of(models):
+    """Table rows from the per-model records of a report."""
+    rows = []
+    for record in models:
+        acc = record.get("test_accuracy")
+        lat = record.get("latency_ms")
+        rows.append((
+            record["label"],
+            f"{record['parameters']:,}" if record.get("parameters") else "-",
+            os.path.basename(record["path"]) if record.get("path") else "-",
+            format_bytes(record.get("size_bytes")),
+            "-" if acc is None else f"{100 * acc:.2f}%",
+            "-" if lat is None else f"{lat:.3f}",
+        ))
+    return rows
+
+
+def markdown_table(models):
+    """The comparison table as GitHub Markdown."""
+    rows = rows_of(models)
+    widths = [max(len(str(c)) for c in col)
+              for col in zip(TABLE_COLUMNS, *rows)]
+    def line(cells):
+        return "| " + " | ".join(str(c).ljust(w) for c, w in
+                                 zip(cells, widths)) + " |"
+    out = [line(TABLE_COLUMNS),
+           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def plot_learning_curves(histories, path):
+    """Training/validation accuracy and loss per epoch for each model.
+
+    Args:
+        histories: ``{label: history_dict}`` (``keras.callbacks.History
+            .history``); keys ``accuracy``, ``val_accuracy``, ``loss``,
+            ``val_loss`` are drawn when present.
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (label, hist) in enumerate(histories.items()):
+        color = f"C{i}"
+        for key, style in (("accuracy", "--"), ("val_accuracy", "-")):
+            if hist.get(key):
+                epochs = np.arange(1, len(hist[key]) + 1)
+                axes[0].plot(epochs, hist[key], style, color=color,
+                             label=f"{label} ({'val' if 'val' in key else 'train'})")
+        for key, style in (("loss", "--"), ("val_loss", "-")):
+            if hist.get(key):
+                epochs = np.arange(1, len(hist[key]) + 1)
+                axes[1].plot(epochs, hist[key], style, color=color,
+                             label=f"{label} ({'val' if 'val' in key else 'train'})")
+    axes[0].set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
+    axes[1].set(title="Loss (the distilled student's includes the KD term)",
+                xlabel="epoch", ylabel="loss")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_size(models, path):
+    """Test accuracy against file size (log scale), one labelled point each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for i, record in enumerate(models):
+        if record.get("size_bytes") is None or record.get("test_accuracy") is None:
+            continue
+        size_kb = record["size_bytes"] / 1024.0
+        ax.scatter(size_kb, 100 * record["test_accuracy"], color=f"C{i}",
+                   s=60, zorder=3)
+        ax.annotate(record["label"], (size_kb, 100 * record["test_accuracy"]),
+                    textcoords="offset points", fontsize=8,
+                    xytext=(6, 6) if i % 2 == 0 else (6, -13))
+    ax.set_xscale("log")
+    ax.margins(x=0.35, y=0.15)
+    ax.set(xlabel="file size (KB, log scale)", ylabel="test accuracy (%)",
+           title="Accuracy against size")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def write_report(run_dir, report):
+    """Writes ``report.json``, ``report.md`` and the two plots into ``run_dir``.
+
+    Args:
+        run_dir: the run's output directory.
+        report: a dict with ``models`` (list of per-model records: label,
+            parameters, path, size_bytes, test_accuracy, latency_ms),
+            ``histories`` (``{label: history}``), ``config`` and anything
+            else worth keeping (saved as JSON).
+
+    Returns:
+        ``{"json": path, "markdown": path, "plots": [paths]}``.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    curves = plot_learning_curves(
+        report.get("histories", {}), os.path.join(run_dir, "learning_curves.png"))
+    sizes = plot_accuracy_vs_size(
+        report["models"], os.path.join(run_dir, "accuracy_vs_size.png"))
+    report = dict(report, plots=[os.path.basename(curves),
+                                 os.path.basename(sizes)])
+    json_path = os.path.join(run_dir, "report.json")
+    with open(json_path, "w") as f:
+        json.dump(_jsonable(report), f, indent=2)
+    cfg = report.get("config", {})
+    lines = [
+        f"# keras-kd run `{os.path.basename(os.path.abspath(run_dir))}`",
+        "",
+        f"Dataset **{cfg.get('dataset')}**, teacher **{cfg.get('teacher')}**, "
+        f"student **{cfg.get('student')}**, objective **{cfg.get('objective')}** "
+        f"(alpha={cfg.get('alpha')}, T={cfg.get('temperature')}), "
+        f"{cfg.get('epochs')} epochs, Keras backend "
+        f"**{report.get('backend')}**.",
+        "",
+        markdown_table(report["models"]),
+        "",
+        "Latency: median milliseconds for one example on this machine's CPU "
+        "(Keras `predict_on_batch` for .keras models, the LiteRT interpreter "
+        "for .tflite).",
+        "",
+        "![learning curves](learning_curves.png)",
+        "",
+        "![accuracy against size](accuracy_vs_size.png)",
+        "",
+    ]
+    md_path = os.path.join(run_dir, "report.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines))
+    return {"json": json_path, "markdown": md_path, "plots": [curves, sizes]}

@@ -1,0 +1,231 @@
+"""The `keras-kd` command, its report, and the model builders (keras_kd.models)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from keras_kd import cli, models, report
+from keras_kd.data import load_dataset
+from tests.conftest import BACKEND
+
+
+def _n_weights(model):
+    return sum(int(np.prod(w.shape)) for w in model.weights)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    keras.utils.set_random_seed(0)
+    code = cli.main(["run", "--quick", "--output", str(out), "--run-name", "q",
+                     "--verbose", "0"])
+    return code, out / "q"
+
+
+def test_run_quick_writes_models_report_and_plots(quick_run, capsys):
+    code, run_dir = quick_run
+    assert code == 0
+    for name in ("teacher.keras", "student_alone.keras",
+                 "student_distilled.keras", "student_distilled_float32.tflite",
+                 "report.json", "report.md", "learning_curves.png",
+                 "accuracy_vs_size.png"):
+        assert (run_dir / name).is_file(), name
+    for png in ("learning_curves.png", "accuracy_vs_size.png"):
+        assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert rep["backend"] == BACKEND
+    assert [m["key"] for m in rep["models"]] == [
+        "teacher", "student_alone", "student_distilled", "student_tflite"]
+    assert rep["config"]["epochs"] == cli.QUICK["epochs"]
+    for label in ("teacher", "student alone", "distilled student"):
+        assert len(rep["histories"][label]["accuracy"]) == cli.QUICK["epochs"]
+    md = (run_dir / "report.md").read_text()
+    for m in rep["models"]:
+        assert m["label"] in md
+        assert m["size_bytes"] == os.path.getsize(m["path"])
+        assert 0.0 <= m["test_accuracy"] <= 1.0
+        assert m["latency_ms"] > 0
+
+
+def test_run_report_values_match_independent_measurements(quick_run):
+    _, run_dir = quick_run
+    rep = json.loads((run_dir / "report.json").read_text())
+    splits = load_dataset("digits", max_train=cli.QUICK["max_train"],
+                          max_test=cli.QUICK["max_test"])
+    x = np.concatenate([b[0] for b in splits.test.as_numpy_iterator()])
+    y = np.concatenate([b[1] for b in splits.test.as_numpy_iterator()])
+    assert len(y) == cli.QUICK["max_test"]
+    by_key = {m["key"]: m for m in rep["models"]}
+    for key in ("teacher", "student_alone", "student_distilled"):
+        model = keras.models.load_model(run_dir / f"{key}.keras")
+        assert by_key[key]["parameters"] == _n_weights(model)
+        expected = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+        assert by_key[key]["test_accuracy"] == pytest.approx(expected, abs=1e-9)
+    # student alone and distilled student share the architecture
+    assert by_key["student_alone"]["parameters"] == by_key[
+        "student_distilled"]["parameters"] < by_key["teacher"]["parameters"]
+    # the float32 TFLite file predicts like the distilled Keras student
+    assert by_key["student_tflite"]["test_accuracy"] == pytest.approx(
+        by_key["student_distilled"]["test_accuracy"], abs=1.0 / len(y) + 1e-9)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--alpha", "1.5"], "--alpha 0.1"),
+    (["--temperature", "0"], "--temperature 4"),
+    (["--epochs", "0"], "--epochs 20"),
+    (["--image-size", "big"], "--image-size 32"),
+    (["--teacher", "ResNet5O"], "ResNet50"),
+    (["--student", "nope"], "small_cnn"),
+    (["--dataset", "cifar11"], "Did you mean: cifar10"),
+    (["--objective", "nope"], "kd"),
+    (["--quantize", "int4"], "int8"),
+])
+def test_bad_options_name_the_fix(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run"] + argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_application_too_small_for_digits_message(tmp_path):
+    with pytest.raises(SystemExit, match="--image-size 32"):
+        cli.main(["run", "--quick", "--teacher", "MobileNetV2",
+                  "--image-size", "16", "--output", str(tmp_path)])
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    out = capsys.readouterr().out
+    assert "run" in out and "export" in out
+
+
+@pytest.mark.parametrize("dataset, shape", [("mnist", (28, 28, 1)),
+                                            ("cifar10", (32, 32, 3))])
+def test_run_tfds_dataset_end_to_end_with_mock_data(dataset, shape, tmp_path):
+    # Each backend runs one of the two datasets: the tfds path is backend-
+    # independent (tf.data), the training that follows is not.
+    if (dataset == "mnist") != (BACKEND in ("jax", "torch")):
+        pytest.skip(f"{dataset} mock run is assigned to another backend")
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=24):
+        code = cli.main(["run", "--quick", "--dataset", dataset,
+                         "--teacher", "small_cnn", "--student", "tiny_cnn",
+                         "--epochs", "1", "--max-train", "16", "--max-test",
+                         "16", "--no-export", "--latency-runs", "1",
+                         "--output", str(tmp_path), "--run-name", "m",
+                         "--verbose", "0"])
+    assert code == 0
+    rep = json.loads((tmp_path / "m" / "report.json").read_text())
+    assert tuple(rep["dataset"]["input_shape"]) == shape
+    assert rep["dataset"]["num_classes"] == 10
+    assert len(rep["models"]) == 3
+
+
+# ----------------------------------------------------------------------
+# keras_kd.models
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(models.BUILTIN_MODELS))
+def test_builtin_models_output_logits(name):
+    model = models.build_model(name, (8, 8, 1), 7, model_name="m")
+    x = np.random.default_rng(0).random((3, 8, 8, 1)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (3, 7)
+    assert model.get_layer("m_logits").units == 7
+
+
+def test_unknown_model_lists_choices():
+    with pytest.raises(ValueError, match="ResNet50.*MobileNetV2|MobileNetV2.*ResNet50"):
+        models.build_model("ResNet5", (32, 32, 3), 10)
+    assert models.build_model("mobilenetv2", (32, 32, 1), 4).output_shape == (
+        None, 4)
+
+
+def test_builtin_has_no_imagenet_weights():
+    with pytest.raises(ValueError, match="--weights none"):
+        models.build_model("cnn", (8, 8, 1), 10, weights="imagenet")
+
+
+def test_freeze_backbone_leaves_only_the_head_trainable():
+    model = models.build_model("MobileNetV2", (32, 32, 3), 5, model_name="t")
+    head = model.get_layer("t_logits")
+    models.freeze_backbone(model)
+    assert [id(w) for w in model.trainable_weights] == [
+        id(head.kernel), id(head.bias)]
+    models.unfreeze_backbone(model)
+    assert len(model.trainable_weights) > 100
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch", "raw255"])
+def test_image_preprocessing_matches_numpy(mode):
+    x = np.random.default_rng(1).random((2, 4, 4, 3)).astype("float32")
+    got = np.asarray(keras.ops.convert_to_numpy(
+        models.ImagePreprocessing(mode)(x)))
+    if mode == "caffe":
+        want = x[..., ::-1] * 255.0 - np.array([103.939, 116.779, 123.68])
+    elif mode == "tf":
+        want = 2 * x - 1
+    elif mode == "torch":
+        want = (x - [0.485, 0.456, 0.406]) / np.array([0.229, 0.224, 0.225])
+    else:
+        want = 255 * x
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+    grey = models.ImagePreprocessing(mode)(x[..., :1])
+    assert tuple(grey.shape) == (2, 4, 4, 3)
+
+
+# ----------------------------------------------------------------------
+# keras_kd.report
+# ----------------------------------------------------------------------
+def test_markdown_table_and_sizes():
+    records = [dict(label="teacher (cnn)", parameters=1234567, path="a/t.keras",
+                    size_bytes=2048, test_accuracy=0.98765, latency_ms=1.5),
+               dict(label="tflite", parameters=None, path="s.tflite",
+                    size_bytes=3 * 1024 * 1024, test_accuracy=None,
+                    latency_ms=None)]
+    table = report.markdown_table(records).splitlines()
+    assert table[0].startswith("| Model")
+    assert "1,234,567" in table[2] and "t.keras" in table[2]
+    assert "2.0 KB" in table[2] and "98.77%" in table[2] and "1.500" in table[2]
+    assert "3.0 MB" in table[3] and table[3].count(" - ") >= 3
+    assert report.format_bytes(512) == "512 B"
+
+
+def test_accuracy_and_count_params_against_numpy():
+    import tensorflow as tf
+
+    model = models.build_model("small_mlp", (8, 8, 1), 10)
+    x = np.random.default_rng(0).random((20, 8, 8, 1)).astype("float32")
+    y = np.random.default_rng(1).integers(0, 10, 20).astype("int32")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+    want = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+    assert report.accuracy(model, ds) == pytest.approx(want)
+    assert report.count_params(model) == 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_save_model_only_drops_optimizer_state(tmp_path):
+    model = models.build_model("small_cnn", (8, 8, 1), 10)
+    model.compile("adam", "mse")
+    model.fit(np.zeros((4, 8, 8, 1)), np.zeros((4, 10)), verbose=0)
+    model.save(tmp_path / "full.keras")
+    size = report.save_model_only(model, tmp_path / "model.keras")
+    assert size == os.path.getsize(tmp_path / "model.keras")
+    assert size < os.path.getsize(tmp_path / "full.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_imagenet_download_failure_names_the_fix(monkeypatch, tmp_path):
+    import keras
+
+    def offline(**kwargs):
+        raise OSError("URL fetch failure: network unreachable")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
+    with pytest.raises(RuntimeError, match="pass --weights none"):
+        models.build_model("MobileNetV2", (32, 32, 3), 10, weights="imagenet")
+    with pytest.raises(SystemExit, match="pass --weights none"):
+        cli.main(["run", "--quick", "--teacher", "MobileNetV2", "--weights",
+                  "imagenet", "--output", str(tmp_path)])
