@@ -25,10 +25,12 @@ def __getattr__(name):
     # `export` and `soft_labels` are imported on first use: `export` brings in
     # the TFLite converter, and `python -m keras_kd.export` must not find the
     # module already imported.
-    if name in ("export", "soft_labels"):
-        import importlib
+    import importlib
 
+    if name in ("export", "soft_labels"):
         return importlib.import_module(f"keras_kd.{name}")
+    if name in ("SoftLabels", "compute_soft_labels"):
+        return getattr(importlib.import_module("keras_kd.soft_labels"), name)
     raise AttributeError(f"module 'keras_kd' has no attribute {name!r}")
 
 __all__ = [
@@ -48,5 +50,7 @@ __all__ = [
     "export",
     "objectives",
     "soft_labels",
+    "SoftLabels",
+    "compute_soft_labels",
     "__version__",
 ]

@@ -379,8 +379,9 @@ class Distiller(keras.Model):
         student_features = self._student_features(x, y_pred, training)
         cached, y = split_targets(y)
         if cached is not None:
-            teacher_logits = cached["teacher_logits"]
-            teacher_features = list(cached.get("teacher_features", []))
+            teacher_logits = ops.convert_to_tensor(cached["teacher_logits"])
+            teacher_features = [ops.convert_to_tensor(f) for f in
+                                cached.get("teacher_features", [])]
         else:
             teacher_logits, teacher_features = self._teacher_outputs(x)
         self._check_logits(teacher_logits, y_pred)
@@ -649,6 +650,8 @@ class _ObjectiveEpochHook(keras.callbacks.Callback):
 
 def _first_labeled_batch(x, y, limit=256):
     """The first (inputs, labels) batch of NumPy data or a tf.data dataset."""
+    if isinstance(y, dict):  # cached teacher outputs: the teacher is not used
+        return None
     if y is not None and isinstance(x, np.ndarray):
         return x[:limit], np.asarray(y)[:limit]
     if y is None and type(x).__module__.startswith("tensorflow") and hasattr(

@@ -65,6 +65,9 @@ class Objective(keras.layers.Layer):
                 "weight=1.0."
             )
         self.weight = float(weight)
+        # Objectives hold no weights of their own until `build_for` (adapters);
+        # an unbuilt layer would make Keras re-trace every train_on_batch.
+        self.built = True
 
     def build_for(self, teacher_shape, student_shape):
         """Creates any state (adapters) once the tapped shapes are known."""

@@ -1,0 +1,328 @@
+"""Offline distillation: precomputed teacher outputs (keras_kd/soft_labels.py)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_kd as kd
+from keras_kd.soft_labels import (SoftLabels, compress_top_k,
+                                  compute_soft_labels, expand_top_k)
+from tests.helpers import cnn, mlp, to_numpy
+
+pytestmark = pytest.mark.filterwarnings("ignore:The teacher")
+
+
+def _data(n=96, shape=(64,), classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n,) + shape).astype("float32")
+    return x, rng.integers(0, classes, n).astype("int32")
+
+
+def _distiller(teacher, student, init, feature_losses=None):
+    """A compiled Distiller whose student (and adapters) start from ``init``."""
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(optimizer=keras.optimizers.SGD(0.05),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              alpha=0.3, temperature=3.0, feature_losses=feature_losses)
+    trainable = d.student.weights + [w for f in d.feature_objectives
+                                     if getattr(f, "adapter", None)
+                                     for w in f.adapter.weights]
+    if init is not None:
+        for w, value in zip(trainable, init):
+            w.assign(value)
+    return d, [to_numpy(w) for w in trainable]
+
+
+def _live_vs_cached(teacher, make_student, x, y, feature_pair=None):
+    """Trains twice from the same start and order: live and from the cache."""
+    layers = [feature_pair[0]] if feature_pair else None
+
+    def objectives():
+        if not feature_pair:
+            return None
+        return [kd.FitNet(*feature_pair, weight=10.0)]
+
+    live, init = _distiller(teacher, make_student(), None, objectives())
+    cached, _ = _distiller(teacher, make_student(), init, objectives())
+    n = len(x)
+    live_ds = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+        n, seed=7).batch(16)
+    cache = compute_soft_labels(teacher, x, y, batch_size=32,
+                                feature_layers=layers)
+    cache_ds = cache.as_dataset(16, shuffle=True, seed=7, distiller=cached)
+    h_live = live.fit(live_ds, epochs=2, verbose=0).history
+    h_cached = cached.fit(cache_ds, epochs=2, verbose=0).history
+    assert sorted(h_live) == sorted(h_cached)
+    for key in h_live:
+        np.testing.assert_allclose(h_cached[key], h_live[key], rtol=2e-5,
+                                   atol=1e-6, err_msg=key)
+    # Training moved the student, identically in both runs.
+    for a, b in zip(live.student.weights, cached.student.weights):
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=1e-4,
+                                   atol=1e-5)
+    assert not np.allclose(to_numpy(live.student.weights[0]), init[0])
+    return h_live
+
+
+def test_cached_training_matches_live_logits():
+    x, y = _data()
+    teacher = mlp(64, "teacher")
+    history = _live_vs_cached(teacher, lambda: mlp(16, "student"), x, y)
+    assert history["distillation_loss"][0] > 0
+
+
+def test_cached_training_matches_live_with_fitnet():
+    x, y = _data(64, (8, 8, 1))
+    teacher = cnn(16, "teacher")
+    history = _live_vs_cached(teacher, lambda: cnn(4, "student"), x, y,
+                              ("teacher_conv2", "student_conv2"))
+    assert history["fitnet_loss"][0] > 0
+
+
+def test_stored_outputs_equal_teacher_outputs():
+    x, y = _data(48, (8, 8, 1))
+    teacher = cnn(8, "teacher")
+    cache = compute_soft_labels(teacher, x, y, batch_size=16,
+                                feature_layers=["teacher_conv1"])
+    logits = to_numpy(teacher(x, training=False))
+    feature = to_numpy(keras.Model(
+        teacher.inputs, teacher.get_layer("teacher_conv1").output)(x))
+    np.testing.assert_allclose(cache.teacher_logits(), logits, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(cache.teacher_features()[0], feature,
+                               rtol=1e-5, atol=1e-5)
+    assert cache.bytes_per_sample == 4 * 10 + 4 + 4 * 8 * 8 * 8  # + labels
+    xs, targets = cache.as_numpy()
+    np.testing.assert_array_equal(xs, x)
+    np.testing.assert_array_equal(targets["labels"], y)
+    # A deterministic tf.data source gives the same cache (inputs stored).
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    from_ds = compute_soft_labels(teacher, ds, feature_layers=["teacher_conv1"])
+    np.testing.assert_array_equal(from_ds.inputs, x)
+    np.testing.assert_array_equal(from_ds.labels, y)
+    np.testing.assert_allclose(from_ds.teacher_logits(), logits, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_as_dataset_keeps_each_output_with_its_sample(tmp_path):
+    x, y = _data(70)
+    teacher = mlp(32, "teacher")
+    cache = compute_soft_labels(teacher, x, y, batch_size=32,
+                                path=str(tmp_path / "c"))
+    reference = to_numpy(teacher(x, training=False))
+    seen = []
+    for xb, targets in cache.as_dataset(16, shuffle=True, seed=1):
+        xb = np.asarray(xb)
+        rows = [int(np.flatnonzero((x == r).all(1))[0]) for r in xb]
+        np.testing.assert_allclose(np.asarray(targets["teacher_logits"]),
+                                   reference[rows], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(np.asarray(targets["labels"]), y[rows])
+        seen += rows
+    assert sorted(seen) == list(range(70)) and seen != list(range(70))
+
+
+def test_numpy_dict_targets_fit():
+    x, y = _data(48)
+    teacher = mlp(32, "teacher")
+    d, _ = _distiller(teacher, mlp(8, "student"), None)
+    xs, targets = compute_soft_labels(teacher, x, y).as_numpy()
+    history = d.fit(xs, targets, batch_size=16, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+# ----------------------------------------------------------------------
+# Guards
+# ----------------------------------------------------------------------
+def test_cache_for_another_teacher_is_refused(tmp_path):
+    x, y = _data(40)
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    retrained = mlp(32, "teacher")  # same name and shape, other weights
+    with pytest.raises(ValueError, match="another teacher: its weights"):
+        compute_soft_labels(retrained, x, y, batch_size=16, path=path)
+    with pytest.raises(ValueError, match="another teacher: its name"):
+        SoftLabels.load(path, teacher=mlp(32, "other"))
+    with pytest.raises(ValueError, match="another teacher: its output shape"):
+        SoftLabels.load(path, teacher=mlp(32, "teacher", classes=5))
+    # The right teacher reopens it without running again.
+    cache = SoftLabels.load(path, teacher=teacher, num_samples=40)
+    np.testing.assert_allclose(cache.teacher_logits(),
+                               to_numpy(teacher(x)), rtol=1e-5, atol=1e-5)
+    again = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    assert again.manifest["batches_done"] == 3
+    # overwrite=True rebuilds it for the new teacher.
+    rebuilt = compute_soft_labels(retrained, x, y, batch_size=16, path=path,
+                                  overwrite=True)
+    np.testing.assert_allclose(rebuilt.teacher_logits(),
+                               to_numpy(retrained(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_cache_for_other_data_or_classes_is_refused(tmp_path):
+    x, y = _data(40)
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    with pytest.raises(ValueError, match="holds 40 samples but the dataset "
+                                         "has 30"):
+        compute_soft_labels(teacher, x[:30], y[:30], batch_size=16, path=path)
+    with pytest.raises(ValueError, match="first batch of inputs differs"):
+        compute_soft_labels(teacher, x[::-1].copy(), y, batch_size=16,
+                            path=path)
+    with pytest.raises(ValueError, match="top_k=None, not 3"):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=path, top_k=3)
+    with pytest.raises(ValueError, match="holds 40 samples"):
+        SoftLabels.load(path, num_samples=41)
+    with pytest.raises(ValueError, match="10-class teacher logits but 5"):
+        SoftLabels.load(path, num_classes=5)
+
+
+def test_feature_layers_must_match_distiller():
+    x, y = _data(32, (8, 8, 1))
+    teacher = cnn(8, "teacher")
+    cache = compute_soft_labels(teacher, x, y,
+                                feature_layers=["teacher_conv1"])
+    d, _ = _distiller(teacher, cnn(4, "student"), None,
+                      [kd.FitNet("teacher_conv2", "student_conv2")])
+    with pytest.raises(ValueError, match=r"feature_layers=\['teacher_conv2'\]"):
+        cache.as_dataset(8, distiller=d)
+
+
+def test_augmented_dataset_is_refused():
+    x, y = _data(40)
+    teacher = mlp(32, "teacher")
+    augmented = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).map(
+        lambda a, b: (a + tf.random.uniform(tf.shape(a)), b))
+    with pytest.raises(ValueError, match="not deterministic"):
+        compute_soft_labels(teacher, augmented)
+    shuffled = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(40).batch(16)
+    with pytest.raises(ValueError, match="un-augmented, unshuffled"):
+        compute_soft_labels(teacher, shuffled)
+    unbatched = tf.data.Dataset.from_tensor_slices((x, y))
+    with pytest.raises(ValueError, match=r"dataset.batch\(256\)"):
+        compute_soft_labels(teacher, unbatched)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    x, _ = _data(20)
+    teacher = mlp(16, "teacher")
+    for k in (0, 11, 2.5):
+        with pytest.raises(ValueError, match=r"top_k must be an integer in "
+                                             r"\[1, 10\]"):
+            compute_soft_labels(teacher, x, top_k=k)
+    with pytest.raises(ValueError, match="batch_size must be a positive"):
+        compute_soft_labels(teacher, x, batch_size=0)
+    with pytest.raises(TypeError, match="NumPy array"):
+        compute_soft_labels(teacher, x.tolist())
+    with pytest.raises(FileNotFoundError, match="No soft-label cache"):
+        SoftLabels.load(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="float16 range"):
+        compress_top_k(np.array([[1e5, 0.0]]), 1)
+
+
+# ----------------------------------------------------------------------
+# Resume
+# ----------------------------------------------------------------------
+class _Interrupted(Exception):
+    pass
+
+
+class _Rows:
+    """An array-like recording the row slices read; may fail at a row."""
+
+    def __init__(self, array, fail_at=None):
+        self.array, self.fail_at, self.starts = array, fail_at, []
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, key):
+        self.starts.append(key.start or 0)
+        if self.fail_at is not None and (key.start or 0) >= self.fail_at:
+            raise _Interrupted("simulated interruption")
+        return self.array[key]
+
+
+def test_interrupted_build_resumes(tmp_path):
+    x, y = _data(100, (8, 8, 1))
+    path = str(tmp_path / "c")
+    teacher = cnn(8, "teacher")
+    with pytest.raises(_Interrupted):
+        compute_soft_labels(teacher, _Rows(x, fail_at=48), y, batch_size=16,
+                            path=path, top_k=4)
+    with open(os.path.join(path, "manifest.json")) as f:
+        manifest = json.load(f)
+    assert (manifest["rows_done"], manifest["batches_done"],
+            manifest["complete"]) == (48, 3, False)
+    with pytest.raises(ValueError, match="incomplete"):
+        SoftLabels.load(path)
+    # A batch torn mid-write: bytes past the recorded rows are dropped.
+    with open(os.path.join(path, "topk_values.bin"), "ab") as f:
+        f.write(b"\x00" * 24)
+    rows = _Rows(x)
+    cache = compute_soft_labels(teacher, rows, y, batch_size=16, path=path,
+                                top_k=4)
+    assert rows.starts == [0, 48, 64, 80, 96]  # fingerprint, then the rest
+    assert cache.num_samples == 100 and cache.manifest["complete"]
+    reference = compress_top_k(to_numpy(teacher(x, training=False)), 4)
+    reopened = SoftLabels.load(path, teacher=teacher, num_samples=100)
+    for got in (cache, reopened):
+        np.testing.assert_array_equal(got.inputs, x)
+        np.testing.assert_array_equal(got.labels, y)
+        np.testing.assert_allclose(
+            got.teacher_logits(),
+            expand_top_k(*reference, num_classes=10), rtol=2e-3, atol=2e-3)
+    assert os.path.getsize(os.path.join(path, "topk_values.bin")) == 100 * 8
+
+
+# ----------------------------------------------------------------------
+# Top-k compression
+# ----------------------------------------------------------------------
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_top_k_is_exact_at_k_equals_classes():
+    logits = np.random.default_rng(1).normal(0, 3, (20, 7)).astype("float32")
+    rebuilt = expand_top_k(*compress_top_k(logits, 7), num_classes=7)
+    np.testing.assert_array_equal(
+        rebuilt, logits.astype("float16").astype("float32"))
+    teacher = mlp(16, "teacher", classes=7)
+    x, _ = _data(30)
+    cache = compute_soft_labels(teacher, x, top_k=7)
+    np.testing.assert_array_equal(
+        cache.teacher_logits(),
+        to_numpy(teacher(x)).astype("float16").astype("float32"))
+
+
+def test_top_k_approximation_matches_numpy():
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 3, (25, 12))
+    k = 4
+    rebuilt = expand_top_k(*compress_top_k(logits, k), num_classes=12)
+    # Independent reference: keep the top-k probabilities, spread the rest
+    # of the mass uniformly over the other C - k classes.
+    p = _softmax(logits.astype("float64"))
+    expected = np.empty_like(p)
+    for i in range(len(p)):
+        top = np.argsort(-p[i])[:k]
+        rest = np.setdiff1d(np.arange(12), top)
+        expected[i, top] = p[i, top]
+        expected[i, rest] = (1.0 - p[i, top].sum()) / (12 - k)
+    np.testing.assert_allclose(_softmax(rebuilt.astype("float64")), expected,
+                               rtol=5e-3, atol=1e-6)
+    kept = np.sort(logits, axis=1)[:, ::-1][:, :k]
+    np.testing.assert_allclose(np.sort(rebuilt, axis=1)[:, ::-1][:, :k], kept,
+                               rtol=1e-3)
+    # Storage: 2-byte value + 2-byte index per kept class + a float32 fill.
+    teacher = mlp(16, "teacher", classes=12)
+    x, _ = _data(30)
+    assert compute_soft_labels(teacher, x, top_k=k).bytes_per_sample == 4 * k + 4
+    assert compute_soft_labels(teacher, x).bytes_per_sample == 4 * 12
