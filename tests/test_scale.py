@@ -124,7 +124,7 @@ def test_torch_has_no_keras_distribution():
     """Keras's torch backend ships no distribution library: the data-parallel
     engines keras-kd supports are JAX's DataParallel and TensorFlow's
     MirroredStrategy. If Keras adds one, this test fails and the docs
-    (docs/scaling.md) need updating."""
+    (the README section "Scaling out") need updating."""
     from keras.src import backend
 
     assert backend.distribution_lib is None
