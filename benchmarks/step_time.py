@@ -122,10 +122,6 @@ def measure(args):
     # whenever one of its layers reports built=False: detect and report it.
     unbuilt = sorted({layer.name for layer in kd_live._flatten_layers()
                       if not layer.built})
-    if args.mark_built:
-        for d in (kd_live, kd_cached, kdf_live, kdf_cached):
-            for layer in d._flatten_layers():
-                layer.built = True
     ke_live, kef_live = keras_distiller(False), keras_distiller(True)
     configs = {
         "student": lambda: student.train_on_batch(x, y),
@@ -165,7 +161,7 @@ def measure(args):
     return {"backend": keras.backend.backend(),
             "ms": {k: float(np.median(v)) * 1e3 for k, v in t.items()},
             "ratio": {k: float(np.median(v)) for k, v in ratios.items()},
-            "unbuilt_layers": unbuilt, "mark_built": args.mark_built,
+            "unbuilt_layers": unbuilt,
             "teacher_params": teacher.count_params(),
             "student_params": student.count_params()}
 
@@ -208,8 +204,7 @@ def table(results, args):
         notes.append(
             f"Note: the Distiller's layers {unbuilt} report built=False, so "
             "Keras's train_on_batch re-traces the model (_symbolic_build) at "
-            "every step" + (" (--mark-built: marked built for these figures)."
-                            if results[0]["mark_built"] else "."))
+            "every step.")
     return "\n".join(lines + feat + notes)
 
 
@@ -221,9 +216,6 @@ def main():
     parser.add_argument("--size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--mark-built", action="store_true",
-                        help="mark every Distiller layer built before timing "
-                             "(diagnostic for the per-step re-trace)")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON line (used per backend)")
     args = parser.parse_args()
@@ -239,7 +231,6 @@ def main():
         cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend,
                "--json", "--batch", str(args.batch), "--size", str(args.size),
                "--steps", str(args.steps), "--repeats", str(args.repeats)]
-        cmd += ["--mark-built"] if args.mark_built else []
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         out = subprocess.run(cmd, env=env, capture_output=True, text=True,
                              check=False)

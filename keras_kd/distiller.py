@@ -10,6 +10,7 @@ from keras.src.losses import loss as keras_loss_module
 
 from keras_kd import objectives as objectives_lib
 from keras_kd import taps
+from keras_kd.objectives.base import check_temperature
 
 
 class _Untracked:
@@ -30,12 +31,7 @@ def _check_alpha(alpha):
 
 
 def _check_temperature(temperature):
-    if not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ValueError(
-            f"temperature must be > 0, got {temperature!r}. Use a positive "
-            "value such as temperature=4.0 (1.0 leaves the logits unsoftened)."
-        )
-    return float(temperature)
+    return float(check_temperature(temperature, strict=True))
 
 
 def _is_built(model):

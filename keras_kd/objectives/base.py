@@ -30,9 +30,15 @@ def to_float32(x):
     return x
 
 
-def check_temperature(temperature):
-    """Raises a ValueError naming the fix when a Python temperature is not > 0."""
-    if isinstance(temperature, (int, float)) and not temperature > 0:
+def check_temperature(temperature, strict=False):
+    """Raises a ValueError naming the fix when a Python temperature is not > 0.
+
+    Tensors and variables (a scheduled temperature) pass unchecked unless
+    ``strict``, which demands a Python number.
+    """
+    number = isinstance(temperature, (int, float)) and not isinstance(
+        temperature, bool)
+    if (strict and not number) or (number and not temperature > 0):
         raise ValueError(
             f"temperature must be > 0, got {temperature!r}. Use a positive "
             "value such as temperature=4.0 (T=1 leaves the logits unsoftened)."

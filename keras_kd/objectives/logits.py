@@ -95,14 +95,15 @@ class KD(Objective):
         if temperature is not None:
             check_temperature(temperature)
         self.temperature = temperature
-        self.teacher_weights = (
-            None if teacher_weights is None else [float(w) for w in teacher_weights]
-        )
+        self.teacher_weights = _check_teacher_weights(teacher_weights)
+
+    loss_fn = staticmethod(kd_loss)
 
     def compute(self, teacher_logits, student_logits, labels=None,
                 temperature=4.0):
         t = temperature if self.temperature is None else self.temperature
-        return kd_loss(teacher_logits, student_logits, t, self.teacher_weights)
+        return self.loss_fn(teacher_logits, student_logits, t,
+                            self.teacher_weights)
 
     def get_config(self):
         config = super().get_config()
@@ -417,7 +418,7 @@ def ls_loss(teacher_logits, student_logits, temperature=2.0,
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class LS(Objective):
+class LS(KD):
     """Logit-standardized KD (``distillation_loss="ls"``).
 
     Wraps :func:`ls_loss`: KD between z-scored logits at base temperature τ
@@ -438,24 +439,13 @@ class LS(Objective):
     2.0
     """
 
+    loss_fn = staticmethod(ls_loss)
+
     def __init__(self, temperature=None, teacher_weights=None, weight=1.0,
                  name="ls", **kwargs):
-        super().__init__(weight=weight, name=name, **kwargs)
-        if temperature is not None:
-            check_temperature(temperature)
-        self.temperature = temperature
-        self.teacher_weights = _check_teacher_weights(teacher_weights)
-
-    def compute(self, teacher_logits, student_logits, labels=None,
-                temperature=4.0):
-        t = temperature if self.temperature is None else self.temperature
-        return ls_loss(teacher_logits, student_logits, t, self.teacher_weights)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(temperature=self.temperature,
-                      teacher_weights=self.teacher_weights)
-        return config
+        super().__init__(temperature=temperature,
+                         teacher_weights=teacher_weights, weight=weight,
+                         name=name, **kwargs)
 
 
 # ----------------------------------------------------------------------
