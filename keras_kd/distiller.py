@@ -378,6 +378,15 @@ class Distiller(keras.Model):
             teacher_logits = ops.convert_to_tensor(cached["teacher_logits"])
             teacher_features = [ops.convert_to_tensor(f) for f in
                                 cached.get("teacher_features", [])]
+            if len(teacher_features) != len(self.feature_objectives):
+                raise ValueError(
+                    f"The cached targets hold {len(teacher_features)} teacher "
+                    f"feature(s) but the Distiller has "
+                    f"{len(self.feature_objectives)} feature objective(s). "
+                    "Build the cache with feature_layers=[...] naming each "
+                    "objective's teacher_layer, in order (see "
+                    "keras_kd.compute_soft_labels)."
+                )
         else:
             teacher_logits, teacher_features = self._teacher_outputs(x)
         self._check_logits(teacher_logits, y_pred)

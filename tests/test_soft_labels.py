@@ -326,3 +326,16 @@ def test_top_k_approximation_matches_numpy():
     x, _ = _data(30)
     assert compute_soft_labels(teacher, x, top_k=k).bytes_per_sample == 4 * k + 4
     assert compute_soft_labels(teacher, x).bytes_per_sample == 4 * 12
+
+
+def test_cached_targets_without_the_features_an_objective_needs_are_refused():
+    teacher, student = mlp(32, "teacher"), mlp(8, "student")
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), feature_losses=[kd.FitNet("teacher_hidden",
+                                                     "student_hidden")])
+    x = np.random.rand(8, 64).astype("float32")
+    targets = {"teacher_logits": np.asarray(keras.ops.convert_to_numpy(
+        teacher(x)))}
+    with pytest.raises(ValueError, match="feature_layers="):
+        distiller.compute_loss(x, targets, distiller(x), training=False)
