@@ -38,6 +38,8 @@ import time
 import keras
 import numpy as np
 
+from keras_kd.callbacks import save_atomically
+
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
 
 # Calibration samples used for full-integer quantization; TFLite's guide
@@ -627,14 +629,8 @@ def to_keras(model, path):
     '/tmp/student.keras'
     """
     model = _student(model)
-    path, directory = _check_path(path, ".keras")
-    tmp = _temp_path(directory, path, ".keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    path, _ = _check_path(path, ".keras")
+    save_atomically(model, path)
     return path
 
 

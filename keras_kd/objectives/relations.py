@@ -213,6 +213,12 @@ class RelationObjective(FeatureObjective):
     def build_for(self, teacher_shape, student_shape):
         self.built = True
 
+    def get_config(self):
+        # Relations compare flattened embeddings: no spatial resize option.
+        config = super().get_config()
+        config.pop("resize", None)
+        return config
+
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class RKD(RelationObjective):
@@ -261,7 +267,6 @@ class RKD(RelationObjective):
 
     def get_config(self):
         config = super().get_config()
-        config.pop("resize", None)
         config.update(distance_weight=self.distance_weight,
                       angle_weight=self.angle_weight)
         return config
@@ -296,11 +301,6 @@ class SimilarityPreserving(RelationObjective):
     def compute(self, teacher_features, student_features, training=False):
         return sp_loss(teacher_features, student_features)
 
-    def get_config(self):
-        config = super().get_config()
-        config.pop("resize", None)
-        return config
-
 
 @keras.saving.register_keras_serializable(package="keras_kd")
 class PKT(RelationObjective):
@@ -330,8 +330,3 @@ class PKT(RelationObjective):
 
     def compute(self, teacher_features, student_features, training=False):
         return pkt_loss(teacher_features, student_features)
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("resize", None)
-        return config
