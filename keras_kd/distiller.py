@@ -10,7 +10,7 @@ from keras.src.losses import loss as keras_loss_module
 
 from keras_kd import objectives as objectives_lib
 from keras_kd import taps
-from keras_kd.objectives.base import check_temperature
+from keras_kd.objectives.base import check_temperature, to_float32
 
 
 class _Untracked:
@@ -129,7 +129,7 @@ class Distiller(keras.Model):
         self.feature_objectives = []
         self._kd = _Untracked(student_view=student, teacher_views=list(teachers),
                               teacher_feature_count=0, trackers=[],
-                             teacher_checked=False)
+                              teacher_checked=False, teacher_detached=False)
         self._stash = threading.local()
         self.built = True
 
@@ -259,12 +259,10 @@ class Distiller(keras.Model):
         self.feature_objectives = feature_losses
         self._alpha.assign(alpha)
         self._temperature.assign(temperature)
-        trackers = [keras.metrics.Mean(name="student_loss")]
-        if objective is not None:
-            trackers.append(keras.metrics.Mean(name="distillation_loss"))
-        trackers += [keras.metrics.Mean(name=f"{f.name}_loss")
-                     for f in feature_losses]
-        self._kd.trackers = trackers
+        names = ["student_loss"] + (
+            ["distillation_loss"] if objective is not None else []) + [
+            f"{f.name}_loss" for f in feature_losses]
+        self._kd.trackers = [_LossTerms(names)]
         if kwargs.get("auto_scale_loss", True) and _computes_in_float16(
                 self.student) and self.dtype_policy.name != "mixed_float16":
             # Keras wraps the optimizer for loss scaling only when the model's
@@ -391,7 +389,10 @@ class Distiller(keras.Model):
             teacher_logits, teacher_features = self._teacher_outputs(x)
         self._check_logits(teacher_logits, y_pred)
 
-        batch = ops.cast(ops.shape(y_pred)[0], "float32")
+        # A Python number when the batch size is static (one op fewer per use).
+        batch = y_pred.shape[0]
+        batch = float(batch) if batch is not None else ops.cast(
+            ops.shape(y_pred)[0], "float32")
         weights = (None if sample_weight is None else
                    ops.reshape(ops.cast(sample_weight, "float32"), (-1,)))
         labels, mask = self._label_mask(y)
@@ -403,17 +404,16 @@ class Distiller(keras.Model):
             labeled_weights = mask if weights is None else weights * mask
             labeled_count = ops.maximum(ops.sum(mask), 1.0)
 
-        zero = ops.zeros((), "float32")
-        hard = zero
+        hard = None
         if has_hard:
             # Keras's compiled losses come pre-divided by the number of
             # tf.distribute replicas; bring the term back to a per-batch mean.
-            hard = _unscale_for_replicas(ops.cast(
-                self._compile_loss(labels, y_pred, labeled_weights), "float32"))
+            hard = _unscale_for_replicas(to_float32(
+                self._compile_loss(labels, y_pred, labeled_weights)))
             if mask is not None:
-                hard = hard * batch / labeled_count
+                hard = hard * (batch / labeled_count)
 
-        soft = zero
+        soft = None
         objective = self.distillation_objective
         if objective is not None:
             if objective.needs_labels and labels is None:
@@ -427,11 +427,15 @@ class Distiller(keras.Model):
                 soft = self._reduce(per_sample, labeled_weights, labeled_count)
             else:
                 soft = self._reduce(per_sample, weights, batch)
-            soft = soft * objective.weight
+            if objective.weight != 1.0:
+                soft = soft * objective.weight
 
-        if has_hard:
-            alpha = ops.cast(self._alpha, "float32")
-            total = alpha * hard + (1.0 - alpha) * soft
+        if soft is None:  # features only: alpha·hard + Σ_k w_k feature_k
+            total = (self._alpha * hard if has_hard
+                     else ops.zeros((), "float32"))
+        elif has_hard:
+            # alpha·hard + (1 − alpha)·soft, in three ops.
+            total = soft + self._alpha * (hard - soft)
         else:
             total = soft
         feature_values = []
@@ -440,12 +444,12 @@ class Distiller(keras.Model):
             value = self._reduce(f.compute(t_feat, s_feat, training=training),
                                  weights, batch)
             feature_values.append(value)
-            total = total + f.weight * value
+            total = total + (value if f.weight == 1.0 else f.weight * value)
 
-        values = [hard] + ([soft] if objective is not None else []) + \
-            feature_values
-        for tracker, value in zip(self._kd.trackers, values):
-            tracker.update_state(value)
+        values = [0.0 if hard is None else hard] + (
+            [] if soft is None else [soft]) + feature_values
+        for tracker in self._kd.trackers:
+            tracker.update_state(values, batch)
         # Under tf.distribute each replica returns its share (1 / replicas) of
         # the loss, so that the summed gradients are those of the global batch.
         total = _scale_for_replicas(total)
@@ -513,11 +517,118 @@ class Distiller(keras.Model):
             if metric is self._compile_metrics:
                 if metric.built and labels_seen:
                     logs.update(metric.result())
-            elif metric.name == "student_loss" and not labels_seen:
-                continue
+            elif isinstance(metric, _LossTerms):
+                terms = metric.result()
+                if not labels_seen:
+                    terms.pop("student_loss")
+                logs.update(terms)
             else:
                 logs[metric.name] = metric.result()
         return logs
+
+    # ------------------------------------------------------------------
+    # What a step touches: the student and the objectives, not the teachers
+    # ------------------------------------------------------------------
+    def _trained_modules(self):
+        """The student and the objectives (with their adapters)."""
+        kd_state = self.__dict__.get("_kd")
+        if kd_state is None:  # still in __init__
+            return []
+        return [self.student] + self._objectives()
+
+    def _gather(self, attribute):
+        seen, out = set(), []
+        for module in self._trained_modules():
+            for v in getattr(module, attribute):
+                if id(v) not in seen:
+                    seen.add(id(v))
+                    out.append(v)
+        return out
+
+    @property
+    def trainable_weights(self):
+        """The student's and the adapters' trainable weights.
+
+        The teachers are frozen, so their layers are not walked: Keras reads
+        this list at every PyTorch step, and walking a ResNet50 teacher's
+        layers there costs more than a small student's step.
+        """
+        return self._gather("trainable_weights") if self.trainable else []
+
+    @property
+    def trainable_variables(self):
+        """The student's and the adapters' trainable variables."""
+        return self._gather("trainable_variables") if self.trainable else []
+
+    @property
+    def non_trainable_variables(self):
+        """Non-trainable state; the teachers' only while a step may run them.
+
+        JAX passes this state into and out of every compiled step. While
+        ``fit``/``evaluate`` train from cached teacher outputs, and during
+        ``predict``, no teacher runs, so their variables are left out: the
+        step then costs what the student's costs whatever the teacher's size.
+        """
+        variables = super().non_trainable_variables
+        if self._kd.teacher_detached:
+            teacher_ids = {id(v) for t in self.teachers for v in t.variables}
+            variables = [v for v in variables if id(v) not in teacher_ids]
+        return variables
+
+    @property
+    def losses(self):
+        """Regularization and ``add_loss`` terms of the student and adapters.
+
+        The teachers' are never part of the distillation loss (nor walked).
+        """
+        if self._losses_override:  # set by Keras's JAX step
+            return self._losses_override
+        return [loss for module in self._trained_modules()
+                for loss in module.losses]
+
+    def _clear_losses(self):
+        # Keras clears the losses of every sublayer whenever the Distiller is
+        # called (each step). A teacher clears its own when it runs, so only
+        # the student and the adapters are visited here; Keras would walk
+        # every layer of the teacher too (a ResNet50's 175 at each step).
+        # (object.__setattr__: a plain swap that Keras's tracking must not see.)
+        layers = self._layers
+        object.__setattr__(self, "_layers", [
+            layer for layer in layers
+            if not any(layer is t for t in self.teachers)])
+        try:
+            super()._clear_losses()
+        finally:
+            object.__setattr__(self, "_layers", layers)
+
+    if keras.backend.backend() == "torch":
+        def zero_grad(self, set_to_none=True):
+            """Clears the gradients of the student and adapters (PyTorch).
+
+            Keras calls this at every PyTorch step; the frozen teachers have
+            no gradients, so their parameters are not visited.
+            """
+            for module in self._trained_modules():
+                module.zero_grad(set_to_none=set_to_none)
+
+    def _detach_teachers_while(self, detached, method, *args, **kwargs):
+        previous = self._kd.teacher_detached
+        self._kd.teacher_detached = detached
+        try:
+            return method(*args, **kwargs)
+        finally:
+            self._kd.teacher_detached = previous
+
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        """``keras.Model.evaluate``; with cached targets the teacher stays idle."""
+        return self._detach_teachers_while(
+            _holds_cached_targets(x, y), super().evaluate, x, y, *args,
+            **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        """The student's predictions (``keras.Model.predict``); no teacher runs."""
+        return self._detach_teachers_while(True, super().predict, x, *args,
+                                           **kwargs)
 
     # ------------------------------------------------------------------
     # fit: a check that the teacher is worth imitating
@@ -536,7 +647,9 @@ class Distiller(keras.Model):
         hooks = [o for o in self._objectives() if hasattr(o, "on_epoch_begin")]
         if hooks:
             callbacks.append(_ObjectiveEpochHook(hooks))
-        return super().fit(x, y, *args, callbacks=callbacks, **kwargs)
+        return self._detach_teachers_while(
+            _holds_cached_targets(x, y), super().fit, x, y, *args,
+            callbacks=callbacks, **kwargs)
 
     def _objectives(self):
         first = [] if self.distillation_objective is None else [
@@ -600,6 +713,40 @@ class Distiller(keras.Model):
         return cls(teacher=teacher, student=student, **config)
 
 
+class _LossTerms(keras.metrics.Metric):
+    """Running means of the loss terms, one variable for all of them.
+
+    Each term is averaged over the samples seen, weighted by batch size as
+    Keras's own ``loss`` is, so that at the end of an epoch
+    ``loss = alpha · student_loss + (1 − alpha) · distillation_loss + ...``
+    holds for the logged values too. One metric with a vector of totals
+    costs a handful of ops per step, where one ``keras.metrics.Mean`` per
+    term costs several each: on the eager PyTorch backend and in TensorFlow
+    graphs on CPU that difference is measurable on small students
+    (``benchmarks/step_time.py``).
+    """
+
+    def __init__(self, term_names, name="loss_terms"):
+        super().__init__(name=name)
+        self.term_names = list(term_names)
+        # Weighted sums of the terms, then the number of samples.
+        self.totals = self.add_variable(
+            shape=(len(self.term_names) + 1,), initializer="zeros",
+            dtype="float32", name="totals")
+
+    def update_state(self, values, batch_size):
+        """Adds one batch: ``values`` holds one scalar per term, in order."""
+        # The sample count rides along as a last term of 1: one update.
+        terms = ops.stack([ops.convert_to_tensor(v, "float32")
+                           for v in values] + [ops.ones((), "float32")])
+        self.totals.assign_add(terms * batch_size)
+
+    def result(self):
+        totals = self.totals.value
+        means = ops.unstack(ops.divide_no_nan(totals[:-1], totals[-1]))
+        return dict(zip(self.term_names, means))
+
+
 def _computes_in_float16(model):
     """True when ``model`` or one of its layers computes in float16.
 
@@ -639,6 +786,24 @@ def split_targets(y):
     if isinstance(y, dict) and "teacher_logits" in y:
         return y, y.get("labels")
     return None, y
+
+
+def _holds_cached_targets(x, y):
+    """True when ``fit``/``evaluate`` data carry cached teacher outputs.
+
+    Recognizes a targets dict (``fit(x, {"teacher_logits": ...})``) and a
+    ``tf.data.Dataset`` of ``(x, targets)`` elements, such as
+    ``SoftLabels.as_dataset()``. Other sources (generators, ``PyDataset``)
+    are not inspected: the teachers' state then stays in each step, which is
+    correct whichever targets come.
+    """
+    if y is not None:
+        return split_targets(y)[0] is not None
+    spec = getattr(x, "element_spec", None)
+    if type(x).__module__.startswith("tensorflow") and isinstance(
+            spec, (tuple, list)) and len(spec) >= 2:
+        return split_targets(spec[1])[0] is not None
+    return False
 
 
 class _ObjectiveEpochHook(keras.callbacks.Callback):

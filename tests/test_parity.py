@@ -41,8 +41,8 @@ def _setup():
 def _terms(distiller, x, y):
     loss = distiller.compute_loss(x, ops.convert_to_tensor(y), distiller(x),
                                   training=False)
-    values = {m.name: float(to_numpy(m.result()))
-              for m in distiller.metrics if m.name != "loss"}
+    values = {name: float(to_numpy(value)) for name, value
+              in distiller.get_metrics_result().items() if name != "loss"}
     values["loss"] = float(to_numpy(loss))
     return values
 

@@ -61,9 +61,14 @@ def kd_loss(teacher_logits, student_logits, temperature=4.0,
     0.5695
     """
     check_temperature(temperature)
-    p = _soft_targets(teacher_logits, temperature, teacher_weights)
     log_q = ops.log_softmax(to_float32(student_logits) / temperature, axis=-1)
-    log_p = ops.log(ops.maximum(p, 1e-30))
+    if isinstance(teacher_logits, (list, tuple)):
+        p = _soft_targets(teacher_logits, temperature, teacher_weights)
+        log_p = ops.log(ops.maximum(p, 1e-30))
+    else:  # one teacher: log p straight from log-softmax, p = exp(log p)
+        log_p = ops.log_softmax(to_float32(teacher_logits) / temperature,
+                                axis=-1)
+        p = ops.exp(log_p)
     kl = ops.sum(p * (log_p - log_q), axis=-1)
     return kl * (temperature * temperature)
 
