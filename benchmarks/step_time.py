@@ -1,27 +1,40 @@
 """Training-step time: live vs. cached (offline) distillation, and Keras's own.
 
-Measures, on one small CNN teacher (much bigger than its student, so the
-teacher dominates a live step) and per Keras backend:
+Measures, per Keras backend and for two teachers (a small CNN, ~24x the
+student's multiply-adds, so the teacher dominates a live step; and a
+ResNet50 built with ``weights=None`` at 32x32, whose 25.6M parameters and 175
+layers test that a cached step does not grow with the teacher):
 
-- ``student``: the student alone, ``student.train_on_batch(x, y)``;
-- ``teacher``: one teacher inference, ``teacher.predict_on_batch(x)``;
+- ``student``: a step of the student alone, ``student.fit(x, y)``;
+- ``teacher``: a step of teacher inference, ``teacher.predict_on_batch(x)``;
 - ``kd live`` / ``kd cached``: a keras-kd Distiller step, teacher run live or
-  its outputs fed as targets ``{"teacher_logits", "labels"}``;
+  its outputs fed as targets ``{"teacher_logits", "labels"}`` (computed once,
+  as ``kd.compute_soft_labels`` does);
 - ``keras live``: ``keras.distillation.Distiller`` with
   ``LogitsDistillation(temperature=4, loss=keras.losses.KLDivergence())``,
   the peer figure;
-- the same three with one feature pair (keras-kd ``FitNet``, Keras
-  ``FeatureDistillation``) on layers of equal shape (no adapter needed).
+- with the CNN teacher, the same three with one feature pair (keras-kd
+  ``FitNet``, Keras ``FeatureDistillation``) on layers of equal shape (no
+  adapter needed).
 
-Each figure is the median over ``--repeats`` rounds of ``--steps`` steps on
-fixed batches, after warm-up; the configurations are timed round-robin in one
-process so that load changes affect them alike. Ratios reported:
+Training steps are timed where users run them, inside one ``fit()`` call of ``--skip`` + ``--steps`` batches over in-memory NumPy data: a callback
+starts the clock when batch ``--skip`` begins and it stops when the call's
+results are on the host, so compilation and the first steps are left out and
+the per-epoch work (metric resets, JAX's variable sync) is spread over the
+timed steps, as in an epoch. (``train_on_batch`` would instead charge each
+step for resetting every metric and, on JAX, for syncing every variable,
+teacher included, which ``fit()`` does once per epoch.)
+
+Each figure is the best of ``--repeats`` rounds (other load only adds time);
+the configurations are timed round-robin in one process, alternating the
+order, so that slow spells fall on all of them alike.
+Ratios reported:
 ``live / (student + teacher)`` (target <= 1.05) and ``cached / student``
 (target <= 1.10).
 
 Usage:
-    python benchmarks/step_time.py                 # all three backends
-    python benchmarks/step_time.py --backend jax   # one backend
+    python benchmarks/step_time.py                 # all backends and teachers
+    python benchmarks/step_time.py --backend jax --teachers cnn
 """
 
 import argparse
@@ -34,9 +47,14 @@ import time
 BACKENDS = ("jax", "tensorflow", "torch")
 
 
-def build_models(keras, size, classes):
-    """A 4-conv teacher (~24x the student's multiply-adds) and a tiny student."""
+def build_models(keras, size, classes, teacher_kind="cnn"):
+    """A teacher (a 4-conv CNN, ~24x the student's multiply-adds, or a
+    ResNet50 built with ``weights=None``) and a tiny student."""
     def teacher():
+        if teacher_kind == "resnet50":
+            return keras.applications.ResNet50(
+                weights=None, input_shape=(size, size, 3), classes=classes,
+                classifier_activation=None, name="teacher")
         x = keras.Input((size, size, 3), name="t_input")
         h = keras.layers.Conv2D(32, 3, padding="same", activation="relu",
                                 name="t_conv1")(x)
@@ -65,6 +83,26 @@ def build_models(keras, size, classes):
     return teacher, student
 
 
+class StepTimer:
+    """A callback timing steps inside ``fit()``.
+
+    The clock starts when batch ``skip`` begins (earlier steps are warm-up)
+    and stops when the caller has the results of the last step in hand.
+    """
+
+    def __init__(self, keras, skip):
+        timer = self
+
+        class _Callback(keras.callbacks.Callback):
+            def on_train_batch_begin(self, batch, logs=None):
+                if batch == skip:
+                    timer.start = time.perf_counter()
+
+        self.callback = _Callback()
+        self.skip = skip
+        self.start = None
+
+
 def measure(args):
     import numpy as np
     import keras
@@ -75,11 +113,15 @@ def measure(args):
 
     keras.utils.set_random_seed(0)
     classes = 10
-    make_teacher, make_student = build_models(keras, args.size, classes)
+    make_teacher, make_student = build_models(keras, args.size, classes,
+                                              args.teacher)
     teacher = make_teacher()
+    # Feature pairs need the CNN teacher's "t_hint" layer.
+    with_features = args.teacher == "cnn"
     rng = np.random.default_rng(0)
-    x = rng.random((args.batch, args.size, args.size, 3)).astype("float32")
-    y = rng.integers(0, classes, args.batch).astype("int32")
+    n = args.batch * (args.steps + args.skip)
+    x = rng.random((n, args.size, args.size, 3)).astype("float32")
+    y = rng.integers(0, classes, n).astype("int32")
     sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
     def sgd():
@@ -108,104 +150,128 @@ def measure(args):
         d.compile(optimizer=sgd(), loss=sce)
         return d
 
-    logits = np.asarray(teacher.predict_on_batch(x), dtype="float32")
-    hint_model = keras.Model(teacher.inputs, teacher.get_layer("t_hint").output)
-    hint = np.asarray(hint_model.predict_on_batch(x), dtype="float32")
+    # The teacher's outputs as a cache holds them (kd.compute_soft_labels).
+    logits = np.asarray(teacher.predict(x, batch_size=args.batch, verbose=0),
+                        dtype="float32")
     cached = {"teacher_logits": logits, "labels": y}
-    # As a tensor: Keras's torch train_on_batch leaves NumPy arrays nested in
-    # lists as they are (fit's data adapters convert them).
-    cached_f = dict(cached, teacher_features=[keras.ops.convert_to_tensor(hint)])
+    timer = StepTimer(keras, args.skip)
 
-    kd_live, kd_cached = kd_distiller(False), kd_distiller(False)
-    kdf_live, kdf_cached = kd_distiller(True), kd_distiller(True)
-    # Keras's train_on_batch re-traces the whole model (_symbolic_build)
-    # whenever one of its layers reports built=False: detect and report it.
-    unbuilt = sorted({layer.name for layer in kd_live._flatten_layers()
-                      if not layer.built})
-    ke_live, kef_live = keras_distiller(False), keras_distiller(True)
+    def train(model, targets):
+        def run():
+            history = model.fit(x, targets, batch_size=args.batch, epochs=1,
+                                shuffle=False, verbose=0,
+                                callbacks=[timer.callback])
+            # The logged loss is a host float: the last step has finished.
+            float(history.history["loss"][-1])
+            return time.perf_counter()
+        return run
+
+    batches = [x[i:i + args.batch] for i in range(0, n, args.batch)]
+
+    def infer():
+        # One compiled forward pass per batch, outputs brought to the host:
+        # predict()'s own loop adds data-pipeline and output-gathering work
+        # per step (on TensorFlow more than the forward pass itself).
+        timer.start = time.perf_counter()
+        for batch in batches[args.skip:]:
+            teacher.predict_on_batch(batch)
+        return time.perf_counter()
+
     configs = {
-        "student": lambda: student.train_on_batch(x, y),
-        "teacher": lambda: teacher.predict_on_batch(x),
-        "kd_live": lambda: kd_live.train_on_batch(x, y),
-        "kd_cached": lambda: kd_cached.train_on_batch(x, cached),
-        "keras_live": lambda: ke_live.train_on_batch(x, y),
-        "kd_live_feat": lambda: kdf_live.train_on_batch(x, y),
-        "kd_cached_feat": lambda: kdf_cached.train_on_batch(x, cached_f),
-        "keras_live_feat": lambda: kef_live.train_on_batch(x, y),
+        "student": train(student, y),
+        "teacher": infer,
+        "kd_live": train(kd_distiller(False), y),
+        "kd_cached": train(kd_distiller(False), cached),
+        "keras_live": train(keras_distiller(False), y),
     }
-    for fn in configs.values():  # warm-up: tracing and compilation
-        for _ in range(3):
-            fn()
+    if with_features:
+        hint_model = keras.Model(teacher.inputs,
+                                 teacher.get_layer("t_hint").output)
+        hint = np.asarray(hint_model.predict(x, batch_size=args.batch,
+                                             verbose=0), dtype="float32")
+        configs.update(
+            kd_live_feat=train(kd_distiller(True), y),
+            kd_cached_feat=train(kd_distiller(True), dict(
+                cached, teacher_features=[hint])),
+            keras_live_feat=train(keras_distiller(True), y))
+    for run in configs.values():  # warm-up: tracing and compilation
+        run()
     times = {name: [] for name in configs}
     names = list(configs)
     for round_ in range(args.repeats):
         # Alternate the order so that no configuration always runs first.
         for name in names if round_ % 2 == 0 else names[::-1]:
-            fn = configs[name]
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                fn()  # returns NumPy logs / predictions: the step is synced
-            times[name].append((time.perf_counter() - start) / args.steps)
-    t = {name: np.array(v) for name, v in times.items()}
+            timer.start = None
+            end = configs[name]()
+            times[name].append((end - timer.start) / args.steps)
+    if os.environ.get("STEP_TIME_RAW"):  # every round's ms, for a look
+        print({k: [round(v * 1e3, 2) for v in vs] for k, vs in times.items()},
+              file=sys.stderr)
+    # Best of the rounds: other load only ever adds time (timeit's rule), and
+    # on a small CPU machine it comes in bursts that can slow a whole round
+    # of one configuration by 1.5x (seen with TensorFlow's thread pools).
+    t = {name: min(v) for name, v in times.items()}
     base = t["student"] + t["teacher"]
-    # Ratios are taken within each round (configurations measured minutes
-    # apart see different machine load), then the median over rounds.
     ratios = {
         "live": t["kd_live"] / base,
         "cached": t["kd_cached"] / t["student"],
         "keras": t["keras_live"] / t["kd_live"],
-        "live_feat": t["kd_live_feat"] / base,
-        "cached_feat": t["kd_cached_feat"] / t["student"],
-        "keras_feat": t["keras_live_feat"] / t["kd_live_feat"],
     }
-    return {"backend": keras.backend.backend(),
-            "ms": {k: float(np.median(v)) * 1e3 for k, v in t.items()},
-            "ratio": {k: float(np.median(v)) for k, v in ratios.items()},
-            "unbuilt_layers": unbuilt,
+    if with_features:
+        ratios.update(
+            live_feat=t["kd_live_feat"] / base,
+            cached_feat=t["kd_cached_feat"] / t["student"],
+            keras_feat=t["keras_live_feat"] / t["kd_live_feat"])
+    return {"backend": keras.backend.backend(), "teacher": args.teacher,
+            "size": args.size,
+            "ms": {k: v * 1e3 for k, v in t.items()},
+            "ratio": ratios,
             "teacher_params": teacher.count_params(),
             "student_params": student.count_params()}
 
 
 def table(results, args):
     lines = [
-        f"Median ms per step (batch {args.batch}, {args.size}x{args.size}x3 "
-        f"inputs, {args.repeats} rounds of {args.steps} steps):",
+        f"Best ms per step (batch {args.batch}, {args.repeats} rounds of "
+        f"{args.steps} training steps inside fit()):",
         "",
-        "| backend | student | teacher inf. | kd live | kd cached | keras live "
-        "| live/(student+teacher) | cached/student | keras live/kd live |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| backend | teacher | student | teacher inf. | kd live | kd cached "
+        "| keras live | live/(student+teacher) | cached/student "
+        "| keras live/kd live |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     feat = [
         "",
-        "With one feature pair (keras-kd FitNet / Keras FeatureDistillation, "
-        "32-channel maps of equal shape):",
+        "With one feature pair (CNN teacher; keras-kd FitNet / Keras "
+        "FeatureDistillation, 32-channel maps of equal shape):",
         "",
         "| backend | kd live | kd cached | keras live | live/(student+teacher) "
         "| cached/student | keras live/kd live |",
         "|---|---|---|---|---|---|---|",
     ]
+    notes = [""]
     for r in results:
         m, q = r["ms"], r["ratio"]
         lines.append(
-            f"| {r['backend']} | {m['student']:.2f} | {m['teacher']:.2f} | "
-            f"{m['kd_live']:.2f} | {m['kd_cached']:.2f} | "
-            f"{m['keras_live']:.2f} | {q['live']:.3f} | {q['cached']:.3f} | "
+            f"| {r['backend']} | {r['teacher']} | {m['student']:.2f} | "
+            f"{m['teacher']:.2f} | {m['kd_live']:.2f} | {m['kd_cached']:.2f} "
+            f"| {m['keras_live']:.2f} | {q['live']:.3f} | {q['cached']:.3f} | "
             f"{q['keras']:.3f} |")
-        feat.append(
-            f"| {r['backend']} | {m['kd_live_feat']:.2f} | "
-            f"{m['kd_cached_feat']:.2f} | {m['keras_live_feat']:.2f} | "
-            f"{q['live_feat']:.3f} | {q['cached_feat']:.3f} | "
-            f"{q['keras_feat']:.3f} |")
-    notes = ["", f"Teacher {results[0]['teacher_params']:,} parameters, "
-             f"student {results[0]['student_params']:,}. Ratios: median over "
-             "rounds of the per-round ratio."]
-    unbuilt = sorted({n for r in results for n in r["unbuilt_layers"]})
-    if unbuilt:
+        if "live_feat" in q:
+            feat.append(
+                f"| {r['backend']} | {m['kd_live_feat']:.2f} | "
+                f"{m['kd_cached_feat']:.2f} | {m['keras_live_feat']:.2f} | "
+                f"{q['live_feat']:.3f} | {q['cached_feat']:.3f} | "
+                f"{q['keras_feat']:.3f} |")
+    for kind in sorted({r["teacher"] for r in results}):
+        r = next(r for r in results if r["teacher"] == kind)
         notes.append(
-            f"Note: the Distiller's layers {unbuilt} report built=False, so "
-            "Keras's train_on_batch re-traces the model (_symbolic_build) at "
-            "every step.")
-    return "\n".join(lines + feat + notes)
+            f"{kind}: {r['size']}x{r['size']}x3 inputs, teacher "
+            f"{r['teacher_params']:,} parameters, student "
+            f"{r['student_params']:,}.")
+    notes.append("Each figure is the best of the rounds; ratios are taken "
+                 "between those.")
+    return "\n".join(lines + (feat if len(feat) > 6 else []) + notes)
 
 
 def main():
@@ -213,32 +279,48 @@ def main():
     parser.add_argument("--backend", default="all",
                         choices=("all",) + BACKENDS)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--size", type=int, default=None,
+                        help="input side (default 16 for cnn, 32 for resnet50)")
+    parser.add_argument("--teachers", default="cnn,resnet50",
+                        help="comma-separated teachers among cnn, resnet50")
+    parser.add_argument("--steps", type=int, default=20,
+                        help="timed steps per fit() call")
+    parser.add_argument("--skip", type=int, default=3,
+                        help="untimed warm-up steps at the start of each call")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON line (used per backend)")
+    parser.add_argument("--teacher", choices=("cnn", "resnet50"),
+                        help=argparse.SUPPRESS)  # one child run
     args = parser.parse_args()
-    if args.backend != "all":
+    if args.teacher:  # one backend, one teacher: a child run
         os.environ["KERAS_BACKEND"] = args.backend
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        result = measure(args)
-        print(json.dumps(result) if args.json else table([result], args),
-              flush=True)
+        if args.size is None:
+            args.size = 32 if args.teacher == "resnet50" else 16
+        print(json.dumps(measure(args)), flush=True)
         return
+    teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
+    bad = sorted(set(teachers) - {"cnn", "resnet50"})
+    if bad or not teachers:
+        parser.error(f"--teachers takes cnn and/or resnet50, got {bad}")
+    backends = BACKENDS if args.backend == "all" else (args.backend,)
     results = []
-    for backend in BACKENDS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--backend", backend,
-               "--json", "--batch", str(args.batch), "--size", str(args.size),
-               "--steps", str(args.steps), "--repeats", str(args.repeats)]
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                             check=False)
-        if out.returncode:
-            sys.stderr.write(out.stderr[-3000:])
-            raise SystemExit(f"{backend} run failed")
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(f"{backend}: done", file=sys.stderr, flush=True)
+    for backend in backends:
+        for teacher in teachers:
+            # A fresh process per backend (KERAS_BACKEND is read at import).
+            cmd = [sys.executable, os.path.abspath(__file__), "--backend",
+                   backend, "--teacher", teacher, "--batch", str(args.batch),
+                   "--steps", str(args.steps), "--skip", str(args.skip),
+                   "--repeats", str(args.repeats)]
+            if args.size is not None:
+                cmd += ["--size", str(args.size)]
+            env = dict(os.environ, KERAS_BACKEND=backend,
+                       TF_CPP_MIN_LOG_LEVEL="3")
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                 check=False)
+            if out.returncode:
+                sys.stderr.write(out.stderr[-3000:])
+                raise SystemExit(f"{backend} / {teacher} run failed")
+            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(f"{backend} / {teacher}: done", file=sys.stderr, flush=True)
     print(table(results, args))
 
 
