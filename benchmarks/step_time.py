@@ -99,7 +99,6 @@ class StepTimer:
                     timer.start = time.perf_counter()
 
         self.callback = _Callback()
-        self.skip = skip
         self.start = None
 
 

@@ -593,9 +593,9 @@ class Distiller(keras.Model):
         # every layer of the teacher too (a ResNet50's 175 at each step).
         # (object.__setattr__: a plain swap that Keras's tracking must not see.)
         layers = self._layers
+        teacher_ids = {id(t) for t in self.teachers}
         object.__setattr__(self, "_layers", [
-            layer for layer in layers
-            if not any(layer is t for t in self.teachers)])
+            layer for layer in layers if id(layer) not in teacher_ids])
         try:
             super()._clear_losses()
         finally:

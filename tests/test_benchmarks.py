@@ -30,3 +30,13 @@ def test_step_time_benchmark_reports_every_configuration():
     assert abs(ratio["live"] - ms["kd_live"] / (ms["student"] + ms["teacher"])
                ) < 1e-9
     assert result["student_params"] < result["teacher_params"]
+
+
+def test_step_time_benchmark_refuses_an_unknown_teacher():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_time.py"),
+           "--teachers", "cnn,vgg"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 2
+    assert "--teachers takes cnn and/or resnet50" in out.stderr
+    assert "vgg" in out.stderr
