@@ -4,8 +4,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import keras
+import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -40,3 +43,48 @@ def test_step_time_benchmark_refuses_an_unknown_teacher():
     assert out.returncode == 2
     assert "--teachers takes cnn and/or resnet50" in out.stderr
     assert "vgg" in out.stderr
+
+
+def _step_time_module():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import step_time
+    finally:
+        sys.path.pop(0)
+    return step_time
+
+
+def test_step_timer_starts_once_the_last_untimed_step_has_run():
+    step_time = _step_time_module()
+    timer = step_time.StepTimer(keras, skip=2)
+    callback = timer.callback
+    # Keras may keep dispatching steps asynchronously around it (JAX).
+    assert callback.async_safe
+    callback.on_train_batch_end(0, {"loss": 1.0})
+    assert timer.start is None
+    before = time.perf_counter()
+    callback.on_train_batch_end(1, {"loss": 1.0})
+    assert before <= timer.start <= time.perf_counter()
+    start = timer.start
+    callback.on_train_batch_end(2, {"loss": 1.0})
+    assert timer.start == start
+    # Inside fit(): the clock starts at the end of step skip - 1, before the
+    # call returns.
+    timer.start = None
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((10, 4), "float32")
+    model.fit(x, np.zeros((10, 2), "float32"), batch_size=2, verbose=0,
+              callbacks=[callback])
+    assert timer.start is not None and timer.start <= time.perf_counter()
+    with pytest.raises(ValueError, match="skip >= 1"):
+        step_time.StepTimer(keras, skip=0)
+
+
+def test_step_time_benchmark_refuses_zero_untimed_steps():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_time.py"),
+           "--skip", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 2
+    assert "--skip and --steps take at least 1 step each" in out.stderr
