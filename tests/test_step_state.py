@@ -7,6 +7,8 @@ Keras reads at each step (trainable weights, losses, loss clearing, PyTorch's
 through each compiled step. These tests pin down that nothing is lost by it.
 """
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -187,3 +189,81 @@ def test_every_layer_is_built_after_compile():
                                                    "student_conv2")])
     unbuilt = [layer.name for layer in d._flatten_layers() if not layer.built]
     assert unbuilt == []
+
+
+class _Recorder(keras.layers.Layer):
+    """Passes its input through and notes that it ran (eager backends)."""
+
+    def __init__(self, log, tag, **kwargs):
+        super().__init__(**kwargs)
+        # A bound method, not the list: Keras would track (copy) a list.
+        self.note = functools.partial(log.append, tag)
+
+    def call(self, x):
+        self.note()
+        return x
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="the order of an eager PyTorch step")
+def test_torch_step_runs_the_teacher_first_with_the_same_loss():
+    log = []
+
+    def model(width, tag):
+        x = keras.Input((64,))
+        h = keras.layers.Dense(width, activation="relu")(_Recorder(log, tag)(x))
+        return keras.Model(x, keras.layers.Dense(10)(h), name=tag)
+
+    teacher, student = model(32, "teacher"), model(8, "student")
+    d = kd.Distiller(teacher=teacher, student=student)
+    d.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCE, alpha=0.3,
+              temperature=2.0)
+    x, y = _data(8)
+    d.train_on_batch(x, y)  # builds the step (Keras traces the student once)
+    t = to_numpy(teacher(x)).astype("float64")
+    s = to_numpy(student(x)).astype("float64")
+    log.clear()
+    logs = d.train_on_batch(x, y, return_dict=True)
+    # The teacher ran before the student, once each, with no autograd graph.
+    assert log == ["teacher", "student"]
+
+    def log_softmax(z):
+        z = z - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+    hard = -log_softmax(s)[np.arange(8), y].mean()
+    p = np.exp(log_softmax(t / 2.0))
+    soft = 4.0 * (p * (log_softmax(t / 2.0) - log_softmax(s / 2.0))).sum(
+        -1).mean()
+    np.testing.assert_allclose(logs["student_loss"], hard, rtol=1e-5)
+    np.testing.assert_allclose(logs["distillation_loss"], soft, rtol=1e-5)
+    np.testing.assert_allclose(logs["loss"], 0.3 * hard + 0.7 * soft,
+                               rtol=1e-5)
+    assert all(v.value.grad is None for v in teacher.weights)
+    assert d.student.weights[0].value.grad is not None
+
+
+def test_cached_logits_of_several_teachers_train_as_live():
+    # {"teacher_logits": [t1, t2]} keeps one tensor per teacher (weighted
+    # mean of their softened outputs), as the live step computes them.
+    x, y = _data(24)
+    t1, t2 = mlp(16, "t1"), mlp(24, "t2")
+    cached = {"teacher_logits": [to_numpy(t1(x)), to_numpy(t2(x))],
+              "labels": y}
+
+    def fitted(targets):
+        keras.utils.set_random_seed(3)
+        d = kd.Distiller([t1, t2], mlp(8, "student"), teacher_weights=[1, 3])
+        d.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCE,
+                  temperature=2.0)
+        history = d.fit(x, targets, batch_size=8, epochs=2, shuffle=False,
+                        verbose=0).history
+        return history, [to_numpy(w) for w in d.student.weights]
+
+    (h_live, w_live), (h_cached, w_cached) = fitted(y), fitted(cached)
+    assert sorted(h_live) == sorted(h_cached)
+    for key in h_live:
+        np.testing.assert_allclose(h_cached[key], h_live[key], rtol=1e-5,
+                                   err_msg=key)
+    for a, b in zip(w_live, w_cached):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
