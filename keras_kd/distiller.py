@@ -669,11 +669,16 @@ class Distiller(keras.Model):
 
         When labels come with the data, the teacher's accuracy on the first
         batch (up to 256 samples) is measured; near-chance accuracy raises a
-        warning, since distilling an untrained teacher teaches nothing.
+        warning, since distilling an untrained teacher teaches nothing. NumPy
+        training data are read directly. A ``tf.data`` training pipeline is
+        not read (each pass over a pipeline that shuffles draws its next
+        order, so a look would shift the order of every epoch): the check
+        reads ``validation_data`` instead, when given.
         """
         if not self._kd.teacher_checked:
             self._kd.teacher_checked = True
-            self._warn_if_teacher_untrained(x, y)
+            self._warn_if_teacher_untrained(x, y,
+                                            kwargs.get("validation_data"))
         callbacks = list(kwargs.pop("callbacks", None) or [])
         hooks = [o for o in self._objectives() if hasattr(o, "on_epoch_begin")]
         if hooks:
@@ -687,7 +692,11 @@ class Distiller(keras.Model):
             self.distillation_objective]
         return first + list(self.feature_objectives)
 
-    def _warn_if_teacher_untrained(self, x, y):
+    def _warn_if_teacher_untrained(self, x, y, validation_data=None):
+        if _is_dataset(x):  # reading it would consume one of its shuffles
+            x, y = validation_data, None
+            if isinstance(x, (tuple, list)):
+                x, y = (tuple(x) + (None,))[:2]
         batch = _first_labeled_batch(x, y)
         if batch is None:
             return
@@ -839,8 +848,7 @@ def _holds_cached_targets(x, y):
     if y is not None:
         return split_targets(y)[0] is not None
     spec = getattr(x, "element_spec", None)
-    if type(x).__module__.startswith("tensorflow") and isinstance(
-            spec, (tuple, list)) and len(spec) >= 2:
+    if _is_dataset(x) and isinstance(spec, (tuple, list)) and len(spec) >= 2:
         return split_targets(spec[1])[0] is not None
     return False
 
@@ -857,14 +865,19 @@ class _ObjectiveEpochHook(keras.callbacks.Callback):
             objective.on_epoch_begin(epoch)
 
 
+def _is_dataset(x):
+    """True for a ``tf.data.Dataset``."""
+    return type(x).__module__.startswith("tensorflow") and hasattr(
+        x, "take") and hasattr(x, "element_spec")
+
+
 def _first_labeled_batch(x, y, limit=256):
     """The first (inputs, labels) batch of NumPy data or a tf.data dataset."""
     if isinstance(y, dict):  # cached teacher outputs: the teacher is not used
         return None
     if y is not None and isinstance(x, np.ndarray):
         return x[:limit], np.asarray(y)[:limit]
-    if y is None and type(x).__module__.startswith("tensorflow") and hasattr(
-            x, "take") and hasattr(x, "element_spec"):
+    if y is None and _is_dataset(x):
         for element in x.take(1):
             if isinstance(element, (tuple, list)) and len(element) >= 2:
                 xb, yb = element[0], element[1]

@@ -125,6 +125,36 @@ def test_untrained_teacher_warns_and_trained_teacher_does_not():
         distiller.fit(x, y, epochs=1, verbose=0)
 
 
+def test_teacher_check_leaves_a_shuffled_training_pipeline_alone():
+    # Each pass over a shuffling tf.data pipeline draws its next order: the
+    # check reads the validation data, so a Distiller with alpha = 1 trains
+    # exactly as the student alone does on the same pipeline.
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.random((64, 64)).astype("float32")
+    y = rng.integers(0, 10, 64).astype("int32")
+
+    def pipeline():
+        return tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+            64, seed=1).batch(16)
+
+    student = mlp(8, "student")
+    init = to_numpy(student.weights[0]).copy()
+    alone = keras.models.clone_model(student)
+    alone.set_weights(student.get_weights())
+    alone.compile(keras.optimizers.SGD(0.1), ce())
+    alone.fit(pipeline(), epochs=2, verbose=0)
+    distiller = kd.Distiller(mlp(16, "teacher"), student)
+    distiller.compile(keras.optimizers.SGD(0.1), ce(), alpha=1.0)
+    with pytest.warns(UserWarning, match="near chance"):  # from (x, y)
+        distiller.fit(pipeline(), epochs=2, verbose=0, validation_data=(x, y))
+    for a, b in zip(alone.weights, student.weights):
+        np.testing.assert_allclose(to_numpy(b), to_numpy(a), rtol=1e-5,
+                                   atol=1e-6)
+    assert not np.allclose(to_numpy(student.weights[0]), init)  # it trained
+
+
 def test_bad_objectives_in_compile():
     distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
     with pytest.raises(ValueError, match="Unknown distillation_loss 'kl'"):
