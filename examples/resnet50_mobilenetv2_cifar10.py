@@ -27,7 +27,8 @@ are random (``weights=None``), images stay 32x32, one epoch of a few steps::
 The same job from the command line::
 
     keras-kd run --dataset cifar10 --teacher ResNet50 --student MobileNetV2 \\
-        --image-size 96 --weights imagenet --teacher-finetune --epochs 10
+        --image-size 96 --weights imagenet --teacher-finetune --epochs 10 \\
+        --objective kd
 """
 
 import argparse

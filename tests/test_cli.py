@@ -50,6 +50,41 @@ def test_run_quick_writes_models_report_and_plots(quick_run, capsys):
         assert m["latency_ms"] > 0
 
 
+@pytest.mark.parametrize("argv, objective, temperature", [
+    ([], "dist", 1.0),  # the default: DIST at its paper's tau = 1
+    (["--objective", "ls"], "ls", 2.0),
+    (["--objective", "kd"], "kd", 4.0),
+    (["--objective", "dkd"], "dkd", 4.0),
+    (["--objective", "dist", "--temperature", "3"], "dist", 3.0),
+])
+def test_run_temperature_defaults_to_the_objectives_usual(argv, objective,
+                                                          temperature):
+    args = cli.build_parser().parse_args(["run"] + argv)
+    cli._apply_objective_defaults(args)
+    assert (args.objective, args.temperature) == (objective, temperature)
+
+
+def test_run_compares_students_trained_on_the_same_batches(tmp_path):
+    # With alpha = 1 the distilled student's loss is the hard loss alone: fed
+    # the same batches in the same order as the student alone, from the same
+    # start, it must train the same way.
+    keras.utils.set_random_seed(0)
+    code = cli.main(["run", "--quick", "--alpha", "1.0", "--no-export",
+                     "--output", str(tmp_path), "--run-name", "a1",
+                     "--verbose", "0"])
+    assert code == 0
+    report = json.loads((tmp_path / "a1" / "report.json").read_text())
+    alone = report["histories"]["student alone"]
+    distilled = report["histories"]["distilled student"]
+    np.testing.assert_allclose(distilled["student_loss"], alone["loss"],
+                               rtol=1e-4)
+    np.testing.assert_allclose(distilled["val_accuracy"],
+                               alone["val_accuracy"], atol=1e-6)
+    accuracy = {m["key"]: m["test_accuracy"] for m in report["models"]}
+    assert abs(accuracy["student_distilled"] - accuracy["student_alone"]) <= (
+        1.0 / 128 + 1e-9)  # --quick tests on 128 examples: one at most
+
+
 def test_run_report_values_match_independent_measurements(quick_run):
     _, run_dir = quick_run
     rep = json.loads((run_dir / "report.json").read_text())
