@@ -1,6 +1,5 @@
 """The Distiller: a keras.Model that trains a student to imitate a frozen teacher."""
 
-import contextlib
 import threading
 import warnings
 
@@ -615,7 +614,6 @@ class Distiller(keras.Model):
             for module in self._trained_modules():
                 module.zero_grad(set_to_none=set_to_none)
 
-    if keras.backend.backend() == "torch":
         def train_step(self, data):
             """Keras's PyTorch step, with the teachers run first.
 
@@ -628,15 +626,18 @@ class Distiller(keras.Model):
             between would have evicted them (about 0.6 ms of a 20 ms step in
             ``benchmarks/step_time.py``).
             """
-            return super().train_step(self._with_teacher_outputs(data))
+            import torch
+
+            with torch.no_grad():
+                data = self._with_teacher_outputs(data)
+            return super().train_step(data)
 
     def _with_teacher_outputs(self, data):
         """``data`` with the teachers' outputs as targets (unless cached)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if split_targets(y)[0] is not None:
             return data
-        with _no_autograd():
-            logits, features = self._teacher_outputs(x)
+        logits, features = self._teacher_outputs(x)
         targets = {"teacher_logits": logits, "teacher_features": features}
         if y is not None:
             targets["labels"] = y
@@ -695,8 +696,8 @@ class Distiller(keras.Model):
     def _warn_if_teacher_untrained(self, x, y, validation_data=None):
         if _is_dataset(x):  # reading it would consume one of its shuffles
             x, y = validation_data, None
-            if isinstance(x, (tuple, list)):
-                x, y = (tuple(x) + (None,))[:2]
+            if isinstance(x, (tuple, list)):  # (x_val, y_val[, weights])
+                x, y = x[0], (x[1] if len(x) > 1 else None)
         batch = _first_labeled_batch(x, y)
         if batch is None:
             return
@@ -785,14 +786,6 @@ class _LossTerms(keras.metrics.Metric):
         totals = self.totals.value
         means = ops.unstack(ops.divide_no_nan(totals[:-1], totals[-1]))
         return dict(zip(self.term_names, means))
-
-
-def _no_autograd():
-    """``torch.no_grad()`` on PyTorch, else a no-op context."""
-    if keras.backend.backend() == "torch":
-        import torch
-        return torch.no_grad()
-    return contextlib.nullcontext()
 
 
 def _computes_in_float16(model):
