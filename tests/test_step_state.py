@@ -267,3 +267,67 @@ def test_cached_logits_of_several_teachers_train_as_live():
                                    err_msg=key)
     for a, b in zip(w_live, w_cached):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch",
+                    reason="the Distiller's own step is PyTorch's")
+def test_torch_step_equals_keras_step():
+    """The PyTorch ``train_step`` (teachers first, the student's own call,
+    the label mask skipped when every CPU label is >= 0) gives the logs and
+    weights of Keras's ``train_step`` on a twin Distiller, step after step:
+    regularization, an adapter, a batch with unlabeled samples (label -1)
+    and batches without."""
+    x, y = _data(24, seed=4)
+    y_partial = y.copy()
+    y_partial[[1, 5, 6]] = -1
+    teacher = _regularized("teacher", width=32)
+
+    def twin():
+        keras.utils.set_random_seed(5)
+        d = kd.Distiller(teacher=teacher, student=_regularized("student"))
+        d.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCE, alpha=0.4,
+                  temperature=2.0, metrics=["accuracy"], feature_losses=[
+                      kd.FitNet("teacher_hidden", "student_hidden")])
+        # Losses the adapter adds while the loss is computed, which each
+        # step must clear as Keras's does.
+        d.feature_objectives[0].adapter.activity_regularizer = \
+            keras.regularizers.L2(0.01)
+        return d
+
+    ours, reference = twin(), twin()
+    for a, b in zip(ours.weights, reference.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    for labels in (y, y_partial, y):
+        data = (keras.ops.convert_to_tensor(x),
+                keras.ops.convert_to_tensor(labels))
+        logs = ours.train_step(data)
+        expected = keras.Model.train_step(reference, data)
+        assert sorted(logs) == sorted(expected)
+        for key in expected:
+            np.testing.assert_allclose(to_numpy(logs[key]),
+                                       to_numpy(expected[key]), rtol=1e-6,
+                                       err_msg=key)
+        for a, b in zip(ours.trainable_weights, reference.trainable_weights):
+            np.testing.assert_allclose(to_numpy(a), to_numpy(b), rtol=1e-6,
+                                       atol=1e-7)
+    # Three steps moved the student: the comparison is not between no-ops.
+    assert not np.allclose(to_numpy(ours.student(x)),
+                           to_numpy(twin().student(x)))
+
+
+def test_label_mask_is_left_out_only_for_labels_seen_complete():
+    """Only eager PyTorch CPU labels are read to drop the mask; labels with
+    an unlabeled sample, NumPy labels and other backends' tensors keep it."""
+    full = keras.ops.convert_to_tensor(np.array([0, 3, 9], "int32"))
+    partial = keras.ops.convert_to_tensor(np.array([0, -1, 9], "int32"))
+    read = keras.backend.backend() == "torch"
+    labels, mask = kd.Distiller._label_mask(full)
+    assert (mask is None) is read
+    np.testing.assert_array_equal(to_numpy(labels), [0, 3, 9])
+    if mask is not None:
+        np.testing.assert_array_equal(to_numpy(mask), [1.0, 1.0, 1.0])
+    labels, mask = kd.Distiller._label_mask(partial)
+    np.testing.assert_array_equal(to_numpy(labels), [0, 0, 9])
+    np.testing.assert_array_equal(to_numpy(mask), [1.0, 0.0, 1.0])
+    labels, mask = kd.Distiller._label_mask(np.array([0, 3, 9], "int32"))
+    np.testing.assert_array_equal(to_numpy(mask), [1.0, 1.0, 1.0])
