@@ -651,8 +651,8 @@ class Distiller(keras.Model):
             loss = self._compute_loss(x=x, y=y, y_pred=y_pred,
                                       sample_weight=sample_weight,
                                       training=True)
-            self._loss_tracker.update_state(
-                loss, sample_weight=keras.tree.flatten(x)[0].shape[0])
+            self._loss_tracker.update_state(loss, sample_weight=next(
+                i for i in keras.tree.flatten(x) if i is not None).shape[0])
             if self.optimizer is not None:
                 loss = self.optimizer.scale_loss(loss)
             variables = self.trainable_weights
