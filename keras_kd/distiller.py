@@ -1,5 +1,6 @@
 """The Distiller: a keras.Model that trains a student to imitate a frozen teacher."""
 
+import contextlib
 import threading
 import warnings
 
@@ -762,14 +763,49 @@ class Distiller(keras.Model):
     # ------------------------------------------------------------------
     # Serialization
     # ------------------------------------------------------------------
+    # A `.keras` file or weights file of the Distiller holds the teachers',
+    # student's and adapters' weights and the Distiller's own optimizer (the
+    # one that trains the student). The optimizers the teachers or the student
+    # were compiled with on their own are left out, with their compile
+    # options: they play no part in distillation, and a teacher trained with
+    # Adam carries two slots per weight (for a ResNet50, about 200 MB).
+    def save(self, filepath, *args, **kwargs):
+        """``keras.Model.save``, without the models' own optimizers."""
+        with self._own_optimizers_hidden():
+            return super().save(filepath, *args, **kwargs)
+
+    def save_weights(self, filepath, *args, **kwargs):
+        """``keras.Model.save_weights``, without the models' own optimizers."""
+        with self._own_optimizers_hidden():
+            return super().save_weights(filepath, *args, **kwargs)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        """``keras.Model.load_weights``, for files saved by ``save_weights``."""
+        with self._own_optimizers_hidden():
+            return super().load_weights(filepath, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _own_optimizers_hidden(self):
+        # Only models that hold an optimizer (compiled ones) are touched.
+        held = [(model, model.__dict__["optimizer"])
+                for model in self.teachers + [self.student]
+                if model.__dict__.get("optimizer") is not None]
+        try:
+            for model, _ in held:
+                model.__dict__["optimizer"] = None
+            yield
+        finally:
+            for model, optimizer in held:
+                model.__dict__["optimizer"] = optimizer
+
     def get_config(self):
-        teacher = ([keras.saving.serialize_keras_object(t)
-                    for t in self.teacher] if isinstance(self.teacher, list)
-                   else keras.saving.serialize_keras_object(self.teacher))
+        teacher = ([_serialize_uncompiled(t) for t in self.teacher]
+                   if isinstance(self.teacher, list)
+                   else _serialize_uncompiled(self.teacher))
         return {
             "name": self.name,
             "teacher": teacher,
-            "student": keras.saving.serialize_keras_object(self.student),
+            "student": _serialize_uncompiled(self.student),
             "teacher_weights": self.teacher_weights,
         }
 
@@ -856,6 +892,13 @@ def _all_labeled_on_host(y):
     return (isinstance(y, torch.Tensor) and y.device.type == "cpu"
             and not torch.compiler.is_compiling()
             and bool(torch.all(y >= 0)))
+
+
+def _serialize_uncompiled(model):
+    """``model``'s Keras config without its own compile options."""
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config
 
 
 def _computes_in_float16(model):

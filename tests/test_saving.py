@@ -1,6 +1,7 @@
 """Save and load: teacher, student, adapters, compile options, optimizer state."""
 
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -63,6 +64,62 @@ def test_save_load_restores_everything_and_fit_continues(tmp_path):
     np.testing.assert_allclose(distiller.predict(x, verbose=0),
                                loaded.predict(x, verbose=0), rtol=1e-5,
                                atol=1e-6)
+
+
+def _weight_groups(path):
+    """The groups of a weights file (or of a .keras file's weights)."""
+    import zipfile
+
+    import h5py
+
+    if path.endswith(".keras"):
+        with zipfile.ZipFile(path) as archive:
+            path = archive.extract("model.weights.h5",
+                                   os.path.dirname(path))
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visit(names.append)
+    return names
+
+
+def test_models_own_optimizers_stay_out_of_the_distillers_files(tmp_path):
+    """A teacher (and student) compiled and trained on their own keep their
+    optimizers, but the Distiller's files hold only its own: no teacher's
+    Adam slots, no warning about skipped optimizer variables on load."""
+    x, y = data()
+    sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    teacher, student = mlp(32, "teacher"), mlp(8, "student")
+    for model in (teacher, student):
+        model.compile(optimizer="adam", loss=sce)
+        model.fit(x, y, epochs=1, verbose=0)
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(optimizer="adam", loss=sce)
+    distiller.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    path = os.path.join(tmp_path, "d.keras")
+    distiller.save(path)
+    weights_path = os.path.join(tmp_path, "d.weights.h5")
+    distiller.save_weights(weights_path)
+    for file in (path, weights_path):
+        groups = {n for n in _weight_groups(file) if n.endswith("optimizer")}
+        assert groups == {"optimizer"}, file
+    # The models' own optimizers are untouched.
+    assert len(teacher.optimizer.variables) > 2
+    assert len(student.optimizer.variables) > 2
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Ss]kipping variable")
+        loaded = keras.models.load_model(path)
+        twin = kd.Distiller(teacher, mlp(8, "student"))
+        twin.compile(optimizer="adam", loss=sce)
+        twin.fit(x, y, epochs=1, batch_size=8, verbose=0)
+        twin.load_weights(weights_path)
+    for restored in (loaded, twin):
+        for a, b in zip(distiller.weights, restored.weights):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+        for a, b in zip(distiller.optimizer.variables,
+                        restored.optimizer.variables):
+            np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    # The teacher comes back uncompiled: its compile options were left out.
+    assert getattr(loaded.teacher, "optimizer", None) is None
 
 
 def test_student_saves_and_loads_alone(tmp_path):
