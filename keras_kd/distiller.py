@@ -644,8 +644,7 @@ class Distiller(keras.Model):
             import torch
 
             with torch.no_grad():
-                data = self._with_teacher_outputs(data)
-            x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+                x, y, sample_weight = self._with_teacher_outputs(data)
             self._clear_losses()  # as the Distiller's __call__ does
             y_pred = self.call(x, training=True)
             self.zero_grad()
@@ -668,15 +667,16 @@ class Distiller(keras.Model):
                                         sample_weight=sample_weight)
 
     def _with_teacher_outputs(self, data):
-        """``data`` with the teachers' outputs as targets (unless cached)."""
+        """``(x, targets, sample_weight)`` of ``data``, the teachers' outputs
+        in the targets (unless they are cached there already)."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if split_targets(y)[0] is not None:
-            return data
+            return x, y, sample_weight
         logits, features = self._teacher_outputs(x)
         targets = {"teacher_logits": logits, "teacher_features": features}
         if y is not None:
             targets["labels"] = y
-        return keras.utils.pack_x_y_sample_weight(x, targets, sample_weight)
+        return x, targets, sample_weight
 
     def _detach_teachers_while(self, detached, method, *args, **kwargs):
         previous = self._kd.teacher_detached
