@@ -36,7 +36,7 @@ import numpy as np
 from keras import ops
 
 import keras_kd as kd
-from keras_kd.report import count_params
+from keras_kd.app.report import count_params
 
 AGE_BUCKETS, CATEGORIES = 6, 12
 

@@ -39,10 +39,10 @@ import sys
 import keras
 
 import keras_kd as kd
-from keras_kd import models
+from keras_kd.app import models
 from keras_kd.data import load_dataset
-from keras_kd.report import (accuracy, count_params, markdown_table,
-                             save_model_only)
+from keras_kd.app.report import accuracy, count_params, markdown_table
+from keras_kd.saving import save_model_only
 
 
 # In --smoke runs the train steps run eagerly: tracing/compiling ResNet50's

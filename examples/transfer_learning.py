@@ -34,9 +34,9 @@ import keras
 import numpy as np
 
 import keras_kd as kd
-from keras_kd import models
+from keras_kd.app import models
 from keras_kd.data import load_digits, load_dataset
-from keras_kd.report import accuracy, count_params
+from keras_kd.app.report import accuracy, count_params
 
 
 def _compile(model, lr):

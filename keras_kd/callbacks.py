@@ -11,10 +11,12 @@ resumed run continues exactly where the killed one stopped.
 
 import math
 import os
-import tempfile
 
 import keras
 import numpy as np
+
+from keras_kd import checks
+from keras_kd.saving import save_atomically
 
 __all__ = ["StudentCheckpoint", "TemperatureSchedule", "AlphaSchedule"]
 
@@ -175,43 +177,6 @@ class StudentCheckpoint(keras.callbacks.Callback):
         save_atomically(_student_of(self.model), path)
 
 
-def save_atomically(model, filepath):
-    """Saves ``model`` to ``filepath`` (``.keras``) so that a crash never corrupts it.
-
-    The model is written to a temporary ``.keras`` file in the same directory,
-    then moved over ``filepath`` with ``os.replace`` (an atomic rename on
-    POSIX and Windows when both paths are on the same file system). Until the
-    rename, ``filepath`` holds its previous content; after it, the new model.
-    The temporary file is removed if the save fails.
-
-    Args:
-        model: a ``keras.Model``.
-        filepath: destination path ending in ``.keras``.
-
-    Example:
-
-    >>> import keras, tempfile, os
-    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
-    >>> save_atomically(model, path)
-    >>> keras.models.load_model(path).output_shape
-    (None, 2)
-    """
-    directory = os.path.dirname(os.path.abspath(filepath))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{os.path.basename(filepath)}.", suffix=".tmp.keras",
-        dir=directory)
-    os.close(fd)
-    try:
-        keras.saving.save_model(model, tmp, overwrite=True)
-        os.replace(tmp, filepath)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 # ----------------------------------------------------------------------
 # Schedules
 # ----------------------------------------------------------------------
@@ -343,15 +308,8 @@ class TemperatureSchedule(_ParameterSchedule):
     attribute = "temperature"
 
     def _check(self, value, arg):
-        if isinstance(value, bool) or not isinstance(
-                value, (int, float, np.floating, np.integer)) or \
-                not value > 0 or not math.isfinite(value):
-            raise ValueError(
-                f"TemperatureSchedule: {arg} must be a temperature > 0, got "
-                f"{value!r}. Use e.g. TemperatureSchedule(8.0, 2.0, "
-                "epochs=10)."
-            )
-        return float(value)
+        return checks.check_temperature(
+            value, strict=True, what=f"TemperatureSchedule: {arg}")
 
     def _check_model(self):
         super()._check_model()
@@ -394,12 +352,4 @@ class AlphaSchedule(_ParameterSchedule):
     attribute = "alpha"
 
     def _check(self, value, arg):
-        if isinstance(value, bool) or not isinstance(
-                value, (int, float, np.floating, np.integer)) or \
-                not 0.0 <= value <= 1.0:
-            raise ValueError(
-                f"AlphaSchedule: {arg} must be in [0, 1] (the weight of the "
-                f"hard-label loss), got {value!r}. Use e.g. "
-                "AlphaSchedule(0.0, 0.5, epochs=10)."
-            )
-        return float(value)
+        return checks.check_alpha(value, what=f"AlphaSchedule: {arg}")

@@ -29,3 +29,46 @@ def cnn(filters, name, classes=10, shape=(8, 8, 1), batchnorm=True):
 
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def layer_features(model, layer, x):
+    """The output of ``model``'s layer named ``layer`` on ``x``, as float64."""
+    extractor = keras.Model(model.input, model.get_layer(layer).output)
+    return to_numpy(extractor(x, training=False)).astype("float64")
+
+
+def backend_grad(fn, x):
+    """Gradient of the scalar ``fn(x)`` w.r.t. ``x`` with the backend's
+    autodiff, or None when the output does not depend on ``x``."""
+    backend = keras.backend.backend()
+    x = np.asarray(x, "float32")
+    if backend == "jax":
+        import jax
+        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
+    if backend == "tensorflow":
+        import tensorflow as tf
+        v = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(v)
+            out = fn(v)
+        grad = tape.gradient(out, v)
+        return None if grad is None else grad.numpy()
+    import torch
+    v = torch.tensor(x, requires_grad=True)
+    out = fn(v)
+    if not out.requires_grad:
+        return None   # no path from x to the output: no gradient
+    out.backward()
+    return v.grad.detach().cpu().numpy()
+
+
+def numeric_grad(fn, x, h=1e-6):
+    """Central finite differences of a float64 NumPy function."""
+    x = np.asarray(x, "float64")
+    g = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        up, down = x.copy(), x.copy()
+        up[idx] += h
+        down[idx] -= h
+        g[idx] = (fn(up) - fn(down)) / (2 * h)
+    return g

@@ -36,7 +36,8 @@ def test_step_time_benchmark_reports_every_configuration():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--teachers", "cnn,vgg"], "--teachers takes cnn and/or resnet50, got "
+    (["--teachers", "cnn,vgg"], "--teachers takes cnn, resnet50, "
+     "resnet50-mobilenetv2, got "
      "['vgg']"),
     (["--skip", "0"], "--skip and --steps take at least 1 step each"),
 ])

@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from keras_kd import cli, models, report
+from keras_kd import saving
+from keras_kd.app import cli, models, report
 from keras_kd.data import load_dataset
 from tests.conftest import BACKEND
 
@@ -244,7 +245,7 @@ def test_save_model_only_drops_optimizer_state(tmp_path):
     model.compile("adam", "mse")
     model.fit(np.zeros((4, 8, 8, 1)), np.zeros((4, 10)), verbose=0)
     model.save(tmp_path / "full.keras")
-    size = report.save_model_only(model, tmp_path / "model.keras")
+    size = saving.save_model_only(model, tmp_path / "model.keras")
     assert size == os.path.getsize(tmp_path / "model.keras")
     assert size < os.path.getsize(tmp_path / "full.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")

@@ -14,6 +14,8 @@ from ai_edge_litert.interpreter import Interpreter
 
 import keras_kd as kd
 from keras_kd import export
+from keras_kd.app import export_command
+from keras_kd.export import api, convert, litert, worker
 from keras_kd.data import load_digits
 from tests.conftest import BACKEND
 from tests.helpers import mlp, to_numpy
@@ -158,7 +160,7 @@ def test_flex_ops_raise_and_leave_existing_file(tmp_path):
     report = export.to_tflite(erf_model(), path, allow_flex=True,
                               verify=False, latency_runs=0)
     assert report.flex_ops == ["Erf"]
-    assert export._flex_ops(path.read_bytes()) == ["Erf"]
+    assert litert.flex_ops(path.read_bytes()) == ["Erf"]
 
 
 def test_layer_defined_in_main_gets_a_clear_error():
@@ -170,8 +172,8 @@ def test_layer_defined_in_main_gets_a_clear_error():
     inputs = keras.Input((4,))
     model = keras.Model(inputs, Local()(inputs))
     with pytest.raises(ValueError, match="move the class into an importable"):
-        export._custom_modules(model)
-    assert export._custom_modules(erf_model()) == [__name__]
+        worker._custom_modules(model)
+    assert worker._custom_modules(erf_model()) == [__name__]
 
 
 def test_failed_verification_leaves_existing_file(student, tmp_path,
@@ -182,7 +184,7 @@ def test_failed_verification_leaves_existing_file(student, tmp_path,
     wrong = other.read_bytes()
     path = tmp_path / "student.tflite"
     path.write_bytes(b"previous export")
-    monkeypatch.setattr(export, "_tflite_bytes",
+    monkeypatch.setattr(convert, "tflite_bytes",
                         lambda *args: (wrong, "process"))
     with pytest.raises(export.ExportError, match="differs from the Keras"):
         export.to_tflite(student, path, latency_runs=0)
@@ -237,16 +239,16 @@ def test_saved_model_export(student, tmp_path):
 def test_representative_data_from_batches(student, digits):
     (x_train, y_train), _ = digits
     batches = [(x_train[i:i + 50], y_train[i:i + 50]) for i in range(0, 200, 50)]
-    x, y = export._collect(iter(batches), (64,), "float32")
+    x, y = api._collect(iter(batches), (64,), "float32")
     np.testing.assert_array_equal(x, x_train[:200])
     np.testing.assert_array_equal(y, y_train[:200])
-    single = export._collect(iter(list(x_train[:3])), (64,), "float32")[0]
+    single = api._collect(iter(list(x_train[:3])), (64,), "float32")[0]
     np.testing.assert_array_equal(single, x_train[:3])
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
         ds = tf.data.Dataset.from_tensor_slices((x_train, y_train)).batch(64)
-        x, _ = export._collect(ds, (64,), "float32", limit=100)
+        x, _ = api._collect(ds, (64,), "float32", limit=100)
         np.testing.assert_array_equal(x, x_train[:128])
 
 
@@ -275,7 +277,7 @@ def test_command_line_exports_a_distiller_file(student, tmp_path, capsys):
     model_path = tmp_path / "distiller.keras"
     distiller.save(model_path)
     out = tmp_path / "out" / "student.tflite"
-    assert export.main([str(model_path), "--output", str(out),
+    assert export_command.main([str(model_path), "--output", str(out),
                         "--quantize", "float32,int8",
                         "--representative-data", "digits",
                         "--eval-data", "digits", "--latency-runs", "3"]) == 0
@@ -288,6 +290,6 @@ def test_command_line_exports_a_distiller_file(student, tmp_path, capsys):
         tflite, keras_outputs(student, np.ones((2, 64), "float32")),
         atol=1e-4)
     with pytest.raises(SystemExit, match="needs --representative-data"):
-        export.main([str(model_path), "--quantize", "int8"])
-    assert export.main([str(tmp_path / "missing.keras")]) == 1
+        export_command.main([str(model_path), "--quantize", "int8"])
+    assert export_command.main([str(tmp_path / "missing.keras")]) == 1
     assert "No model file at" in capsys.readouterr().err

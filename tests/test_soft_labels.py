@@ -12,6 +12,9 @@ import keras_kd as kd
 from keras_kd.soft_labels import (SoftLabels, compress_top_k,
                                   compute_soft_labels, expand_top_k)
 from tests.helpers import cnn, mlp, to_numpy
+from tests.references import kd as np_kd
+from tests.references import softmax as np_softmax
+from tests.references import sparse_ce as np_sparse_ce
 
 pytestmark = pytest.mark.filterwarnings("ignore:The teacher")
 
@@ -125,13 +128,47 @@ def test_as_dataset_keeps_each_output_with_its_sample(tmp_path):
     assert sorted(seen) == list(range(70)) and seen != list(range(70))
 
 
+def _np_loss(teacher, student, x, y):
+    """alpha·CE + (1 − alpha)·KD at T = 3 (``_distiller``), the teacher run
+    live: the loss cached targets must reproduce."""
+    t, s = to_numpy(teacher(x)), to_numpy(student(x))
+    hard, soft = np_sparse_ce(y, s).mean(), np_kd(t, s, 3.0).mean()
+    return {"loss": 0.3 * hard + 0.7 * soft, "student_loss": hard,
+            "distillation_loss": soft}
+
+
 def test_numpy_dict_targets_fit():
     x, y = _data(48)
     teacher = mlp(32, "teacher")
-    d, _ = _distiller(teacher, mlp(8, "student"), None)
+    d, init = _distiller(teacher, mlp(8, "student"), None)
     xs, targets = compute_soft_labels(teacher, x, y).as_numpy()
-    history = d.fit(xs, targets, batch_size=16, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    np.testing.assert_array_equal(targets["labels"], y)
+    # The first step's loss, computed from the cached targets before its
+    # update, is the live loss on the first batch.
+    expected = _np_loss(teacher, d.student, x[:16], y[:16])
+    steps = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: steps.append(
+            {k: float(v) for k, v in logs.items()}))
+    d.fit(xs, targets, batch_size=16, epochs=1, shuffle=False, verbose=0,
+          callbacks=[record])
+    assert len(steps) == 3
+    for key, value in expected.items():
+        np.testing.assert_allclose(steps[0][key], value, rtol=1e-5,
+                                   err_msg=key)
+    assert not np.allclose(to_numpy(d.student.weights[0]), init[0])
+    # After training, evaluating from the cache gives the live loss again.
+    logs = d.evaluate(xs, targets, batch_size=16, verbose=0, return_dict=True)
+    for key, value in _np_loss(teacher, d.student, x, y).items():
+        np.testing.assert_allclose(logs[key], value, rtol=1e-5, err_msg=key)
+    # The stored logits are what the step reads (the teacher does not run):
+    # altered ones change the distillation term accordingly.
+    altered = dict(targets, teacher_logits=2.0 * targets["teacher_logits"])
+    logs = d.evaluate(xs, altered, batch_size=16, verbose=0, return_dict=True)
+    np.testing.assert_allclose(
+        logs["distillation_loss"],
+        np_kd(altered["teacher_logits"], to_numpy(d.student(x)), 3.0).mean(),
+        rtol=1e-5)
 
 
 # ----------------------------------------------------------------------
@@ -283,12 +320,6 @@ def test_interrupted_build_resumes(tmp_path):
 # ----------------------------------------------------------------------
 # Top-k compression
 # ----------------------------------------------------------------------
-def _softmax(z):
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def test_top_k_is_exact_at_k_equals_classes():
     logits = np.random.default_rng(1).normal(0, 3, (20, 7)).astype("float32")
     rebuilt = expand_top_k(*compress_top_k(logits, 7), num_classes=7)
@@ -309,14 +340,14 @@ def test_top_k_approximation_matches_numpy():
     rebuilt = expand_top_k(*compress_top_k(logits, k), num_classes=12)
     # Independent reference: keep the top-k probabilities, spread the rest
     # of the mass uniformly over the other C - k classes.
-    p = _softmax(logits.astype("float64"))
+    p = np_softmax(logits.astype("float64"))
     expected = np.empty_like(p)
     for i in range(len(p)):
         top = np.argsort(-p[i])[:k]
         rest = np.setdiff1d(np.arange(12), top)
         expected[i, top] = p[i, top]
         expected[i, rest] = (1.0 - p[i, top].sum()) / (12 - k)
-    np.testing.assert_allclose(_softmax(rebuilt.astype("float64")), expected,
+    np.testing.assert_allclose(np_softmax(rebuilt.astype("float64")), expected,
                                rtol=5e-3, atol=1e-6)
     kept = np.sort(logits, axis=1)[:, ::-1][:, :k]
     np.testing.assert_allclose(np.sort(rebuilt, axis=1)[:, ::-1][:, :k], kept,

@@ -7,8 +7,10 @@ from keras_kd.objectives.base import Objective, to_float32
 from keras_kd.objectives.features import (
     AttentionTransfer,
     FeatureObjective,
+    CosineEmbedding,
     FitNet,
     attention_map,
+    cosine_loss,
     attention_transfer_loss,
     fitnet_loss,
 )
@@ -25,6 +27,19 @@ from keras_kd.objectives.logits import (
     ls_loss,
     standardize_logits,
 )
+from keras_kd.objectives.sequences import (
+    SEQUENCE_OBJECTIVES,
+    ForwardKL,
+    GeneralizedJSD,
+    ReverseKL,
+    SkewKL,
+    SkewReverseKL,
+    forward_kl,
+    generalized_jsd,
+    reverse_kl,
+    skew_kl,
+    skew_reverse_kl,
+)
 from keras_kd.objectives.relations import (
     PKT,
     RKD,
@@ -37,13 +52,16 @@ from keras_kd.objectives.relations import (
     sp_loss,
 )
 
-# Names usable as `distillation_loss=` in `Distiller.compile`.
+# Names usable as `distillation_loss=` in `Distiller.compile`: the label
+# objectives, then the token-level ones (any name maps to a class whose
+# defaults are the papers' usual settings).
 LOGIT_OBJECTIVES = {
     "kd": KD,
     "dkd": DKD,
     "ls": LS,
     "dist": DIST,
     "hard": HardDistillation,
+    **SEQUENCE_OBJECTIVES,
 }
 
 

@@ -18,6 +18,8 @@ Conventions:
 import keras
 from keras import ops
 
+from keras_kd.checks import check_number, check_temperature  # noqa: F401
+
 
 def to_float32(x):
     """Casts a tensor to float32 (a no-op when it already is).
@@ -28,22 +30,6 @@ def to_float32(x):
     if keras.backend.standardize_dtype(x.dtype) != "float32":
         return ops.cast(x, "float32")
     return x
-
-
-def check_temperature(temperature, strict=False):
-    """Raises a ValueError naming the fix when a Python temperature is not > 0.
-
-    Tensors and variables (a scheduled temperature) pass unchecked unless
-    ``strict``, which demands a Python number.
-    """
-    number = isinstance(temperature, (int, float)) and not isinstance(
-        temperature, bool)
-    if (strict and not number) or (number and not temperature > 0):
-        raise ValueError(
-            f"temperature must be > 0, got {temperature!r}. Use a positive "
-            "value such as temperature=4.0 (T=1 leaves the logits unsoftened)."
-        )
-    return temperature
 
 
 class Objective(keras.layers.Layer):
@@ -65,12 +51,7 @@ class Objective(keras.layers.Layer):
 
     def __init__(self, weight=1.0, name=None, **kwargs):
         super().__init__(name=name, **kwargs)
-        if not isinstance(weight, (int, float)) or weight < 0:
-            raise ValueError(
-                f"weight must be a number >= 0, got {weight!r}; pass e.g. "
-                "weight=1.0."
-            )
-        self.weight = float(weight)
+        self.weight = check_number("weight", weight, "pass e.g. weight=1.0.")
         # Objectives hold no weights of their own until `build_for` (adapters);
         # an unbuilt layer would make Keras re-trace every train_on_batch.
         self.built = True

@@ -70,11 +70,6 @@ class FeatureObjective(Objective):
         self.resize = bool(resize)
         self._target_hw = None
 
-    def _lock_state(self):
-        # Adapters are created in `build_for`, once the Distiller knows the
-        # tapped shapes, after the layer's construction.
-        pass
-
     def check_spatial(self, teacher_shape, student_shape):
         """Checks (or arranges the resize of) rank-4 maps of different sizes."""
         if len(teacher_shape) != len(student_shape):
@@ -196,6 +191,79 @@ class FitNet(FeatureObjective):
         config = super().get_config()
         config["adapter"] = self.adapter_mode
         return config
+
+
+def cosine_loss(teacher_features, student_features):
+    """Cosine distance per position: ``1 − cos(f_s, f_t)`` over the last axis.
+
+    DistilBERT aligns the directions of the student's and the teacher's
+    hidden states with this loss (Sanh et al., "DistilBERT, a distilled
+    version of BERT", 2019, arXiv:1910.01108), per token:
+
+        loss_i = 1 − ⟨f_s,i, f_t,i⟩ / (‖f_s,i‖ · ‖f_t,i‖)
+
+    Float32; norms are floored at 1e-12.
+
+    Args:
+        teacher_features: ``(batch, ..., D)`` tensor.
+        student_features: tensor of the same shape.
+
+    Returns:
+        A float32 tensor of shape ``features.shape[:-1]``: one value per
+        token for hidden states ``(batch, length, D)``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> t = np.array([[1.0, 0.0], [0.0, 2.0]])
+    >>> [round(float(v), 4) for v in cosine_loss(t, np.array([[3.0, 0.0],
+    ...                                                       [1.0, 0.0]]))]
+    [0.0, 1.0]
+    """
+    t = to_float32(ops.convert_to_tensor(teacher_features))
+    s = to_float32(ops.convert_to_tensor(student_features))
+    dot = ops.sum(t * s, axis=-1)
+    norms = ops.sqrt(ops.maximum(ops.sum(t * t, axis=-1), 1e-24)) * ops.sqrt(
+        ops.maximum(ops.sum(s * s, axis=-1), 1e-24))
+    return 1.0 - dot / norms
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class CosineEmbedding(FitNet):
+    """Cosine distance between hidden states, DistilBERT's third loss.
+
+    ``weight · (1 − cos(r(f_s), f_t))`` per position (:func:`cosine_loss`),
+    with the adapter ``r`` of :class:`FitNet` when the widths differ (a
+    DistilBERT student has the teacher's width, so none is made). On hidden
+    states ``(batch, length, D)`` the loss is per token, so padding weights
+    (``sample_weight``) apply to it as to the logit terms. DistilBERT's
+    recipe: ``5 · KD(T=2) + 2 · MLM + 1 · cosine``.
+
+    Args:
+        teacher_layer: name of the teacher layer (e.g. its last transformer
+            layer; nested layers by path, ``"bert_backbone/transformer_layer_11"``).
+        student_layer: name of the student layer.
+        weight: the term's weight in the total loss.
+        adapter: ``"auto"``, ``"always"`` or ``"none"``.
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> kd.CosineEmbedding("transformer_layer_11", "transformer_layer_5").name
+    'cosine'
+    """
+
+    def __init__(self, teacher_layer, student_layer, weight=1.0,
+                 adapter="auto", name="cosine", **kwargs):
+        kwargs.pop("resize", None)
+        super().__init__(teacher_layer, student_layer, weight=weight,
+                         adapter=adapter, name=name, **kwargs)
+
+    def compute(self, teacher_features, student_features, training=False):
+        s = student_features
+        if self.adapter is not None:
+            s = self.adapter(s, training=training)
+        return cosine_loss(teacher_features, s)
 
 
 def _channel_axis(rank):

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from keras_kd.checks import check_number, check_teacher_weights
 from keras_kd.objectives.base import Objective, check_temperature, to_float32
 
 
@@ -44,13 +45,13 @@ def kd_loss(teacher_logits, student_logits, temperature=4.0,
     Usual settings: T=4 with a 0.1 / 0.9 hard / soft weighting on CIFAR.
 
     Args:
-        teacher_logits: ``(batch, classes)`` tensor, or a list of them.
-        student_logits: ``(batch, classes)`` tensor.
+        teacher_logits: ``(batch, ..., classes)`` tensor (class axis last), or a list of them.
+        student_logits: ``(batch, ..., classes)`` tensor (class axis last).
         temperature: softening temperature ``T > 0``.
         teacher_weights: optional per-teacher weights for a list of teachers.
 
     Returns:
-        A ``(batch,)`` float32 tensor.
+        A float32 tensor of shape ``logits.shape[:-1]`` (one value per sample, or per token).
 
     Example:
 
@@ -100,7 +101,7 @@ class KD(Objective):
         if temperature is not None:
             check_temperature(temperature)
         self.temperature = temperature
-        self.teacher_weights = _check_teacher_weights(teacher_weights)
+        self.teacher_weights = check_teacher_weights(teacher_weights)
 
     loss_fn = staticmethod(kd_loss)
 
@@ -125,29 +126,6 @@ def _f32(x):
     return to_float32(ops.convert_to_tensor(x))
 
 
-def _check_number(name, value, hint, allow_zero=True):
-    """Raises a ValueError naming the fix when ``value`` is not a number >= 0."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
-        value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}; "
-                         f"{hint}")
-    return float(value)
-
-
-def _check_teacher_weights(teacher_weights):
-    if teacher_weights is None:
-        return None
-    weights = [float(w) for w in teacher_weights]
-    if not weights or min(weights) < 0 or sum(weights) <= 0:
-        raise ValueError(
-            f"teacher_weights must hold one non-negative weight per teacher "
-            f"with a positive sum, got {teacher_weights!r}; e.g. [0.5, 0.5]."
-        )
-    return weights
-
-
 def _as_temperature(temperature):
     """A Python or tensor temperature (the Distiller passes a variable)."""
     check_temperature(temperature)
@@ -156,19 +134,25 @@ def _as_temperature(temperature):
     return ops.cast(ops.convert_to_tensor(temperature), "float32")
 
 
-def _one_hot_labels(labels, classes):
-    """``(batch, classes)`` float32 one-hot of integer (or one-hot) labels."""
+def _one_hot_labels(labels, logits):
+    """float32 one-hot of integer (or one-hot) labels, shaped like ``logits``.
+
+    Labels have one entry per element of ``logits`` (every axis but the
+    last), optionally with a trailing axis of 1, or are one-hot already.
+    """
     if labels is None:
         raise ValueError(
             "This objective needs the labels: pass labels=... (integer class "
             "indices), or in a Distiller pass y to fit()/evaluate()."
         )
+    classes = _num_classes(logits)
     labels = ops.convert_to_tensor(labels)
-    if len(labels.shape) == 2 and labels.shape[-1] == classes and classes != 1:
-        # One-hot (or soft) labels: their argmax is the class.
-        labels = ops.argmax(labels, axis=-1)
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-    return ops.one_hot(labels, classes, dtype="float32")
+    if len(labels.shape) == len(logits.shape):
+        if labels.shape[-1] == classes and classes != 1:
+            labels = ops.argmax(labels, axis=-1)  # one-hot: the argmax
+        else:
+            labels = ops.squeeze(labels, -1)
+    return ops.one_hot(ops.cast(labels, "int32"), classes, dtype="float32")
 
 
 def _num_classes(logits):
@@ -209,16 +193,16 @@ def dkd_loss(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0,
     students, 6 for WRN/VGG); T=1, β=0.5 on ImageNet.
 
     Args:
-        teacher_logits: ``(batch, classes)`` tensor, or a list of them.
-        student_logits: ``(batch, classes)`` tensor.
-        labels: ``(batch,)`` integer labels (or one-hot ``(batch, classes)``).
+        teacher_logits: ``(batch, ..., classes)`` tensor (class axis last), or a list of them.
+        student_logits: ``(batch, ..., classes)`` tensor (class axis last).
+        labels: integer labels, one per element (``logits.shape[:-1]``), or one-hot.
         alpha: weight of the target-class term (TCKD), >= 0.
         beta: weight of the non-target term (NCKD), >= 0.
         temperature: softening temperature ``T > 0``.
         teacher_weights: per-teacher weights for a list of teachers.
 
     Returns:
-        A ``(batch,)`` float32 tensor.
+        A float32 tensor of shape ``logits.shape[:-1]`` (one value per sample, or per token).
 
     Example:
 
@@ -230,11 +214,10 @@ def dkd_loss(teacher_logits, student_logits, labels, alpha=1.0, beta=8.0,
     True
     """
     T = _as_temperature(temperature)
-    _check_number("alpha", alpha, "the usual DKD value is alpha=1.0.")
-    _check_number("beta", beta, "the usual DKD value is beta=8.0.")
+    check_number("alpha", alpha, "the usual DKD value is alpha=1.0.")
+    check_number("beta", beta, "the usual DKD value is beta=8.0.")
     s = _f32(student_logits) / T
-    classes = _num_classes(s)
-    gt = _one_hot_labels(labels, classes)
+    gt = _one_hot_labels(labels, s)
     other = 1.0 - gt
     # Teacher side (probabilities, so that several teachers can be averaged).
     p_t = _soft_targets(teacher_logits, T, teacher_weights)
@@ -304,9 +287,9 @@ class DKD(Objective):
                  warmup_epochs=20, teacher_weights=None, weight=1.0,
                  name="dkd", **kwargs):
         super().__init__(weight=weight, name=name, **kwargs)
-        self.alpha = _check_number(
+        self.alpha = check_number(
             "alpha", alpha, "the usual DKD value is alpha=1.0.")
-        self.beta = _check_number(
+        self.beta = check_number(
             "beta", beta, "the usual DKD value is beta=8.0 (CIFAR-100).")
         if temperature is not None:
             check_temperature(temperature)
@@ -319,7 +302,7 @@ class DKD(Objective):
                 "warm-up)."
             )
         self.warmup_epochs = warmup_epochs
-        self.teacher_weights = _check_teacher_weights(teacher_weights)
+        self.teacher_weights = check_teacher_weights(teacher_weights)
         self._warmup = self.add_weight(
             shape=(), dtype="float32", trainable=False, name="warmup",
             initializer=keras.initializers.Constant(
@@ -398,13 +381,13 @@ def ls_loss(teacher_logits, student_logits, temperature=2.0,
     Usual settings: base temperature τ=2, KD weight 9 (CE weight 1).
 
     Args:
-        teacher_logits: ``(batch, classes)`` tensor, or a list of them.
-        student_logits: ``(batch, classes)`` tensor.
+        teacher_logits: ``(batch, ..., classes)`` tensor (class axis last), or a list of them.
+        student_logits: ``(batch, ..., classes)`` tensor (class axis last).
         temperature: base temperature ``τ > 0``.
         teacher_weights: per-teacher weights for a list of teachers.
 
     Returns:
-        A ``(batch,)`` float32 tensor.
+        A float32 tensor of shape ``logits.shape[:-1]`` (one value per sample, or per token).
 
     Example:
 
@@ -488,15 +471,15 @@ def dist_loss(teacher_logits, student_logits, temperature=1.0, beta=1.0,
     Usual settings: β=γ=1, τ=1 (weights 1 or 2 on the whole term).
 
     Args:
-        teacher_logits: ``(batch, classes)`` tensor, or a list of them.
-        student_logits: ``(batch, classes)`` tensor.
+        teacher_logits: ``(batch, ..., classes)`` tensor (class axis last), or a list of them.
+        student_logits: ``(batch, ..., classes)`` tensor (class axis last).
         temperature: ``τ > 0``.
         beta: weight of the inter-class (per-sample) relation, >= 0.
         gamma: weight of the intra-class (per-class) relation, >= 0.
         teacher_weights: per-teacher weights for a list of teachers.
 
     Returns:
-        A ``(batch,)`` float32 tensor.
+        A float32 tensor of shape ``logits.shape[:-1]`` (one value per sample, or per token).
 
     Example:
 
@@ -507,12 +490,15 @@ def dist_loss(teacher_logits, student_logits, temperature=1.0, beta=1.0,
     True
     """
     T = _as_temperature(temperature)
-    _check_number("beta", beta, "the usual DIST value is beta=1.0.")
-    _check_number("gamma", gamma, "the usual DIST value is gamma=1.0.")
+    check_number("beta", beta, "the usual DIST value is beta=1.0.")
+    check_number("gamma", gamma, "the usual DIST value is gamma=1.0.")
     p_t = _soft_targets(teacher_logits, T, teacher_weights)
     p_s = ops.softmax(_f32(student_logits) / T, axis=-1)
     inter = 1.0 - _pearson(p_s, p_t, axis=-1)
-    intra = 1.0 - ops.mean(_pearson(p_s, p_t, axis=0))
+    # Per class, across every element of the batch (samples, or tokens).
+    classes = _num_classes(p_s)
+    intra = 1.0 - ops.mean(_pearson(ops.reshape(p_s, (-1, classes)),
+                                    ops.reshape(p_t, (-1, classes)), axis=0))
     return (beta * inter + gamma * intra) * (T * T)
 
 
@@ -543,14 +529,14 @@ class DIST(Objective):
     def __init__(self, beta=1.0, gamma=1.0, temperature=None,
                  teacher_weights=None, weight=1.0, name="dist", **kwargs):
         super().__init__(weight=weight, name=name, **kwargs)
-        self.beta = _check_number("beta", beta,
+        self.beta = check_number("beta", beta,
                                   "the usual DIST value is beta=1.0.")
-        self.gamma = _check_number("gamma", gamma,
+        self.gamma = check_number("gamma", gamma,
                                    "the usual DIST value is gamma=1.0.")
         if temperature is not None:
             check_temperature(temperature)
         self.temperature = temperature
-        self.teacher_weights = _check_teacher_weights(teacher_weights)
+        self.teacher_weights = check_teacher_weights(teacher_weights)
 
     def compute(self, teacher_logits, student_logits, labels=None,
                 temperature=4.0):
@@ -580,12 +566,12 @@ def hard_loss(teacher_logits, student_logits, teacher_weights=None):
     the teachers' weighted mean probabilities (softmax at T=1). Float32.
 
     Args:
-        teacher_logits: ``(batch, classes)`` tensor, or a list of them.
-        student_logits: ``(batch, classes)`` tensor.
+        teacher_logits: ``(batch, ..., classes)`` tensor (class axis last), or a list of them.
+        student_logits: ``(batch, ..., classes)`` tensor (class axis last).
         teacher_weights: per-teacher weights for a list of teachers.
 
     Returns:
-        A ``(batch,)`` float32 tensor.
+        A float32 tensor of shape ``logits.shape[:-1]`` (one value per sample, or per token).
 
     Example:
 
@@ -629,7 +615,7 @@ class HardDistillation(Objective):
     def __init__(self, teacher_weights=None, weight=1.0, name="hard",
                  **kwargs):
         super().__init__(weight=weight, name=name, **kwargs)
-        self.teacher_weights = _check_teacher_weights(teacher_weights)
+        self.teacher_weights = check_teacher_weights(teacher_weights)
 
     def compute(self, teacher_logits, student_logits, labels=None,
                 temperature=None):

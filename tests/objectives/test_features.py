@@ -7,24 +7,12 @@ from keras import ops
 
 import keras_kd as kd
 from keras_kd import objectives as obj
-from tests.helpers import cnn, mlp, to_numpy
-from tests.objectives.test_logits import backend_grad, numeric_grad
-
-
-def np_attention(f, p=2):
-    """a(f) = normalize(flatten(mean_c |f|^p)), channels last, float64."""
-    f = np.asarray(f, "float64")
-    a = (np.abs(f) ** p).mean(axis=-1).reshape(len(f), -1)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-
-
-def np_at(t, s, p=2):
-    return ((np_attention(s, p) - np_attention(t, p)) ** 2).mean(axis=1)
-
-
-def features(model, layer, x):
-    extractor = keras.Model(model.input, model.get_layer(layer).output)
-    return to_numpy(extractor(x, training=False)).astype("float64")
+from tests.helpers import (backend_grad, cnn, layer_features as features,
+                           mlp, numeric_grad, to_numpy)
+from tests.references import (at as np_at,
+                              attention_map as np_attention_map,
+                              resize_bilinear as np_resize_bilinear,
+                              sparse_ce as np_sparse_ce)
 
 
 @pytest.mark.parametrize("p", [1, 2, 3])
@@ -36,6 +24,8 @@ def test_at_matches_numpy(p):
     assert got.shape == (4,)
     np.testing.assert_allclose(got, np_at(t, s, p), rtol=1e-4, atol=1e-8)
     a = to_numpy(obj.attention_map(s, p))
+    np.testing.assert_allclose(a, np_attention_map(s, p), rtol=1e-5,
+                               atol=1e-7)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
 
 
@@ -88,9 +78,7 @@ def test_two_stage_attention_transfer_in_distiller(sparse_ce):
                 features(student, "student_conv2", x)).mean()
     np.testing.assert_allclose(logs["at1_loss"], at1, rtol=1e-4)
     np.testing.assert_allclose(logs["at2_loss"], at2, rtol=1e-4)
-    s = to_numpy(student(x)).astype("float64")
-    hard = -np.log(np.exp(s - s.max(1, keepdims=True)) / np.exp(
-        s - s.max(1, keepdims=True)).sum(1, keepdims=True))[np.arange(12), y]
+    hard = np_sparse_ce(y, to_numpy(student(x)))
     np.testing.assert_allclose(logs["loss"],
                                hard.mean() + 1000.0 * at1 + 500.0 * at2,
                                rtol=1e-4)
@@ -118,7 +106,7 @@ def test_at_spatial_mismatch_needs_resize(sparse_ce):
     distiller.compile(optimizer="sgd", loss=sparse_ce, feature_losses=[at])
     x = np.random.default_rng(5).random((8, 8, 8, 1)).astype("float32")
     s_map = features(distiller.student, "student_conv", x)
-    resized = to_numpy(ops.image.resize(s_map.astype("float32"), (8, 8)))
+    resized = np_resize_bilinear(s_map, (8, 8))
     logs = distiller.evaluate(x, np.zeros(8, "int32"), batch_size=8,
                               verbose=0, return_dict=True)
     np.testing.assert_allclose(

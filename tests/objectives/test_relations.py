@@ -3,74 +3,15 @@
 import keras
 import numpy as np
 import pytest
-from keras import ops
 
 import keras_kd as kd
 from keras_kd import objectives as obj
-from tests.helpers import mlp, to_numpy
-from tests.objectives.test_logits import backend_grad, numeric_grad
+from tests.helpers import backend_grad, mlp, numeric_grad, to_numpy
+from tests.references import (pkt as np_pkt, rkd as np_rkd,
+                              rkd_angle as np_rkd_angle,
+                              rkd_distance as np_rkd_distance, sp as np_sp)
 
 BACKEND = keras.backend.backend()
-
-
-def _flat(e):
-    e = np.asarray(e, "float64")
-    return e.reshape(len(e), -1)
-
-
-def np_huber(x, y):
-    d = np.abs(x - y)
-    return np.mean(np.where(d < 1, 0.5 * d * d, d - 0.5))
-
-
-def np_rkd_distance(t, s):
-    def psi(e):
-        e = _flat(e)
-        n = len(e)
-        d = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(n)]
-                      for i in range(n)])
-        return d / d[~np.eye(n, dtype=bool)].mean()
-    return np_huber(psi(s), psi(t))
-
-
-def np_rkd_angle(t, s):
-    def psi(e):
-        e = _flat(e)
-        n = len(e)
-        out = np.zeros((n, n, n))
-        for i in range(n):
-            for j in range(n):
-                for k in range(n):
-                    if j == i or k == i:
-                        continue   # a repeated sample: no angle (0)
-                    u, v = e[j] - e[i], e[k] - e[i]
-                    out[i, j, k] = u @ v / (np.linalg.norm(u) *
-                                            np.linalg.norm(v))
-        return out
-    return np_huber(psi(s), psi(t))
-
-
-def np_rkd(t, s, wd=25.0, wa=50.0):
-    return wd * np_rkd_distance(t, s) + wa * np_rkd_angle(t, s)
-
-
-def np_sp(t, s):
-    def gram(e):
-        e = _flat(e)
-        g = e @ e.T
-        return g / np.linalg.norm(g, axis=1, keepdims=True)
-    b = len(t)
-    return np.sum((gram(s) - gram(t)) ** 2) / b ** 2
-
-
-def np_pkt(t, s, eps=1e-7):
-    def dist(e):
-        e = _flat(e)
-        e = e / (np.linalg.norm(e, axis=1, keepdims=True) + eps)
-        k = (e @ e.T + 1) / 2
-        return k / k.sum(1, keepdims=True)
-    p_t, p_s = dist(t), dist(s)
-    return np.mean(p_t * np.log((p_t + eps) / (p_s + eps)))
 
 
 def embeddings(seed, batch=6, t_width=10, s_width=4):

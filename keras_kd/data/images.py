@@ -8,6 +8,8 @@ dataset by name (``cifar10``, ``fashion_mnist``, ...).
 
 import numpy as np
 
+from keras_kd.extras import require
+
 
 def load_digits(test_fraction=0.25, seed=0, as_images=False):
     """Scikit-learn's bundled digits, split into train and test, scaled to [0, 1].
@@ -26,8 +28,8 @@ def load_digits(test_fraction=0.25, seed=0, as_images=False):
     >>> x_train.shape, x_test.shape
     ((1347, 64), (450, 64))
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-    from sklearn.model_selection import train_test_split
+    sk_load_digits = require("sklearn.datasets").load_digits
+    train_test_split = require("sklearn.model_selection").train_test_split
 
     if not 0.0 < test_fraction < 1.0:
         raise ValueError(
@@ -68,8 +70,8 @@ def load_tfds(name, split=("train", "test"), image_size=None, batch_size=None,
 
     >>> (train, test), info = load_tfds("cifar10", batch_size=64)  # doctest: +SKIP
     """
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
+    tf = require("tensorflow")
+    tfds = require("tensorflow_datasets")
 
     single = isinstance(split, str)
     splits = [split] if single else list(split)
@@ -180,7 +182,7 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
     >>> splits.input_shape, splits.num_classes, splits.counts["test"]
     ((8, 8, 1), 10, 450)
     """
-    import tensorflow as tf
+    tf = require("tensorflow")
 
     image_size = _parse_image_size(image_size)
     if batch_size is None or int(batch_size) < 1:

@@ -73,7 +73,7 @@ def model_names():
     return tuple(BUILTIN_MODELS) + APPLICATIONS
 
 
-def _resolve(name):
+def resolve_name(name):
     if name in BUILTIN_MODELS or name in APPLICATIONS:
         return name
     lowered = {n.lower(): n for n in model_names()}
@@ -249,7 +249,7 @@ def build_model(name, input_shape, num_classes, weights=None, dropout=None,
     >>> model.get_layer("student_conv2").name
     'student_conv2'
     """
-    resolved = _resolve(name)
+    resolved = resolve_name(name)
     model_name = model_name or resolved.lower()
     if weights in ("none", "None", ""):
         weights = None
@@ -270,7 +270,7 @@ def build_model(name, input_shape, num_classes, weights=None, dropout=None,
 
 def is_application(name):
     """Whether ``name`` is a keras.applications model (vs a built-in)."""
-    return _resolve(name) in APPLICATIONS
+    return resolve_name(name) in APPLICATIONS
 
 
 def _backbone_layers(model):

@@ -49,15 +49,14 @@ def _stage(message):
 # Argument types: each error names the fix.
 # ----------------------------------------------------------------------
 def _alpha(text):
+    from keras_kd.checks import check_alpha
+
     try:
-        value = float(text)
+        return check_alpha(float(text))
     except ValueError:
-        value = None
-    if value is None or not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not in [0, 1]; alpha weighs the hard-label loss "
-            "(1 - alpha the distillation loss), e.g. --alpha 0.1")
-    return value
+            "(1 - alpha the distillation loss), e.g. --alpha 0.1") from None
 
 
 def _positive_float(name, example):
@@ -102,10 +101,10 @@ def _image_size(text):
 
 
 def _model_name(text):
-    from keras_kd import models
+    from keras_kd.app import models
 
     try:
-        return models._resolve(text)
+        return models.resolve_name(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -113,7 +112,9 @@ def _model_name(text):
 def _dataset_name(text):
     if text == "digits":
         return text
-    import tensorflow_datasets as tfds
+    from keras_kd.extras import require
+
+    tfds = require("tensorflow_datasets")
 
     builders = tfds.list_builders()
     if text in builders:
@@ -244,12 +245,9 @@ def build_parser():
         "from a teacher and ship it to TFLite.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_run_parser(subparsers)
-    try:
-        from keras_kd import export
-    except ImportError:  # pragma: no cover - export module missing
-        export = None
-    if export is not None and hasattr(export, "add_export_parser"):
-        export.add_export_parser(subparsers)
+    from keras_kd.app import export_command
+
+    export_command.add_export_parser(subparsers)
     return parser
 
 
@@ -308,20 +306,249 @@ def _merge(a, b):
     return out
 
 
-def _compile(model, lr, keras):
+def _compile(model, lr):
+    import keras
+
     model.compile(
         optimizer=keras.optimizers.Adam(lr),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"])
 
 
-def _build(args, name, role, splits, weights, models):
-    w = weights if models.is_application(name) else None
+class _Run:
+    """The state one ``keras-kd run`` builds up, stage by stage."""
+
+    def __init__(self, args):
+        import keras
+
+        self.args = args
+        self.backend = keras.backend.backend()
+        self.run_name = args.run_name or "{}-{}-{}-{}".format(
+            args.dataset, args.teacher.lower(), args.student.lower(),
+            datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        self.run_dir = os.path.join(args.output, self.run_name)
+        self.timings = {}
+        self.histories = {}
+
+    def timed(self, key, stage, *stage_args):
+        start = time.perf_counter()
+        result = stage(self, *stage_args)
+        self.timings[key] = time.perf_counter() - start
+        return result
+
+
+def _load_data(run):
+    """Loads the dataset; returns a function that builds it afresh."""
+    from keras_kd import data
+    from keras_kd.app import models, report
+
+    args = run.args
+    _stage(f"loading dataset {args.dataset}"
+           + (f" resized to {args.image_size}" if args.image_size else ""))
+    size = args.image_size
+    needs_32 = [m for m in (args.teacher, args.student)
+                if models.is_application(m)]
+    if needs_32 and size is None and args.dataset == "digits":
+        size = (32, 32)
+        _stage(f"{', '.join(needs_32)} need images of at least 32x32: "
+               "resizing digits to 32x32 (set --image-size to change)")
+
+    def load():
+        try:
+            return data.load_dataset(
+                args.dataset, image_size=size, batch_size=args.batch_size,
+                max_train=args.max_train, max_test=args.max_test,
+                seed=args.seed)
+        except ValueError as error:
+            raise SystemExit(f"keras-kd run: {error}") from None
+
+    run.load = load
+    run.splits = load()
+    run.test_labels = report.labels_of(run.splits.test)
+    _stage(f"data: input shape {run.splits.input_shape}, "
+           f"{run.splits.num_classes} classes, examples {run.splits.counts}, "
+           f"test examples {len(run.test_labels)}")
+    run.weights = _resolve_weights(args, models)
+
+
+def _same_order_train(run):
+    # The training pipeline reshuffles at each pass, and the order of the
+    # passes follows from the seed: a pipeline built afresh for each student
+    # gives the student alone and the distilled student the same batches in
+    # the same order, so the comparison measures distillation, not the order.
+    return run.load().train
+
+
+def _build(run, name, role):
+    from keras_kd.app import models
+
+    weights = run.weights if models.is_application(name) else None
     try:
-        return models.build_model(name, splits.input_shape, splits.num_classes,
-                                  weights=w, model_name=role)
+        return models.build_model(name, run.splits.input_shape,
+                                  run.splits.num_classes, weights=weights,
+                                  model_name=role)
     except (ValueError, RuntimeError) as error:
         raise SystemExit(f"keras-kd run: {error}") from None
+
+
+def _train_teacher(run):
+    """Builds and trains the teacher (frozen backbone, then fine-tuning)."""
+    from keras_kd.app import models, report
+
+    args, splits = run.args, run.splits
+    teacher = _build(run, args.teacher, "teacher")
+    epochs = args.teacher_epochs or args.epochs
+    _stage(f"teacher {args.teacher}: {report.count_params(teacher):,} "
+           f"parameters; training {epochs} epochs"
+           + (" on a frozen backbone" if args.teacher_finetune else ""))
+    if args.teacher_finetune:
+        if run.weights is None:
+            _stage("note: --teacher-finetune without pretrained weights: "
+                   "the frozen backbone holds random features (a smoke test "
+                   "of the mechanics, not transfer learning)")
+        models.freeze_backbone(teacher)
+    _compile(teacher, args.learning_rate)
+    history = _history(teacher.fit(
+        splits.train, validation_data=splits.validation, epochs=epochs,
+        verbose=args.verbose, shuffle=False))
+    if args.teacher_finetune:
+        ft_epochs = args.finetune_epochs or max(1, args.epochs // 2)
+        lr = args.learning_rate * args.finetune_lr_factor
+        models.unfreeze_backbone(teacher)
+        _stage(f"teacher: fine-tuning all layers for {ft_epochs} epochs at "
+               f"learning rate {lr:g}")
+        _compile(teacher, lr)
+        history = _merge(history, _history(teacher.fit(
+            splits.train, validation_data=splits.validation,
+            epochs=ft_epochs, verbose=args.verbose, shuffle=False)))
+    teacher.trainable = True
+    run.teacher = teacher
+    run.histories["teacher"] = history
+
+
+def _train_student_alone(run):
+    """Builds the student; trains a copy of it alone on the labels."""
+    import keras
+
+    from keras_kd.app import report
+
+    args = run.args
+    run.student = _build(run, args.student, "student")
+    alone = keras.models.clone_model(run.student)
+    alone.set_weights(run.student.get_weights())
+    _stage(f"student {args.student} alone: {report.count_params(alone):,} "
+           f"parameters; training {args.epochs} epochs on the labels")
+    _compile(alone, args.learning_rate)
+    run.histories["student alone"] = _history(alone.fit(
+        _same_order_train(run), validation_data=run.splits.validation,
+        epochs=args.epochs, verbose=args.verbose, shuffle=False))
+    run.alone = alone
+
+
+def _distil(run):
+    """Distils the teacher into the student (same initial weights)."""
+    import keras
+
+    from keras_kd.distiller import Distiller
+
+    args = run.args
+    _stage(f"distilling teacher -> student: objective {args.objective}, "
+           f"alpha {args.alpha}, temperature {args.temperature}, "
+           f"{args.epochs} epochs")
+    distiller = Distiller(teacher=run.teacher, student=run.student)
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(args.learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"], alpha=args.alpha, temperature=args.temperature,
+        distillation_loss=args.objective)
+    run.histories["distilled student"] = _history(distiller.fit(
+        _same_order_train(run), validation_data=run.splits.validation,
+        epochs=args.epochs, verbose=args.verbose, shuffle=False))
+
+
+def _measure(run):
+    """Saves the three models and measures size, accuracy and latency."""
+    from keras_kd import saving
+    from keras_kd.app import report
+
+    args, test = run.args, run.splits.test
+    _stage("saving models and measuring test accuracy and latency")
+    example = next(iter(test.map(lambda x, y: x).unbatch().batch(1)
+                        .as_numpy_iterator()))
+    run.records = []
+    for key, label, model, arch in (
+            ("teacher", "teacher", run.teacher, args.teacher),
+            ("student_alone", "student alone", run.alone, args.student),
+            ("student_distilled", "distilled student", run.student,
+             args.student)):
+        path = os.path.join(run.run_dir, f"{key}.keras")
+        size = saving.save_model_only(model, path)
+        run.records.append(dict(
+            key=key, label=f"{label} ({arch})", path=path,
+            parameters=report.count_params(model), size_bytes=size,
+            test_accuracy=report.accuracy(model, test, run.test_labels),
+            latency_ms=report.keras_latency_ms(model, example,
+                                               runs=args.latency_runs),
+            runtime=f"keras ({run.backend})"))
+
+
+def _export(run):
+    """Exports the distilled student with ``to_tflite``; a failure is
+    reported, and the trained models are kept."""
+    args, splits = run.args, run.splits
+    path = os.path.join(run.run_dir, f"student_distilled_{args.quantize}"
+                        ".tflite")
+    _stage(f"exporting the distilled student to TFLite ({args.quantize}): "
+           f"{path}")
+    try:
+        from keras_kd import export
+    except ImportError as error:
+        _stage(f"TFLite export unavailable ({error}); skipped")
+        run.export_info = {"error": str(error)}
+        return
+    representative = splits.train.map(lambda x, y: x).unbatch().take(100) \
+        .batch(1)
+    try:
+        result = export.to_tflite(
+            run.student, path, quantize=args.quantize,
+            representative_data=representative, eval_data=splits.test,
+            latency_runs=args.latency_runs)
+    except Exception as error:  # report, do not lose the trained models
+        _stage(f"TFLite export failed: {type(error).__name__}: {error}")
+        run.export_info = {"error": f"{type(error).__name__}: {error}"}
+        return
+    run.export_info = result.as_dict()
+    run.records.append(dict(
+        key="student_tflite", label=f"distilled student, TFLite "
+        f"{args.quantize}", path=str(result.path), parameters=None,
+        size_bytes=int(result.size_bytes),
+        test_accuracy=result.tflite_accuracy,
+        latency_ms=result.latency_ms_median, runtime="tflite"))
+
+
+def _write_report(run):
+    """Writes report.json, report.md and the plots; prints the table."""
+    import keras
+
+    from keras_kd.app import report
+
+    splits = run.splits
+    result = dict(
+        backend=run.backend, keras_version=keras.__version__,
+        config={k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in vars(run.args).items() if k != "func"},
+        dataset=dict(name=splits.name, input_shape=list(splits.input_shape),
+                     num_classes=splits.num_classes, counts=splits.counts),
+        models=run.records, histories=run.histories,
+        export=run.export_info, timings=run.timings, run_dir=run.run_dir)
+    result["paths"] = report.write_report(run.run_dir, result)
+    print()
+    print(report.markdown_table(run.records))
+    print()
+    gain = run.records[2]["test_accuracy"] - run.records[1]["test_accuracy"]
+    _stage(f"distillation changed the student's test accuracy by "
+           f"{100 * gain:+.2f} points ({len(run.test_labels)} test examples)")
+    return result
 
 
 def run(args):
@@ -334,206 +561,29 @@ def run(args):
     file size, test accuracy and latency; write ``report.json``,
     ``report.md``, ``learning_curves.png`` and ``accuracy_vs_size.png``.
     """
+    import keras
+
     _apply_quick(args)
     _apply_objective_defaults(args)
     start = time.perf_counter()
-    import keras
-    import numpy as np
-
-    from keras_kd import data, models, report
-    from keras_kd.distiller import Distiller
-
     keras.utils.set_random_seed(args.seed)
-    backend = keras.backend.backend()
-    run_name = args.run_name or "{}-{}-{}-{}".format(
-        args.dataset, args.teacher.lower(), args.student.lower(),
-        datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    run_dir = os.path.join(args.output, run_name)
-    os.makedirs(run_dir, exist_ok=True)
-    _stage(f"run {run_name}: backend {backend}, output {run_dir}")
-    timings = {}
-
-    # -- data ----------------------------------------------------------
-    t0 = time.perf_counter()
-    _stage(f"loading dataset {args.dataset}"
-           + (f" resized to {args.image_size}" if args.image_size else ""))
-    size = args.image_size
-    needs_32 = [m for m in (args.teacher, args.student)
-                if models.is_application(m)]
-    if needs_32 and size is None and args.dataset == "digits":
-        size = (32, 32)
-        _stage(f"{', '.join(needs_32)} need images of at least 32x32: "
-               "resizing digits to 32x32 (set --image-size to change)")
-    def load():
-        try:
-            return data.load_dataset(
-                args.dataset, image_size=size, batch_size=args.batch_size,
-                max_train=args.max_train, max_test=args.max_test,
-                seed=args.seed)
-        except ValueError as error:
-            raise SystemExit(f"keras-kd run: {error}") from None
-
-    def same_order_train():
-        # The training pipeline reshuffles at each pass, and the order of the
-        # passes follows from the seed: a pipeline built afresh for each
-        # student gives the student alone and the distilled student the same
-        # batches in the same order (sharing one pipeline, the distilled
-        # student got passes 61-90, after the teacher's and the alone
-        # student's), so the comparison measures distillation, not the order.
-        return load().train
-
-    splits = load()
-    test_labels = report.labels_of(splits.test)
-    _stage(f"data: input shape {splits.input_shape}, {splits.num_classes} "
-           f"classes, examples {splits.counts}, test examples "
-           f"{len(test_labels)}")
-    timings["data_s"] = time.perf_counter() - t0
-    weights = _resolve_weights(args, models)
-
-    # -- teacher -------------------------------------------------------
-    t0 = time.perf_counter()
-    teacher = _build(args, args.teacher, "teacher", splits, weights, models)
-    teacher_epochs = args.teacher_epochs or args.epochs
-    _stage(f"teacher {args.teacher}: {report.count_params(teacher):,} "
-           f"parameters; training {teacher_epochs} epochs"
-           + (" on a frozen backbone" if args.teacher_finetune else ""))
-    if args.teacher_finetune:
-        if weights is None:
-            _stage("note: --teacher-finetune without pretrained weights: "
-                   "the frozen backbone holds random features (a smoke test "
-                   "of the mechanics, not transfer learning)")
-        models.freeze_backbone(teacher)
-    _compile(teacher, args.learning_rate, keras)
-    teacher_hist = _history(teacher.fit(
-        splits.train, validation_data=splits.validation,
-        epochs=teacher_epochs, verbose=args.verbose, shuffle=False))
-    if args.teacher_finetune:
-        ft_epochs = args.finetune_epochs or max(1, args.epochs // 2)
-        lr = args.learning_rate * args.finetune_lr_factor
-        models.unfreeze_backbone(teacher)
-        _stage(f"teacher: fine-tuning all layers for {ft_epochs} epochs at "
-               f"learning rate {lr:g}")
-        _compile(teacher, lr, keras)
-        teacher_hist = _merge(teacher_hist, _history(teacher.fit(
-            splits.train, validation_data=splits.validation,
-            epochs=ft_epochs, verbose=args.verbose, shuffle=False)))
-    teacher.trainable = True
-    timings["teacher_s"] = time.perf_counter() - t0
-
-    # -- student alone and distilled, from the same initial weights ------
-    student = _build(args, args.student, "student", splits, weights, models)
-    alone = keras.models.clone_model(student)
-    alone.set_weights(student.get_weights())
-    t0 = time.perf_counter()
-    _stage(f"student {args.student} alone: {report.count_params(alone):,} "
-           f"parameters; training {args.epochs} epochs on the labels")
-    _compile(alone, args.learning_rate, keras)
-    alone_hist = _history(alone.fit(
-        same_order_train(), validation_data=splits.validation,
-        epochs=args.epochs,
-        verbose=args.verbose, shuffle=False))
-    timings["student_alone_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    _stage(f"distilling teacher -> student: objective {args.objective}, "
-           f"alpha {args.alpha}, temperature {args.temperature}, "
-           f"{args.epochs} epochs")
-    distiller = Distiller(teacher=teacher, student=student)
-    distiller.compile(
-        optimizer=keras.optimizers.Adam(args.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"], alpha=args.alpha, temperature=args.temperature,
-        distillation_loss=args.objective)
-    distilled_hist = _history(distiller.fit(
-        same_order_train(), validation_data=splits.validation,
-        epochs=args.epochs,
-        verbose=args.verbose, shuffle=False))
-    timings["distillation_s"] = time.perf_counter() - t0
-
-    # -- save, measure ------------------------------------------------------
-    _stage("saving models and measuring test accuracy and latency")
-    example = next(iter(splits.test.map(lambda x, y: x).unbatch().batch(1)
-                        .as_numpy_iterator()))
-    records = []
-    for key, label, model, arch in (
-            ("teacher", "teacher", teacher, args.teacher),
-            ("student_alone", "student alone", alone, args.student),
-            ("student_distilled", "distilled student", student, args.student)):
-        path = os.path.join(run_dir, f"{key}.keras")
-        report.save_model_only(model, path)
-        records.append(dict(
-            key=key, label=f"{label} ({arch})", path=path,
-            parameters=report.count_params(model),
-            size_bytes=os.path.getsize(path),
-            test_accuracy=report.accuracy(model, splits.test, test_labels),
-            latency_ms=report.keras_latency_ms(model, example,
-                                               runs=args.latency_runs),
-            runtime=f"keras ({backend})"))
-
-    # -- export ------------------------------------------------------------
-    export_info = None
+    state = _Run(args)
+    os.makedirs(state.run_dir, exist_ok=True)
+    _stage(f"run {state.run_name}: backend {state.backend}, output "
+           f"{state.run_dir}")
+    state.export_info = None
+    state.timed("data_s", _load_data)
+    state.timed("teacher_s", _train_teacher)
+    state.timed("student_alone_s", _train_student_alone)
+    state.timed("distillation_s", _distil)
+    _measure(state)
     if not args.no_export:
-        t0 = time.perf_counter()
-        tflite_path = os.path.join(run_dir, f"student_distilled_{args.quantize}"
-                                   ".tflite")
-        _stage(f"exporting the distilled student to TFLite ({args.quantize}): "
-               f"{tflite_path}")
-        export_info, record = _export(args, student, splits, tflite_path,
-                                      test_labels)
-        if record is not None:
-            records.append(record)
-        timings["export_s"] = time.perf_counter() - t0
-
-    timings["total_s"] = time.perf_counter() - start
-    result = dict(
-        backend=backend, keras_version=keras.__version__,
-        config={k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in vars(args).items() if k != "func"},
-        dataset=dict(name=splits.name, input_shape=list(splits.input_shape),
-                     num_classes=splits.num_classes, counts=splits.counts),
-        models=records,
-        histories={"teacher": teacher_hist, "student alone": alone_hist,
-                   "distilled student": distilled_hist},
-        export=export_info, timings=timings, run_dir=run_dir)
-    paths = report.write_report(run_dir, result)
-    print()
-    print(report.markdown_table(records))
-    print()
-    gain = records[2]["test_accuracy"] - records[1]["test_accuracy"]
-    _stage(f"distillation changed the student's test accuracy by "
-           f"{100 * gain:+.2f} points ({len(test_labels)} test examples)")
-    _stage(f"done in {timings['total_s']:.0f} s; report: {paths['markdown']}")
-    result["paths"] = paths
+        state.timed("export_s", _export)
+    state.timings["total_s"] = time.perf_counter() - start
+    result = _write_report(state)
+    _stage(f"done in {state.timings['total_s']:.0f} s; report: "
+           f"{result['paths']['markdown']}")
     return result
-
-
-def _export(args, model, splits, path, test_labels):
-    """Exports with keras_kd.export.to_tflite; returns (report dict, record)."""
-    try:
-        from keras_kd import export
-    except ImportError as error:
-        _stage(f"TFLite export unavailable ({error}); skipped")
-        return {"error": str(error)}, None
-    representative = splits.train.map(lambda x, y: x).unbatch().take(100) \
-        .batch(1)
-    eval_data = splits.test
-    try:
-        rep = export.to_tflite(
-            model, path, quantize=args.quantize,
-            representative_data=representative, eval_data=eval_data,
-            latency_runs=args.latency_runs)
-    except Exception as error:  # report, do not lose the trained models
-        _stage(f"TFLite export failed: {type(error).__name__}: {error}")
-        return {"error": f"{type(error).__name__}: {error}"}, None
-    info = rep.as_dict() if hasattr(rep, "as_dict") else dict(vars(rep))
-    record = dict(
-        key="student_tflite",
-        label=f"distilled student, TFLite {args.quantize}", path=str(rep.path),
-        parameters=None, size_bytes=int(rep.size_bytes),
-        test_accuracy=getattr(rep, "tflite_accuracy", None),
-        latency_ms=getattr(rep, "latency_ms_median", None),
-        runtime="tflite")
-    return info, record
 
 
 def main(argv=None):
@@ -542,9 +592,6 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
-        if getattr(args, "command", None) == "export":
-            from keras_kd import export
-            return export.run_export(args)
         parser.print_help()
         return 2
     result = args.func(args)

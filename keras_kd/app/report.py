@@ -12,6 +12,8 @@ import time
 
 import numpy as np
 
+from keras_kd.extras import require
+
 
 def count_params(model):
     """The number of weights of a Keras model (trainable and not)."""
@@ -51,19 +53,6 @@ def keras_latency_ms(model, example, runs=50, warmup=3):
         model.predict_on_batch(example)
         times.append((time.perf_counter() - start) * 1000.0)
     return float(np.median(times))
-
-
-def save_model_only(model, path):
-    """Saves a model's architecture and weights, without optimizer state.
-
-    ``model.save`` of a compiled model also stores its optimizer's variables
-    (Adam: two per weight), which triples the file; comparing architectures
-    needs the model alone. Returns the file size in bytes.
-    """
-    copy = type(model).from_config(model.get_config())
-    copy.set_weights(model.get_weights())
-    copy.save(path)
-    return os.path.getsize(path)
 
 
 def format_bytes(n):
@@ -121,7 +110,7 @@ def plot_learning_curves(histories, path):
             ``val_loss`` are drawn when present.
         path: the PNG to write.
     """
-    import matplotlib
+    matplotlib = require("matplotlib")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -153,7 +142,7 @@ def plot_learning_curves(histories, path):
 
 def plot_accuracy_vs_size(models, path):
     """Test accuracy against file size (log scale), one labelled point each."""
-    import matplotlib
+    matplotlib = require("matplotlib")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

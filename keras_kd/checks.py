@@ -1,0 +1,250 @@
+"""Checks of a Distiller's arguments and models: each error names the fix.
+
+Everything a user can get wrong before the first step is checked here, once,
+with a message that says what to change: the options (``alpha``,
+``temperature``, objective weights), the models (built, single logits output,
+agreeing class counts and input shapes) and, on the first ``fit``, whether the
+teacher is worth imitating.
+"""
+
+import math
+import numbers
+import warnings
+
+import keras
+import numpy as np
+
+from keras_kd import inputs, taps
+
+
+def is_number(value):
+    """True for a real Python or NumPy number (``bool`` excluded)."""
+    return isinstance(value, numbers.Real) and not isinstance(
+        value, (bool, np.bool_))
+
+
+def check_number(name, value, hint, allow_zero=True):
+    """``float(value)`` for a finite number ``>= 0`` (``> 0`` without
+    ``allow_zero``); otherwise a ValueError naming the fix.
+
+    Example:
+
+    >>> check_number("beta", 8, "the usual value is beta=8.0.")
+    8.0
+    """
+    ok = is_number(value) and math.isfinite(value) and (
+        value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a number {bound} (and finite), "
+                         f"got {value!r}; {hint}")
+    return float(value)
+
+
+def check_alpha(alpha, what="alpha"):
+    """``float(alpha)`` for a number in [0, 1]; otherwise a ValueError.
+
+    ``alpha`` weighs the hard-label loss, ``1 − alpha`` the distillation loss.
+
+    Example:
+
+    >>> check_alpha(np.float32(0.25))
+    0.25
+    """
+    if not is_number(alpha) or not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(
+            f"{what} must be in [0, 1], got {alpha!r}. alpha weighs the "
+            "hard-label loss and 1 - alpha the distillation loss; the usual "
+            "value is 0.1."
+        )
+    return float(alpha)
+
+
+def check_temperature(temperature, strict=False, what="temperature"):
+    """Refuses a temperature that is not a finite number > 0.
+
+    Tensors and variables (a scheduled temperature) pass unchecked unless
+    ``strict``, which demands a Python or NumPy number; a number comes back
+    as a ``float``.
+
+    Example:
+
+    >>> check_temperature(4)
+    4.0
+    """
+    number = is_number(temperature)
+    if (strict and not number) or (number and not (
+            math.isfinite(temperature) and temperature > 0)):
+        raise ValueError(
+            f"{what} must be > 0 and finite, got {temperature!r}. Use a "
+            "positive value such as temperature=4.0 (T=1 leaves the logits "
+            "unsoftened)."
+        )
+    return float(temperature) if number else temperature
+
+
+# ----------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------
+def _is_built(model):
+    return bool(model.built) and len(model.weights) > 0
+
+
+def check_model(model, role):
+    """A ``keras.Model``, and for a teacher a built (trainable-looking) one."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            f"{role} must be a keras.Model, got {type(model).__name__}. "
+            "Wrap your layers in keras.Model(inputs, outputs) or "
+            "keras.Sequential([...])."
+        )
+    if role.startswith("teacher") and not _is_built(model):
+        raise ValueError(
+            f"The {role} '{model.name}' is not built: it has no weights, "
+            "so it cannot have been trained. Train it (teacher.fit) or "
+            "load its trained weights before distilling; a model built "
+            "with keras.Input(shape=...) is built on creation."
+        )
+
+
+def check_pair(teacher, student, role="teacher", wider_teacher=False):
+    """Teacher and student score the same classes and take the same inputs.
+
+    With ``wider_teacher``, a teacher may score more classes than the student
+    (its extra logits are dropped, see ``Distiller(truncate_teacher_logits)``).
+    """
+    t_out, s_out = taps.output_shape(teacher), taps.output_shape(student)
+    if t_out and s_out and t_out[-1] is not None and s_out[-1] is not None \
+            and t_out[-1] != s_out[-1] and not (
+                wider_teacher and t_out[-1] > s_out[-1]):
+        wider = t_out[-1] > s_out[-1]
+        raise ValueError(
+            f"The {role} predicts {t_out[-1]} classes (output shape "
+            f"{t_out}) but the student predicts {s_out[-1]} (output shape "
+            f"{s_out}). Give the student's last layer {t_out[-1]} units "
+            "so that both score the same classes"
+            + (", or, if the teacher's vocabulary is padded past its "
+               "tokenizer's (Gemma and Llama checkpoints are), pass "
+               "kd.Distiller(..., truncate_teacher_logits=True) to drop the "
+               "teacher's extra logits." if wider else ".")
+        )
+    t_in, s_in = taps.input_shape(teacher), taps.input_shape(student)
+    if t_in and s_in and tuple(t_in[1:]) != tuple(s_in[1:]):
+        raise ValueError(
+            f"The {role} takes inputs of shape {t_in} but the student "
+            f"takes {s_in}; each batch feeds both. Make the input shapes "
+            "agree, e.g. put a keras.layers.Resizing (or Reshape) layer "
+            "at the start of the model whose input differs."
+        )
+
+
+def check_teacher_weights(teacher_weights, count=None):
+    """Per-teacher weights: non-negative, a positive sum, one per teacher."""
+    if teacher_weights is None:
+        return None
+    weights = [float(w) for w in teacher_weights]
+    if not weights or min(weights) < 0 or sum(weights) <= 0 or (
+            count is not None and len(weights) != count):
+        per = f" per teacher ({count})" if count is not None else " per teacher"
+        raise ValueError(
+            f"teacher_weights must hold one non-negative weight{per} with a "
+            f"positive sum, got {teacher_weights!r}; e.g. [0.5, 0.5]."
+        )
+    return weights
+
+
+def check_logits(teacher_logits, student_logits):
+    """Teacher and student logits have the same class count (last axis)."""
+    t = teacher_logits[0] if isinstance(teacher_logits, (list, tuple)) else \
+        teacher_logits
+    t_classes, s_classes = t.shape[-1], student_logits.shape[-1]
+    if t_classes is not None and s_classes is not None and \
+            t_classes != s_classes:
+        raise ValueError(
+            f"The teacher predicts {t_classes} classes but the student "
+            f"predicts {s_classes}. Give the student's last layer "
+            f"{t_classes} units"
+            + (", or pass kd.Distiller(..., truncate_teacher_logits=True) "
+               "if the teacher's vocabulary is padded past the student's."
+               if t_classes > s_classes else ".")
+        )
+
+
+def check_objectives(objective, feature_losses, has_hard_loss):
+    """The compile-time objectives: feature ones in ``feature_losses``,
+    something to train on, distinct names."""
+    from keras_kd.objectives.base import Objective
+
+    for f in feature_losses:
+        if not isinstance(f, Objective) or f.kind == "logits":
+            raise ValueError(
+                f"feature_losses takes feature objectives such as "
+                f"kd.FitNet('teacher_layer', 'student_layer'), got {f!r}; "
+                "logit objectives go in distillation_loss=."
+            )
+    if objective is None and not feature_losses and not has_hard_loss:
+        raise ValueError(
+            "Nothing to train on: pass distillation_loss='kd' (the "
+            "default), feature_losses=[...], or a hard-label loss."
+        )
+    names = [f.name for f in feature_losses]
+    if len(set(names)) != len(names):
+        raise ValueError(
+            f"Feature objectives need distinct names to be logged apart, "
+            f"got {names}; pass name='...' to each."
+        )
+
+
+# ----------------------------------------------------------------------
+# The teacher, on the first batch
+# ----------------------------------------------------------------------
+def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
+    """Warns when a teacher does no better than the majority class.
+
+    The teacher's top-1 accuracy on the first labeled batch (up to 256
+    samples, or elements for sequence labels) is compared with the share of
+    the most frequent label in that batch: a model that predicts no better
+    than always answering the majority class has learned nothing to teach,
+    whatever the class count (2 or 1,000). NumPy training data are read
+    directly. A ``tf.data`` training pipeline is not read (each pass over a
+    pipeline that shuffles draws its next order, so a look would shift the
+    order of every epoch): ``validation_data`` is read instead, when given.
+    Labels that are not integer class indices (or one-hot) are not checked.
+    """
+    if inputs.is_tf_dataset(x):
+        x, y = validation_data, None
+        if isinstance(x, (tuple, list)):  # (x_val, y_val[, weights])
+            x, y = x[0], (x[1] if len(x) > 1 else None)
+    batch = inputs.first_labeled_batch(x, y)
+    if batch is None:
+        return
+    xb, yb = batch
+    yb = np.asarray(yb)
+    for i, teacher in enumerate(teachers):
+        logits = np.asarray(keras.ops.convert_to_numpy(
+            teacher(xb, training=False)))
+        classes = logits.shape[-1]
+        labels = yb
+        if labels.ndim == logits.ndim and labels.shape[-1] == classes > 1:
+            labels = labels.argmax(-1)  # one-hot
+        if classes < 2 or not np.issubdtype(labels.dtype, np.integer) or \
+                labels.size != logits.size // classes:
+            return
+        labels = labels.reshape(-1)
+        keep = labels >= 0
+        if keep.sum() < 20:
+            return
+        predicted = logits.reshape(-1, classes).argmax(-1)[keep]
+        labels = labels[keep]
+        accuracy = float((predicted == labels).mean())
+        majority = float(np.bincount(labels).max() / labels.size)
+        if accuracy <= majority:
+            who = "" if len(teachers) == 1 else f"[{i}]"
+            warnings.warn(
+                f"The teacher{who} '{teacher.name}' scores {accuracy:.2f} "
+                f"accuracy on the first batch, no better than always "
+                f"predicting its most frequent label ({majority:.2f}). "
+                "Distilling an untrained teacher teaches nothing: train it "
+                "first (teacher.fit) or load its trained weights.",
+                stacklevel=3,
+            )

@@ -1,0 +1,129 @@
+"""Running and checking a TFLite file with the LiteRT interpreter.
+
+``ai_edge_litert``'s interpreter runs the file on the host CPU: outputs are
+compared with the Keras model's, accuracy is measured on labeled data, and
+latency at batch 1 (one thread). Files that need TensorFlow (Flex) ops run
+with TensorFlow's interpreter, which carries the Flex delegate.
+"""
+
+import time
+
+import keras
+import numpy as np
+
+from keras_kd.extras import require
+
+
+def flex_ops(data):
+    """Names of the TensorFlow (Flex) ops in a TFLite flatbuffer."""
+    schema = require("ai_edge_litert.schema_py_generated")
+
+    flatbuffer = schema.Model.GetRootAsModel(data, 0)
+    names = set()
+    for i in range(flatbuffer.OperatorCodesLength()):
+        code = flatbuffer.OperatorCodes(i).CustomCode()
+        if code and code.decode().startswith("Flex"):
+            names.add(code.decode()[len("Flex"):])
+    return sorted(names)
+
+
+def interpreter(path, flex):
+    if flex:
+        # The Flex delegate ships with TensorFlow's interpreter, not with
+        # ai_edge_litert's.
+        tf = require("tensorflow")
+
+        interpreter = tf.lite.Interpreter(model_path=path, num_threads=1)
+    else:
+        Interpreter = require("ai_edge_litert.interpreter").Interpreter
+
+        interpreter = Interpreter(model_path=path, num_threads=1)
+    interpreter.allocate_tensors()
+    return interpreter
+
+
+def invoke(interpreter, x):
+    """Runs the interpreter on a batch ``x`` (resizing its batch dimension)."""
+    (inp,) = interpreter.get_input_details()
+    outs = interpreter.get_output_details()
+    if tuple(inp["shape"]) != x.shape:
+        interpreter.resize_tensor_input(inp["index"], list(x.shape))
+        interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    interpreter.invoke()
+    return [interpreter.get_tensor(o["index"]).astype("float32")
+            for o in outs]
+
+
+def predict_tflite(interpreter, x, batch_size=256):
+    chunks = [invoke(interpreter, x[i:i + batch_size])
+              for i in range(0, len(x), batch_size)]
+    return [np.concatenate([c[j] for c in chunks])
+            for j in range(len(chunks[0]))]
+
+
+def predict_keras(model, x, batch_size=256):
+    outputs = []
+    for i in range(0, len(x), batch_size):
+        y = model(x[i:i + batch_size], training=False)
+        y = y if isinstance(y, (list, tuple)) else [y]
+        outputs.append([np.asarray(keras.ops.convert_to_numpy(t),
+                                   dtype="float32") for t in y])
+    return [np.concatenate([o[j] for o in outputs])
+            for j in range(len(outputs[0]))]
+
+
+def latency_ms(interpreter, sample, runs):
+    invoke(interpreter, sample)
+    for _ in range(3):  # warm-up
+        interpreter.invoke()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000.0)
+
+
+def accuracy(logits, y):
+    y = np.asarray(y)
+    if y.ndim == logits.ndim and y.ndim > 1:  # one-hot labels
+        y = np.argmax(y, axis=-1)
+    return float(np.mean(np.argmax(logits, axis=-1) == y.reshape(-1)))
+
+
+# Float32 exports must match the Keras student to this tolerance (relative
+# to the largest output magnitude, floored at 1) or the export fails.
+FLOAT32_TOLERANCE = 1e-3
+
+
+def max_abs_diff(interpreter, model, sample, quantize, path):
+    """``max |tflite(x) − keras(x)|`` over ``sample``; refuses a float32 file
+    that differs by more than ``FLOAT32_TOLERANCE · max(1, max |keras(x)|)``."""
+    from keras_kd.export.errors import ExportError
+
+    expected = predict_keras(model, sample)
+    actual = predict_tflite(interpreter, sample)
+    if len(expected) != len(actual) or any(
+            e.shape != a.shape for e, a in zip(expected, actual)):
+        raise ExportError(
+            "The TFLite file's outputs "
+            f"{[a.shape for a in actual]} do not match the Keras "
+            f"model's {[e.shape for e in expected]}.")
+    diff = float(max(np.max(np.abs(e - a)) for e, a in zip(expected, actual)))
+    scale = max(1.0, max(float(np.max(np.abs(e))) for e in expected))
+    if quantize == "float32" and (
+            not np.isfinite(diff) or diff > FLOAT32_TOLERANCE * scale):
+        raise ExportError(
+            f"The float32 TFLite file differs from the Keras model by up to "
+            f"{diff:.3g} (tolerance {FLOAT32_TOLERANCE * scale:.3g}); the "
+            f"file was not written to {path!r}. Check for layers that behave "
+            "differently at inference (custom call() using `training`), or "
+            "pass verify=False to keep it anyway.")
+    return diff
+
+
+def accuracies(interpreter, model, x, y):
+    """Top-1 accuracy of the Keras model and of the file on ``(x, y)``."""
+    return (accuracy(predict_keras(model, x)[0], y),
+            accuracy(predict_tflite(interpreter, x)[0], y))

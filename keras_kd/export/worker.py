@@ -1,0 +1,220 @@
+"""The TensorFlow worker: converts on JAX and PyTorch, where the converter
+cannot read the model's graph.
+
+A ``KERAS_BACKEND=tensorflow`` process, started on the first export from a JAX
+or PyTorch session and reused by later ones (importing TensorFlow costs
+seconds, converting a small student well under one). Jobs are JSON files; the
+process reads their paths on stdin and answers one line per job on a private
+pipe, with everything it prints sent to a log file (whose tail goes into
+errors).
+"""
+
+import atexit
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+
+import keras
+import numpy as np
+
+from keras_kd.export.errors import ExportError
+
+
+def _worker(job_path):
+    """Subprocess entry: convert the saved model described in ``job_path``."""
+    with open(job_path) as f:
+        job = json.load(f)
+    import importlib
+
+    for module in job["modules"]:
+        importlib.import_module(module)
+    import keras_kd  # noqa: F401  (registers keras-kd serializables)
+    from keras_kd.export import convert
+
+    result = {}
+    try:
+        model = keras.models.load_model(job["keras_path"], compile=False)
+        if job["kind"] == "saved_model":
+            model.export(job["output"], format="tf_saved_model",
+                         verbose=False)
+        else:
+            representative = (np.load(job["representative"])
+                              if job["representative"] else None)
+            data = convert.convert_in_process(model, job["quantize"],
+                                       representative, job["allow_flex"])
+            with open(job["output"], "wb") as f:
+                f.write(data)
+    except ExportError as error:
+        result = {"error": str(error), "type": "ExportError"}
+    except Exception as error:  # reported to the parent process
+        result = {"error": f"{type(error).__name__}: {error}",
+                  "type": "ExportError"}
+    with open(job["result"], "w") as f:
+        json.dump(result, f)
+
+
+def _custom_modules(model):
+    """Modules that define the model's non-Keras objects (to import there).
+
+    Read from the model's own Keras config: every serialized object names
+    the module of its class.
+    """
+    modules = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "class_name" in node and "module" in node:
+                module = node["module"]
+                if module in (None, "__main__"):
+                    # Unregistered (module None) or defined in __main__: the
+                    # worker process could not import the class.
+                    raise ValueError(
+                        f"'{node['class_name']}' is not importable by name. "
+                        f"On the {keras.backend.backend()} backend the export "
+                        "converts in a separate TensorFlow process, which "
+                        "imports the model's classes: move the class into an "
+                        "importable module and register it with "
+                        "@keras.saving.register_keras_serializable(), or run "
+                        "with KERAS_BACKEND=tensorflow.")
+                if module.split(".")[0] != "keras":
+                    modules.add(module)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(keras.saving.serialize_keras_object(model))
+    return sorted(modules)
+
+
+class _TensorFlowWorker:
+    """A ``KERAS_BACKEND=tensorflow`` process that converts saved models.
+
+    Started on the first export from a JAX or PyTorch session and reused by
+    later ones (importing TensorFlow costs seconds, converting a small
+    student well under one). Jobs are JSON files; the process reads their
+    paths on stdin and answers one line per job on a private pipe, with
+    everything it prints sent to a log file (whose tail goes into errors).
+    """
+
+    _lock = threading.Lock()
+    _process = None
+    _log = None
+
+    @classmethod
+    def run(cls, job_path):
+        with cls._lock:
+            for attempt in (0, 1):
+                process = cls._start()
+                try:
+                    process.stdin.write(job_path + "\n")
+                    process.stdin.flush()
+                    answer = process.stdout.readline()
+                except (BrokenPipeError, OSError):
+                    answer = ""
+                if answer.strip() == "done":
+                    return
+                tail = cls._log_tail()
+                cls.close()
+                if attempt or process.poll() is None:
+                    break
+            raise ExportError(
+                "The TensorFlow conversion process failed (exit code "
+                f"{process.poll()}). Check that tensorflow is installed in this "
+                f"environment ({sys.executable}).\n{tail}")
+
+    @classmethod
+    def _start(cls):
+        if cls._process is not None and cls._process.poll() is None:
+            return cls._process
+        cls.close()
+        env = dict(os.environ, KERAS_BACKEND="tensorflow",
+                   TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+        paths = [os.getcwd() if p == "" else p for p in sys.path]
+        env["PYTHONPATH"] = os.pathsep.join(
+            [p for p in paths if p] + [env.get("PYTHONPATH", "")]).rstrip(
+                os.pathsep)
+        cls._log = tempfile.NamedTemporaryFile(
+            prefix="keras_kd_tf_worker_", suffix=".log", delete=False)
+        read_fd, write_fd = os.pipe()
+        cls._process = subprocess.Popen(
+            [sys.executable, "-c",
+             "import sys; from keras_kd.export.worker import serve; "
+             "serve(int(sys.argv[1]))", str(write_fd)],
+            env=env, stdin=subprocess.PIPE, stdout=cls._log,
+            stderr=subprocess.STDOUT, pass_fds=(write_fd,), text=True)
+        os.close(write_fd)
+        cls._process.stdout = os.fdopen(read_fd, "r")
+        return cls._process
+
+    @classmethod
+    def _log_tail(cls, lines=15):
+        if cls._log is None:
+            return ""
+        try:
+            with open(cls._log.name, errors="replace") as f:
+                return "\n".join(f.read().strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @classmethod
+    def close(cls):
+        """Stops the worker process (it also stops when Python exits)."""
+        process, cls._process = cls._process, None
+        if process is not None:
+            try:
+                process.stdin.close()
+                process.wait(timeout=10)
+            except Exception:
+                process.kill()
+                process.wait()
+            process.stdout.close()
+        if cls._log is not None:
+            cls._log.close()
+            try:
+                os.remove(cls._log.name)
+            except OSError:
+                pass
+            cls._log = None
+
+
+atexit.register(_TensorFlowWorker.close)
+
+
+def serve(answer_fd):
+    """Worker loop: one job path per stdin line, ``done`` on ``answer_fd``."""
+    answers = os.fdopen(answer_fd, "w")
+    for line in sys.stdin:
+        job_path = line.strip()
+        if not job_path:
+            continue
+        try:
+            _worker(job_path)
+        finally:
+            keras.backend.clear_session()
+        answers.write("done\n")
+        answers.flush()
+
+
+def run_in_tensorflow(model, job, tmp):
+    """Saves ``model`` as .keras and converts it in the TensorFlow worker."""
+    modules = _custom_modules(model)
+    keras_path = os.path.join(tmp, "model.keras")
+    model.save(keras_path)
+    job = dict(job, keras_path=keras_path, modules=modules,
+               result=os.path.join(tmp, "result.json"))
+    job_path = os.path.join(tmp, "job.json")
+    with open(job_path, "w") as f:
+        json.dump(job, f)
+    _TensorFlowWorker.run(job_path)
+    if not os.path.exists(job["result"]):
+        raise ExportError("The TensorFlow conversion process wrote no "
+                          "result; see the messages above.")
+    with open(job["result"]) as f:
+        result = json.load(f)
+    if result.get("error"):
+        raise ExportError(result["error"])

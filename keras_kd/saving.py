@@ -1,0 +1,153 @@
+"""Writing models to files: atomically, and without what does not belong.
+
+Every file keras-kd writes (checkpoints, ``.keras`` students, TFLite files,
+SavedModel directories) goes to a temporary path beside its target first and
+replaces the target with ``os.replace`` only once complete, so a crash or a
+kill never leaves a half-written file where a good one was.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+
+import keras
+
+
+@contextlib.contextmanager
+def replacing(path, suffix="", directory=False):
+    """Yields a temporary path beside ``path``; on success it replaces ``path``.
+
+    The temporary file (or directory, with ``directory=True``) is created in
+    the target's own directory, so the final ``os.replace`` is an atomic
+    rename. If the ``with`` block raises, the temporary path is removed and
+    ``path`` keeps its previous content.
+
+    Args:
+        path: the final file or directory.
+        suffix: the temporary name's suffix (some writers check it, e.g.
+            ``.keras``).
+        directory: the target is a directory (replaced as a whole).
+
+    Example:
+
+    >>> import tempfile, os
+    >>> target = os.path.join(tempfile.mkdtemp(), "out.txt")
+    >>> with replacing(target) as tmp:
+    ...     _ = open(tmp, "w").write("done")
+    >>> open(target).read()
+    'done'
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    prefix = f".{os.path.basename(path)}."
+    if directory:
+        tmp = tempfile.mkdtemp(prefix=prefix, suffix=f".tmp{suffix}",
+                               dir=parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=f".tmp{suffix}",
+                                   dir=parent)
+        os.close(fd)
+    try:
+        yield tmp
+        if directory:
+            _replace_dir(tmp, path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _replace_dir(tmp_dir, path):
+    """Moves ``tmp_dir`` onto ``path``; an old ``path`` survives a failure."""
+    backup = None
+    if os.path.exists(path):
+        backup = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old.",
+                                  dir=os.path.dirname(os.path.abspath(path)))
+        os.rmdir(backup)
+        os.replace(path, backup)
+    try:
+        os.replace(tmp_dir, path)
+    except BaseException:
+        if backup is not None:
+            os.replace(backup, path)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def save_atomically(model, filepath):
+    """Saves ``model`` to ``filepath`` (``.keras``) so that a crash never corrupts it.
+
+    The model is written to a temporary ``.keras`` file in the same directory,
+    then moved over ``filepath`` with ``os.replace`` (an atomic rename on
+    POSIX and Windows when both paths are on the same file system). Until the
+    rename, ``filepath`` holds its previous content; after it, the new model.
+
+    Args:
+        model: a ``keras.Model``.
+        filepath: destination path ending in ``.keras``.
+
+    Example:
+
+    >>> import keras, tempfile, os
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
+    >>> save_atomically(model, path)
+    >>> keras.models.load_model(path).output_shape
+    (None, 2)
+    """
+    with replacing(filepath, suffix=".keras") as tmp:
+        keras.saving.save_model(model, tmp, overwrite=True)
+
+
+def serialize_uncompiled(model):
+    """``model``'s Keras config without its own compile options."""
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config
+
+
+def save_model_only(model, path):
+    """Saves a model's architecture and weights, without optimizer or compile
+    options (atomically); returns the file size in bytes.
+
+    ``model.save`` of a compiled model also stores its optimizer's variables
+    (Adam: two per weight), which triples the file; comparing or shipping
+    architectures needs the model alone.
+
+    Example:
+
+    >>> import keras, tempfile, os
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    >>> model.compile("adam", "mse")
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.keras")
+    >>> save_model_only(model, path) > 0
+    True
+    """
+    copy = keras.saving.deserialize_keras_object(serialize_uncompiled(model))
+    copy.set_weights(model.get_weights())
+    save_atomically(copy, path)
+    return os.path.getsize(path)
+
+
+@contextlib.contextmanager
+def optimizers_detached(models):
+    """Detaches the models' own optimizers (compiled models) while saving.
+
+    A teacher compiled and trained on its own keeps its optimizer; saving a
+    Distiller would store that optimizer's slots too (for Adam on a ResNet50,
+    about 200 MB) although it plays no part in distillation.
+    """
+    held = [(model, model.optimizer) for model in models
+            if getattr(model, "optimizer", None) is not None]
+    try:
+        for model, _ in held:
+            model.optimizer = None
+        yield
+    finally:
+        for model, optimizer in held:
+            model.optimizer = optimizer

@@ -1,0 +1,168 @@
+"""The on-disk format of a soft-label cache: raw column files and a manifest.
+
+One raw file per per-sample array, read back with ``np.memmap``:
+
+- ``inputs.bin`` (one input array), or ``inputs.<name>.bin`` per input of a
+  dict (``inputs.token_ids.bin``, ``inputs.padding_mask.bin``; names are
+  letters, digits and underscores);
+- ``labels.bin``, ``sample_weight.bin`` (float32) when given;
+- ``logits.bin`` (float32, ``(..., C)`` per sample: ``(C,)``, or
+  ``(length, V)`` for a sequence model), or with top-k ``topk_values.bin``
+  (``(..., k)``, float16 or float32), ``topk_indices.bin`` (``(..., k)``,
+  uint16, int32 when C > 65535) and ``topk_fill.bin`` (``(...)``, float32);
+- ``feature_<i>.bin`` (float32) per cached teacher layer;
+
+and a JSON ``manifest.json`` holding the teacher fingerprint, the columns'
+dtypes and per-sample shapes, the build options and its progress (rows and
+batches done). The manifest is replaced atomically after each batch, so an
+interrupted build resumes from the last finished one.
+
+Version 1 throughout: dict inputs, sample weights, logits of any rank and
+the top-k value dtype only add columns and options (a manifest without them
+reads as one array input, no sample weights and float16 top-k values).
+"""
+
+import json
+import os
+
+import numpy as np
+
+FORMAT = "keras-kd soft labels"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class Column:
+    """One per-sample array, grown batch by batch (memory or a .bin file)."""
+
+    def __init__(self, name, dtype, row_shape, directory=None):
+        self.name = name
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(int(d) for d in row_shape)
+        self.directory = directory
+        self._chunks = []
+        self._array = None
+
+    @property
+    def row_bytes(self):
+        return int(self.dtype.itemsize * np.prod(self.row_shape, dtype=np.int64))
+
+    @property
+    def file(self):
+        return os.path.join(self.directory, f"{self.name}.bin")
+
+    def spec(self):
+        return {"dtype": self.dtype.str, "shape": list(self.row_shape)}
+
+    def truncate(self, rows):
+        """Drops what lies past ``rows`` (a batch torn by an interruption)."""
+        if self.directory is None:
+            return
+        mode = "r+b" if os.path.exists(self.file) else "w+b"
+        with open(self.file, mode) as f:
+            f.truncate(rows * self.row_bytes)
+
+    def append(self, rows):
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if tuple(rows.shape[1:]) != self.row_shape:
+            raise ValueError(
+                f"'{self.name}' rows have shape {rows.shape[1:]} but the first "
+                f"batch had {self.row_shape}: every batch must have the same "
+                "per-sample shape (pad or resize the inputs)."
+            )
+        if self.directory is None:
+            self._chunks.append(rows)
+        else:
+            with open(self.file, "ab") as f:
+                f.write(rows.tobytes())
+                f.flush()
+                os.fsync(f.fileno())
+
+    def array(self, rows):
+        """The column as an array: in memory, or a read-only memory map."""
+        if self._array is not None:
+            return self._array
+        if self.directory is None:
+            self._array = (np.concatenate(self._chunks) if self._chunks else
+                           np.zeros((0,) + self.row_shape, self.dtype))
+            self._chunks = [self._array]
+        elif rows == 0:
+            self._array = np.zeros((0,) + self.row_shape, self.dtype)
+        else:
+            self._array = np.memmap(self.file, dtype=self.dtype, mode="r",
+                                    shape=(rows,) + self.row_shape)
+        return self._array
+
+
+def read_manifest(path):
+    file = os.path.join(path, MANIFEST)
+    if not os.path.exists(file):
+        return None
+    with open(file) as f:
+        manifest = json.load(f)
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise ValueError(
+            f"'{file}' is not a keras-kd soft-label manifest (version "
+            f"{VERSION}). Pass an empty or new directory as path."
+        )
+    return manifest
+
+
+def write_manifest(path, manifest):
+    tmp = os.path.join(path, MANIFEST + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(path, MANIFEST))
+
+
+def open_columns(manifest, path):
+    return {name: Column(name, spec["dtype"], spec["shape"], path)
+            for name, spec in manifest["columns"].items()}
+
+
+def input_column(key):
+    """The column of one input: ``inputs``, or ``inputs.<key>`` in a dict."""
+    return "inputs" if key is None else f"inputs.{key}"
+
+
+def make_columns(xb, yb, wb, outputs, top_k, top_k_dtype, store_inputs,
+                 directory):
+    """The columns of a new cache, from its first batch.
+
+    Args:
+        xb: the first input batch: an array, or a dict of arrays.
+        yb: its labels, or None.
+        wb: its sample weights, or None.
+        outputs: ``(logits, features)`` of the teacher on ``xb``.
+        top_k: k, or None to keep all logits.
+        top_k_dtype: the dtype of the kept values with top-k.
+        store_inputs: store the inputs too.
+        directory: the cache directory, or None in memory.
+    """
+    logits, features = outputs
+    cols = []
+    if store_inputs:
+        if isinstance(xb, dict):
+            cols += [(input_column(k), v.dtype, v.shape[1:])
+                     for k, v in xb.items()]
+        else:
+            cols.append((input_column(None), xb.dtype, xb.shape[1:]))
+    if yb is not None:
+        cols.append(("labels", yb.dtype, yb.shape[1:]))
+    if wb is not None:
+        cols.append(("sample_weight", "float32", wb.shape[1:]))
+    classes = logits.shape[-1]
+    if top_k is None:
+        cols.append(("logits", "float32", logits.shape[1:]))
+    else:
+        positions = tuple(logits.shape[1:-1])
+        index_dtype = "uint16" if classes <= 65535 else "int32"
+        cols += [("topk_values", top_k_dtype, positions + (top_k,)),
+                 ("topk_indices", index_dtype, positions + (top_k,)),
+                 ("topk_fill", "float32", positions)]
+    cols += [(f"feature_{i}", "float32", f.shape[1:])
+             for i, f in enumerate(features)]
+    return {name: Column(name, dtype, shape, directory)
+            for name, dtype, shape in cols}
