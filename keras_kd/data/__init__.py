@@ -6,5 +6,14 @@ tensorflow-datasets) only when called.
 """
 
 from keras_kd.data.images import Splits, load_dataset, load_digits, load_tfds
+from keras_kd.data.text import (
+    TextSplits,
+    TokenWindows,
+    bits_per_byte,
+    load_python_source,
+    python_source_files,
+)
 
-__all__ = ["Splits", "load_dataset", "load_digits", "load_tfds"]
+__all__ = ["Splits", "load_dataset", "load_digits", "load_tfds", "TextSplits",
+           "TokenWindows", "bits_per_byte", "load_python_source",
+           "python_source_files"]
