@@ -203,8 +203,9 @@ def test_distilbert_triple_loss_in_one_forward_pass():
     """5 · KD(T=2) + 2 · MLM + 1 · cosine(hidden states), up to a factor 7:
     alpha = 2/7 on the MLM loss, 5/7 on KD, weight 1/7 on the cosine term;
     the hidden states are tapped inside the keras-hub backbones by name."""
+    # A student of its own initial weights, so that every term is far from
+    # 0 (the init is tested above).
     teacher, student = bert("teacher", 4), bert("student", 2, seed=1)
-    kd.hub.init_from_teacher(student, teacher)
     d = kd.Distiller(teacher, student)
     d.compile("adam", SCE, alpha=2 / 7, temperature=2.0,
               distillation_loss="kd", feature_losses=[kd.CosineEmbedding(
@@ -233,10 +234,8 @@ def test_distilbert_triple_loss_in_one_forward_pass():
     np.testing.assert_allclose(logs["student_loss"], mlm, rtol=1e-5)
     np.testing.assert_allclose(logs["distillation_loss"], soft, rtol=1e-5,
                                atol=1e-7)
-    # Initialised from the teacher: the hidden states nearly agree, so the
-    # term is small and float32 rounding of 1 − cos sets its precision.
     np.testing.assert_allclose(logs["cosine_loss"], cosine, rtol=1e-4,
-                               atol=1e-6)
+                               atol=1e-7)
     np.testing.assert_allclose(
         logs["loss"], 2 / 7 * mlm + 5 / 7 * soft + cosine / 7, rtol=1e-5)
     # One forward pass: the student view holds the backbone once.
