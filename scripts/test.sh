@@ -35,6 +35,9 @@ for backend in ${KERAS_KD_BACKENDS:-tensorflow jax torch}; do
   fi
 done
 
+echo "=== the documentation site builds (mkdocs build --strict)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict -q -d "$(mktemp -d)"
+
 if [ "${KERAS_KD_CORE:-1}" = "1" ]; then
   echo "=== core install: keras==${KERAS_OLDEST}, jax, numpy (no extra)"
   if [ ! -x .venv-core/bin/python ]; then

@@ -1,0 +1,186 @@
+"""The documentation's code runs, and prints what it shows.
+
+Pages: README.md and docs/*.md. On each page, every ```python block is part of
+a program: the blocks of one ``## `` section (text before the first ``## ``
+heading is a section too), in order, make one script, run here in a fresh
+folder (with an empty ``saved_models/``) on the backend under test.
+
+A ```python block immediately followed by an ```output block (only blank
+lines between them) must print that output: the stripped, non-empty lines of
+the output block must appear as consecutive lines of the program's stdout
+(compared stripped), each output block after the previous one. Use it only
+for deterministic output (sorted log names, shapes, schedule values, rounded
+formulas); anything else stays a ``# prints, e.g.`` comment.
+
+Illustrative fragments (placeholders such as ``loss=...``, several GPUs,
+files the reader brings) are tagged ```py and are not run. A ```python block
+indented (inside a list) or an ```output block that follows no ```python
+block is an error: the check would silently skip it.
+"""
+
+import dataclasses
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ["README.md"] + sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "*.md")))
+
+_FENCE = re.compile(r"^(\s*)(`{3,})\s*([\w+-]*)\s*$")
+
+
+@dataclasses.dataclass
+class Block:
+    lang: str
+    text: str
+    line: int          # 1-based line of the opening fence
+    section: str
+    follows_python: bool = False   # only blank lines since a ```python block
+
+
+@dataclasses.dataclass
+class Program:
+    page: str
+    section: str
+    code: str = ""
+    blocks: int = 0
+    expected: list = dataclasses.field(default_factory=list)  # one list per output block
+
+    @property
+    def id(self):
+        return f"{self.page}::{self.section}"
+
+
+def parse(page):
+    """(blocks, errors, python_fences) of one page.
+
+    ``python_fences`` counts every ```python fence opened outside another
+    block, indented or not: each must end up in a program.
+    """
+    lines = open(os.path.join(ROOT, page), encoding="utf-8").read().splitlines()
+    blocks, errors = [], []
+    section = os.path.basename(page)
+    fence = None          # (indent, backticks, lang, start line, content lines)
+    last_python_end = None
+    python_fences = 0
+    for number, line in enumerate(lines, 1):
+        if fence is not None:
+            m = _FENCE.match(line)
+            if m and not m.group(3) and len(m.group(2)) >= len(fence[1]):
+                indent, ticks, lang, start, content = fence
+                block = Block(lang, "\n".join(content) + "\n", start, section)
+                if lang == "output":
+                    between = lines[last_python_end:start - 1] if last_python_end else None
+                    block.follows_python = between is not None and all(
+                        not text.strip() for text in between)
+                if indent:
+                    if lang == "python":
+                        errors.append(f"{page}:{start}: an indented ```python block is "
+                                      "not run; put it at column 0 or tag it ```py")
+                else:
+                    blocks.append(block)
+                    if lang == "python":
+                        last_python_end = number
+                fence = None
+            else:
+                fence[4].append(line)
+            continue
+        m = _FENCE.match(line)
+        if m:
+            fence = (m.group(1), m.group(2), m.group(3), number, [])
+            python_fences += m.group(3) == "python"
+            continue
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("# ") and not blocks:
+            section = line[2:].strip()
+    if fence is not None:
+        errors.append(f"{page}:{fence[3]}: a code block is never closed")
+    for block in blocks:
+        if block.lang == "output" and not block.follows_python:
+            errors.append(f"{page}:{block.line}: an ```output block must follow a "
+                          "```python block directly")
+    return blocks, errors, python_fences
+
+
+def programs_of(page):
+    blocks = parse(page)[0]
+    programs = {}
+    for block in blocks:
+        if block.lang == "python":
+            program = programs.setdefault(block.section, Program(page, block.section))
+            program.code += f"# --- {page}:{block.line}\n{block.text}\n"
+            program.blocks += 1
+        elif block.lang == "output" and block.follows_python:
+            lines = [text.strip() for text in block.text.splitlines() if text.strip()]
+            programs[block.section].expected.append(lines)
+    return list(programs.values())
+
+
+PROGRAMS = [program for page in PAGES for program in programs_of(page)]
+
+
+def test_every_page_parses_cleanly():
+    errors = [error for page in PAGES for error in parse(page)[1]]
+    assert not errors, "\n".join(errors)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_python_block_of_a_page_is_collected(page):
+    python_fences = parse(page)[2]
+    programs = programs_of(page)
+    if python_fences:
+        assert programs, f"{page} has ```python blocks but no collected program"
+    assert sum(p.blocks for p in programs) == python_fences, (
+        f"{page}: {python_fences} ```python blocks, "
+        f"{sum(p.blocks for p in programs)} collected")
+
+
+def test_the_docs_have_runnable_programs():
+    pages = {program.page for program in PROGRAMS}
+    assert "README.md" in pages
+    assert len(PROGRAMS) >= 8, [program.id for program in PROGRAMS]
+
+
+def test_the_readme_shows_the_test_command():
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    assert re.search(r"^```bash\nbash scripts/test\.sh\n```$", readme, re.M)
+
+
+def _contains_in_order(actual, expected_blocks):
+    """The first output block not found (consecutively, in order), or None."""
+    position = 0
+    for expected in expected_blocks:
+        n = len(expected)
+        for start in range(position, len(actual) - n + 1):
+            if actual[start:start + n] == expected:
+                position = start + n
+                break
+        else:
+            return expected
+    return None
+
+
+@pytest.mark.parametrize("program", PROGRAMS, ids=lambda p: p.id)
+def test_docs_program_runs_and_prints_its_output(program, tmp_path):
+    script = tmp_path / "snippet.py"
+    script.write_text(program.code, encoding="utf-8")
+    os.makedirs(tmp_path / "saved_models", exist_ok=True)
+    env = dict(os.environ, KERAS_BACKEND=keras.backend.backend(),
+               PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", MPLBACKEND="Agg")
+    result = subprocess.run([sys.executable, str(script)], cwd=tmp_path,
+                            env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, (
+        f"{program.id} failed:\n{result.stderr[-4000:]}")
+    actual = [line.strip() for line in result.stdout.splitlines()]
+    missing = _contains_in_order(actual, program.expected)
+    assert missing is None, (
+        f"{program.id}: the output block\n  " + "\n  ".join(missing)
+        + "\nis not printed (in order); stdout was:\n" + result.stdout[-4000:])
