@@ -1,6 +1,6 @@
 """keras-kd: knowledge distillation as a first-class part of Keras 3.
 
-Public API only; see the README for a tour.
+Public API only; see the README for a tour and docs/ for each capability.
 """
 
 from keras_kd import callbacks, data, objectives

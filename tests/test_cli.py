@@ -1,4 +1,4 @@
-"""The `keras-kd` command, its report, and the model builders (keras_kd.models)."""
+"""The `keras-kd` command, its report, and the model builders (keras_kd.app.models)."""
 
 import json
 import os

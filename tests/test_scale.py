@@ -36,7 +36,7 @@ PARALLEL_BACKENDS = ("jax", "tensorflow")
 def parallel_run(tmp_path_factory):
     if BACKEND not in PARALLEL_BACKENDS:
         pytest.skip(f"no data-parallel engine on the {BACKEND} backend "
-                    "(README, \"Scaling out\": single device on PyTorch)")
+                    "(docs/scaling.md: single device on PyTorch)")
     out = tmp_path_factory.mktemp("dp") / "result.json"
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

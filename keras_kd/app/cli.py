@@ -27,7 +27,7 @@ import time
 # DIST by default: on the digits, with a 224k-parameter teacher and a
 # 5k-parameter student, KD at T=4 trails the student alone after 30 epochs
 # (-0.7 points on average over 3 seeds) while DIST, made for a large
-# teacher-student gap, gains 1.1-1.8 points (README, "The keras-kd command").
+# teacher-student gap, gains 1.1-1.8 points (docs/cli.md).
 DEFAULTS = dict(dataset="digits", teacher="cnn", student="small_cnn",
                 objective="dist", alpha=0.1, temperature=None, epochs=30,
                 batch_size=64, learning_rate=1e-3, quantize="float32",
