@@ -1,9 +1,11 @@
 """Training-step time: live vs. cached (offline) distillation, and Keras's own.
 
-Measures, per Keras backend and for two teachers (a small CNN, ~24x the
-student's multiply-adds, so the teacher dominates a live step; and a
+Measures, per Keras backend and for three pairs (a small CNN teacher, ~24x
+the student's multiply-adds, so the teacher dominates a live step; a
 ResNet50 built with ``weights=None`` at 32x32, whose 25.6M parameters and 175
-layers test that a cached step does not grow with the teacher):
+layers test that a cached step does not grow with the teacher; and the
+realistic pair ``resnet50-mobilenetv2``, ResNet50 -> MobileNetV2 at 96x96,
+both ``keras.applications`` models built with ``weights=None``, batch 32):
 
 - ``student``: a step of the student alone, ``student.fit(x, y)``;
 - ``teacher``: a step of teacher inference, ``teacher.predict_on_batch(x)``;
@@ -45,13 +47,14 @@ import sys
 import time
 
 BACKENDS = ("jax", "tensorflow", "torch")
+PAIRS = ("cnn", "resnet50", "resnet50-mobilenetv2")
 
 
 def build_models(keras, size, classes, teacher_kind="cnn"):
     """A teacher (a 4-conv CNN, ~24x the student's multiply-adds, or a
     ResNet50 built with ``weights=None``) and a tiny student."""
     def teacher():
-        if teacher_kind == "resnet50":
+        if teacher_kind in ("resnet50", "resnet50-mobilenetv2"):
             return keras.applications.ResNet50(
                 weights=None, input_shape=(size, size, 3), classes=classes,
                 classifier_activation=None, name="teacher")
@@ -70,6 +73,10 @@ def build_models(keras, size, classes, teacher_kind="cnn"):
                            name="teacher")
 
     def student():
+        if teacher_kind == "resnet50-mobilenetv2":
+            return keras.applications.MobileNetV2(
+                weights=None, input_shape=(size, size, 3), classes=classes,
+                classifier_activation=None, name="student")
         x = keras.Input((size, size, 3), name="s_input")
         h = keras.layers.Conv2D(32, 3, padding="same", activation="relu",
                                 name="s_hint")(x)
@@ -296,13 +303,15 @@ def main():
     parser.add_argument("--size", type=int, default=None,
                         help="input side (default 16 for cnn, 32 for resnet50)")
     parser.add_argument("--teachers", default="cnn,resnet50",
-                        help="comma-separated teachers among cnn, resnet50")
+                        help="comma-separated pairs among cnn, resnet50, "
+                        "resnet50-mobilenetv2 (realistic: 96x96; use with "
+                        "--batch 32)")
     parser.add_argument("--steps", type=int, default=20,
                         help="timed steps per fit() call")
     parser.add_argument("--skip", type=int, default=3,
                         help="untimed warm-up steps at the start of each call (>= 1)")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--teacher", choices=("cnn", "resnet50"),
+    parser.add_argument("--teacher", choices=PAIRS,
                         help=argparse.SUPPRESS)  # one child run
     args = parser.parse_args()
     if args.skip < 1 or args.steps < 1:
@@ -310,13 +319,14 @@ def main():
     if args.teacher:  # one backend, one teacher: a child run
         os.environ["KERAS_BACKEND"] = args.backend
         if args.size is None:
-            args.size = 32 if args.teacher == "resnet50" else 16
+            args.size = {"cnn": 16, "resnet50": 32,
+                         "resnet50-mobilenetv2": 96}[args.teacher]
         print(json.dumps(measure(args)), flush=True)
         return
     teachers = [t.strip() for t in args.teachers.split(",") if t.strip()]
-    bad = sorted(set(teachers) - {"cnn", "resnet50"})
+    bad = sorted(set(teachers) - set(PAIRS))
     if bad or not teachers:
-        parser.error(f"--teachers takes cnn and/or resnet50, got {bad}")
+        parser.error(f"--teachers takes {', '.join(PAIRS)}, got {bad}")
     backends = BACKENDS if args.backend == "all" else (args.backend,)
     results = []
     for backend in backends:
