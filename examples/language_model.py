@@ -71,19 +71,31 @@ def train(model, windows, steps, batch_size, teacher=None, objective=None):
     return model
 
 
-def run_seed(seed, data, args):
-    """Teacher, student alone and distilled students for one seed."""
+def trained_teacher(seed, data, args):
+    """The teacher, trained on the training windows in ``seed``'s order."""
     keras.utils.set_random_seed(seed)
-    train_windows = data.train.shuffled(seed)  # one order for every model
-    length = data.sequence_length
-    results = {}
     start = time.perf_counter()
-    teacher = build_causal_lm(args.teacher, sequence_length=length,
+    teacher = build_causal_lm(args.teacher, sequence_length=data.sequence_length,
                               seed=seed, name="teacher")
-    train(teacher, train_windows, args.teacher_steps, args.batch_size)
-    results["teacher"] = evaluate_bits_per_byte(teacher, data.held_out)
-    print(f"seed {seed}: teacher {results['teacher']:.3f} bits/byte "
+    train(teacher, data.train.shuffled(seed), args.teacher_steps,
+          args.batch_size)
+    bits = evaluate_bits_per_byte(teacher, data.held_out)
+    print(f"teacher (seed {seed}): {bits:.3f} bits/byte "
           f"({time.perf_counter() - start:.0f} s)", flush=True)
+    return teacher, bits
+
+
+def run_seed(seed, data, args, teacher=None):
+    """Teacher (unless one is given), student alone and distilled students
+    for one seed."""
+    if teacher is None:
+        teacher, teacher_bits = trained_teacher(seed, data, args)
+    else:
+        teacher, teacher_bits = teacher
+    keras.utils.set_random_seed(seed)
+    train_windows = data.train.shuffled(seed)  # one order for every student
+    length = data.sequence_length
+    results = {"teacher": teacher_bits}
     for name in ("student alone",) + tuple(args.objectives):
         start = time.perf_counter()
         student = build_causal_lm(args.student, sequence_length=length,
@@ -127,6 +139,10 @@ def main(argv=None):
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES),
                         choices=OBJECTIVES)
     parser.add_argument("--teacher", default="teacher")
+    parser.add_argument(
+        "--shared-teacher", type=int, default=None, metavar="SEED",
+        help="train one teacher (with this seed) for every seed, instead of "
+        "one teacher per seed")
     parser.add_argument("--student", default="student")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny models and data: checks that it runs")
@@ -141,7 +157,9 @@ def main(argv=None):
           f"training files ({data.train.num_bytes:,} bytes), "
           f"{data.held_out.num_files} held-out files "
           f"({data.held_out.num_bytes:,} bytes)", flush=True)
-    per_seed = [run_seed(seed, data, args) for seed in args.seeds]
+    shared = (None if args.shared_teacher is None
+              else trained_teacher(args.shared_teacher, data, args))
+    per_seed = [run_seed(seed, data, args, shared) for seed in args.seeds]
     names = ["teacher", "student alone"] + list(args.objectives)
     table = summarise(per_seed, names)
     print()

@@ -241,3 +241,31 @@ def test_distilbert_triple_loss_in_one_forward_pass():
     # One forward pass: the student view holds the backbone once.
     history = d.fit(x, labels, sample_weight=weights, epochs=3, verbose=0)
     assert history.history["loss"][-1] < history.history["loss"][0]
+
+
+def test_text_classifiers_distil_per_sample():
+    def classifier(name, layers, seed):
+        keras.utils.set_random_seed(seed)
+        backbone = keras_hub.models.BertBackbone(
+            vocabulary_size=50, num_layers=layers, num_heads=2,
+            hidden_dim=16, intermediate_dim=32, dropout=0.0,
+            max_sequence_length=LENGTH, name=f"{name}_backbone")
+        return keras_hub.models.BertTextClassifier(
+            backbone=backbone, num_classes=3, preprocessor=None,
+            dropout=0.0, name=name)
+
+    teacher, student = classifier("teacher", 2, 0), classifier("student", 1, 1)
+    x, _, _ = mlm_batch(6)
+    x = {k: x[k] for k in ("token_ids", "segment_ids", "padding_mask")}
+    labels = np.array([0, 1, 2, 1, 0, 2])
+    d = kd.Distiller(teacher, student)
+    d.compile("adam", SCE, alpha=0.3, temperature=2.0,
+              metrics=["sparse_categorical_accuracy"])
+    logs = d.evaluate(x, labels, verbose=0, return_dict=True)
+    t, s = to_numpy(teacher(x)), to_numpy(student(x))
+    soft = np_token_kd(t, s, 2.0).mean()
+    hard = np_token_ce(s, labels).mean()
+    np.testing.assert_allclose(logs["loss"], 0.3 * hard + 0.7 * soft,
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(logs["sparse_categorical_accuracy"],
+                               (s.argmax(-1) == labels).mean())

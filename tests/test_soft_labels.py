@@ -244,6 +244,28 @@ def test_augmented_dataset_is_refused():
         compute_soft_labels(teacher, unbatched)
 
 
+def test_random_ops_are_read_from_the_pipelines_graph():
+    """guards.random_ops reads tf.data's private _as_serialized_graph, the
+    one way to see augmentation whose two reads agree (a global seed replays
+    the same draws): if TensorFlow changes it, this fails loudly."""
+    from keras_kd.soft_labels import guards
+
+    x, y = _data(40)
+    tf.random.set_seed(3)
+    seeded = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).map(
+        lambda a, b: (tf.image.random_flip_left_right(a[..., None])[..., 0],
+                      b))
+    first = [np.asarray(a) for a, _ in seeded.take(1)][0]
+    again = [np.asarray(a) for a, _ in seeded.take(1)][0]
+    np.testing.assert_array_equal(first, again)  # two reads agree...
+    ops = guards.random_ops(seeded)
+    assert ops and all("Random" in op or "Shuffle" in op for op in ops)
+    with pytest.raises(ValueError, match="contains random operations"):
+        compute_soft_labels(mlp(32, "teacher"), seeded)  # ...yet refused
+    plain = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+    assert guards.random_ops(plain) == []
+
+
 def test_bad_arguments_are_refused(tmp_path):
     x, _ = _data(20)
     teacher = mlp(16, "teacher")
