@@ -25,3 +25,8 @@ def _seed():
 @pytest.fixture
 def sparse_ce():
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+# Scripts that tests run in subprocesses (their own backend and device
+# settings at import time): never imported by pytest's doctest collection.
+collect_ignore = ["scale_scripts"]
