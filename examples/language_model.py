@@ -42,7 +42,7 @@ from keras_kd.app.language_models import (  # noqa: E402
 from keras_kd.data import load_python_source  # noqa: E402
 
 OBJECTIVES = ("forward_kl", "reverse_kl", "gkd")
-SMOKE = dict(steps=3, teacher_steps=3, max_bytes=60_000, sequence_length=32,
+SMOKE = dict(steps=60, teacher_steps=120, max_bytes=60_000, sequence_length=32,
              batch_size=8, seeds=[0], teacher="tiny", student="tiny")
 
 
@@ -148,9 +148,9 @@ def main(argv=None):
                         help="tiny models and data: checks that it runs")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
-    if args.smoke:
-        for key, value in SMOKE.items():
-            setattr(args, key, value)
+    if args.smoke:  # smaller defaults; flags given explicitly still win
+        parser.set_defaults(**SMOKE)
+        args = parser.parse_args(argv)
     data = load_python_source(sequence_length=args.sequence_length,
                               max_bytes=args.max_bytes)
     print(f"backend {keras.backend.backend()}: {data.train.num_files} "

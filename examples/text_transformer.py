@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 import keras_kd as kd
-from keras_kd.report import count_params
+from keras_kd.app.report import count_params
 
 GROUPS = 4
 
@@ -88,20 +88,33 @@ def _accuracy(model, x, y):
     return float(np.mean(np.argmax(model.predict(x, verbose=0), -1) == y))
 
 
+FULL = {"epochs": 15, "examples": 8000, "length": 32}
+# --smoke: no validation pass (fewer functions to compile).
+SMOKE = {"epochs": 6, "examples": 2048, "length": 16}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--examples", type=int, default=8000)
-    parser.add_argument("--length", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="15; --smoke: SMOKE's")
+    parser.add_argument("--examples", type=int, default=None,
+                        help="training examples (a quarter as many more are "
+                        "the test set): 8000; --smoke: SMOKE's")
+    parser.add_argument("--length", type=int, default=None,
+                        help="tokens a sequence: 32; --smoke: SMOKE's")
     parser.add_argument("--vocab", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the weights and of the synthetic data")
     args = parser.parse_args(argv)
-    val = 0.1
-    if args.smoke:  # no validation pass: fewer functions to compile
-        args.epochs, args.examples, args.length, val = 1, 256, 16, 0.0
-    keras.utils.set_random_seed(0)
+    val = 0.0 if args.smoke else 0.1  # smoke: fewer functions to compile
+    defaults = SMOKE if args.smoke else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    keras.utils.set_random_seed(args.seed)
     x, y = synthetic_task(args.examples + args.examples // 4, args.length,
-                          args.vocab)
+                          args.vocab, seed=args.seed)
     x_train, y_train = x[:args.examples], y[:args.examples]
     x_test, y_test = x[args.examples:], y[args.examples:]
 

@@ -22,8 +22,10 @@ ASSIGNED = {
     "text_transformer": "jax",
     "recommender_wide_deep_fm": "torch",
     "transfer_learning": "torch",
+    "language_model": "torch",
     "quickstart.ipynb": "jax",
     "flagship.ipynb": "tensorflow",
+    "language_model.ipynb": "jax",
 }
 
 
@@ -42,7 +44,7 @@ def _load(name):
     return module
 
 
-def _check_accuracies(results, expected_keys):
+def _check_keys(results, expected_keys):
     assert list(results) == expected_keys
     for value in results.values():
         assert 0.0 <= value <= 1.0
@@ -56,6 +58,9 @@ def test_every_example_and_notebook_is_assigned():
 
 def test_flagship_resnet50_mobilenetv2_smoke(tmp_path):
     _only_on("resnet50_mobilenetv2_cifar10")
+    # --smoke runs on tfds.testing.mock_data (random images and labels) with
+    # random weights for a few steps: no accuracy can show learning there,
+    # so this test checks the pipeline: models, files, the TFLite export.
     records = _load("resnet50_mobilenetv2_cifar10").main(
         ["--smoke", "--output", str(tmp_path)])
     labels = [r["label"] for r in records]
@@ -74,8 +79,18 @@ def test_keras_io_mnist_smoke():
     _only_on("keras_io_mnist")
     module = _load("keras_io_mnist")
     results = module.main(["--smoke"])
-    _check_accuracies(results, ["teacher", "distilled student",
-                                "student from scratch"])
+    _check_keys(results, ["teacher", "distilled student",
+                          "student from scratch"])
+    # 10 digits: chance is 0.1. Measured (seeds 0-3, JAX): teacher
+    # 0.90-0.94, distilled 0.86-0.88, from scratch 0.89-0.93. On these 1,212
+    # 8x8 images the recipe's distillation (alpha=0.1, T=10) does not beat
+    # the scratch student (3-5 points behind, the teacher being itself only
+    # 3 epochs old), so the test asserts that both students learn and that
+    # distillation costs at most 10 points, not a gain.
+    assert results["teacher"] >= 0.85
+    assert results["distilled student"] >= 0.75
+    assert results["distilled student"] >= \
+        results["student from scratch"] - 0.10
     # the recipe's architectures: a 256/512-filter teacher, 16/32 student
     assert module.teacher_model((8, 8, 1)).count_params() > 20 * \
         module.student_model((8, 8, 1)).count_params()
@@ -89,8 +104,23 @@ def test_text_transformer_smoke_and_task():
     groups = np.where((x >= 1) & (x <= 32), (x - 1) // 8, -1)
     counts = np.stack([(groups == g).sum(1) for g in range(4)], 1)
     np.testing.assert_array_equal(y, np.argmax(counts, 1))
-    _check_accuracies(module.main(["--smoke"]),
-                      ["teacher", "distilled student", "student from scratch"])
+    results = module.main(["--smoke"])
+    _check_keys(results,
+                ["teacher", "distilled student", "student from scratch"])
+    # Ties go to the lowest group, so always answering group 0 is right
+    # about 45% of the time (length 16): the baseline to beat.
+    n = module.SMOKE["examples"]
+    _, y = module.synthetic_task(n + n // 4, module.SMOKE["length"], 200)
+    majority = np.bincount(y[n:]).max() / len(y[n:])
+    assert 0.35 < majority < 0.55
+    # Measured (seeds 0-3, JAX): teacher 0.88-0.91, distilled student
+    # 0.91-0.94, student from scratch 0.92-0.95. The 2-block student learns
+    # this task alone as well as with the FitNet + KD terms (0-3 points
+    # behind), so: both far above the baseline, distillation within 8 points.
+    assert results["teacher"] >= majority + 0.30
+    assert results["distilled student"] >= majority + 0.30
+    assert results["distilled student"] >= \
+        results["student from scratch"] - 0.08
 
 
 def test_recommender_smoke_and_fm_math():
@@ -108,9 +138,39 @@ def test_recommender_smoke_and_fm_math():
         for r in x[:5]])
     np.testing.assert_allclose(inter.predict(x[:5], verbose=0), want,
                                rtol=1e-4, atol=1e-6)
-    _check_accuracies(module.main(["--smoke"]),
-                      ["teacher (Wide & Deep)", "distilled FM",
-                       "FM from scratch"])
+    results = module.main(["--smoke"])
+    _check_keys(results, ["teacher (Wide & Deep)", "distilled FM",
+                          "FM from scratch"])
+    # Clicks are balanced (chance 0.5) and mostly decided by the age bucket x
+    # item category interaction: a model without interactions (a logistic
+    # regression on the one-hot fields, fitted here on the same split) gets
+    # about 0.6, so beating it by 0.1 means the FM learnt the interactions.
+    n = module.SMOKE["examples"]
+    x, y, vocab = module.synthetic_interactions(n + n // 5)
+    first_order = _first_order_accuracy(x[:n], y[:n], x[n:], y[n:], vocab)
+    assert 0.5 < first_order < 0.7
+    # Measured (seeds 0-4, PyTorch): teacher 0.74-0.82, distilled FM
+    # 0.78-0.89, FM from scratch 0.79-0.88; the no-interaction model
+    # 0.58-0.63. The FM suits this data better than Wide & Deep (which
+    # overfits 4,096 examples): distillation does not beat the scratch FM
+    # (4 points behind to 1 ahead), so it is held to within 8 points.
+    assert results["teacher (Wide & Deep)"] >= 0.68
+    assert results["distilled FM"] >= max(0.72, first_order + 0.10)
+    assert results["FM from scratch"] >= max(0.72, first_order + 0.10)
+    assert results["distilled FM"] >= results["FM from scratch"] - 0.08
+
+
+def _first_order_accuracy(x_train, y_train, x_test, y_test, vocab):
+    """Test accuracy of a logistic regression on one-hot fields (no pairs)."""
+    from sklearn.linear_model import LogisticRegression
+
+    def one_hot(x):
+        out = np.zeros((len(x), vocab), "float32")
+        np.put_along_axis(out, x, 1.0, axis=1)
+        return out
+
+    model = LogisticRegression(max_iter=2000).fit(one_hot(x_train), y_train)
+    return float(model.score(one_hot(x_test), y_test))
 
 
 def test_transfer_learning_smoke():
@@ -120,15 +180,50 @@ def test_transfer_learning_smoke():
     assert source[1].max() == 4 and len(xt) == 40
     np.testing.assert_array_equal(pool[:40], xt)  # labelled ones come first
     assert set(yt) <= set(range(5)) and set(ys) <= set(range(5))
-    _check_accuracies(module.main(["--smoke"]), [
+    results = module.main(["--smoke"])
+    _check_keys(results, [
         "teacher, feature extraction", "teacher, fine-tuning",
         "teacher, from scratch", "student (tiny_cnn), distilled",
         "student (tiny_cnn), alone"])
+    # 5 classes: chance is 0.2. Measured (seeds 0-4, PyTorch): feature
+    # extraction 0.71-0.87, fine-tuning 0.94-0.97, from scratch 0.95-0.97,
+    # distilled student 0.93-0.98, student alone 0.80-0.90 (distilled ahead
+    # by 3-18 points). With 100 labelled 8x8 digits the CNN from scratch
+    # does as well as the transferred ones, so transfer is not asserted to
+    # win; fine-tuning improves on feature extraction, and distilling on
+    # the unlabelled images beats the student trained on the labelled ones.
+    fe = results["teacher, feature extraction"]
+    ft = results["teacher, fine-tuning"]
+    assert fe >= 0.6
+    assert ft >= fe + 0.05
+    assert max(fe, ft, results["teacher, from scratch"]) >= 0.9
+    distilled = results["student (tiny_cnn), distilled"]
+    assert distilled >= 0.85
+    assert distilled >= results["student (tiny_cnn), alone"]
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "flagship.ipynb"])
-def test_notebook_runs_top_to_bottom(name, tmp_path):
-    _only_on(name)
+def test_language_model_smoke():
+    _only_on("language_model")
+    result = _load("language_model").main(["--smoke"])
+    bits = {name: row["mean"] for name, row in result["table"].items()}
+    assert list(bits) == ["teacher", "student alone", "forward_kl",
+                          "reverse_kl", "gkd"]
+    # Bytes: a model that learns nothing scores 8 bits per byte. Measured
+    # (--smoke: 120 teacher steps, 60 student steps, seed 0): JAX teacher
+    # 4.96, student alone 5.53, forward KL 5.49, reverse KL 5.52, GKD 5.51;
+    # PyTorch 4.93, 5.49, 5.47, 5.52, 5.48. At this size distillation is
+    # level with the student alone (its gains show in the full run, see
+    # docs/benchmarks.md), so: everyone learns, the bigger teacher learns
+    # more, and no objective costs more than 0.15 bits per byte.
+    assert all(value < 6.0 for value in bits.values()), bits
+    assert bits["teacher"] <= bits["student alone"] - 0.3, bits
+    for name in ("forward_kl", "reverse_kl", "gkd"):
+        assert abs(bits[name] - bits["student alone"]) < 0.15, bits
+    parameters = result["parameters"]
+    assert parameters["teacher"] > 2 * parameters["student"]
+
+
+def _run_notebook(name, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
@@ -136,8 +231,30 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
         notebook, timeout=600, kernel_name="python3",
         resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
-    outputs = "".join(o.get("text", "") for c in notebook.cells
-                      if c.cell_type == "code" for o in c.get("outputs", []))
+    return "".join(o.get("text", "") for c in notebook.cells
+                   if c.cell_type == "code" for o in c.get("outputs", []))
+
+
+def test_language_model_notebook(tmp_path):
+    _only_on("language_model.ipynb")
+    outputs = _run_notebook("language_model.ipynb", tmp_path)
+    assert f"backend {BACKEND}" in outputs
+    rows = dict(line.strip("|").split("|")[:2] for line in outputs.splitlines()
+                if line.startswith("| ") and "model" not in line)
+    bits = {k.strip(): float(v) for k, v in rows.items()}
+    assert list(bits) == ["teacher", "student alone", "forward_kl",
+                          "reverse_kl", "gkd"]
+    # 8 bits per byte is a model that learnt nothing; the notebook's small
+    # setting (60 teacher steps, 40 student steps) gets all of them below 7,
+    # the larger teacher ahead of the student alone.
+    assert all(value < 7.0 for value in bits.values()), bits
+    assert bits["teacher"] < bits["student alone"], bits
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "flagship.ipynb"])
+def test_notebook_runs_top_to_bottom(name, tmp_path):
+    _only_on(name)
+    outputs = _run_notebook(name, tmp_path)
     assert f"backend {BACKEND}" in outputs
     assert "| Model" in outputs and "TFLite" in outputs
     assert list(tmp_path.glob("saved_models/*/*.tflite"))
