@@ -72,3 +72,25 @@ def numeric_grad(fn, x, h=1e-6):
         down[idx] -= h
         g[idx] = (fn(up) - fn(down)) / (2 * h)
     return g
+
+
+class Interrupted(Exception):
+    """The simulated failure raised by :class:`Rows`."""
+
+
+class Rows:
+    """An array-like recording the row slices read; fails at row ``fail_at``
+    (raising :class:`Interrupted`), to simulate a build killed midway."""
+
+    def __init__(self, array, fail_at=None):
+        self.array, self.fail_at, self.starts = array, fail_at, []
+        self.shape, self.dtype = array.shape, array.dtype
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, key):
+        self.starts.append(key.start or 0)
+        if self.fail_at is not None and (key.start or 0) >= self.fail_at:
+            raise Interrupted("simulated interruption")
+        return self.array[key]

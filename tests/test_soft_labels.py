@@ -11,7 +11,7 @@ import tensorflow as tf
 import keras_kd as kd
 from keras_kd.soft_labels import (SoftLabels, compress_top_k,
                                   compute_soft_labels, expand_top_k)
-from tests.helpers import cnn, mlp, to_numpy
+from tests.helpers import Interrupted, Rows, cnn, mlp, to_numpy
 from tests.references import kd as np_kd
 from tests.references import softmax as np_softmax
 from tests.references import sparse_ce as np_sparse_ce
@@ -286,33 +286,12 @@ def test_bad_arguments_are_refused(tmp_path):
 # ----------------------------------------------------------------------
 # Resume
 # ----------------------------------------------------------------------
-class _Interrupted(Exception):
-    pass
-
-
-class _Rows:
-    """An array-like recording the row slices read; may fail at a row."""
-
-    def __init__(self, array, fail_at=None):
-        self.array, self.fail_at, self.starts = array, fail_at, []
-        self.shape, self.dtype = array.shape, array.dtype
-
-    def __len__(self):
-        return len(self.array)
-
-    def __getitem__(self, key):
-        self.starts.append(key.start or 0)
-        if self.fail_at is not None and (key.start or 0) >= self.fail_at:
-            raise _Interrupted("simulated interruption")
-        return self.array[key]
-
-
 def test_interrupted_build_resumes(tmp_path):
     x, y = _data(100, (8, 8, 1))
     path = str(tmp_path / "c")
     teacher = cnn(8, "teacher")
-    with pytest.raises(_Interrupted):
-        compute_soft_labels(teacher, _Rows(x, fail_at=48), y, batch_size=16,
+    with pytest.raises(Interrupted):
+        compute_soft_labels(teacher, Rows(x, fail_at=48), y, batch_size=16,
                             path=path, top_k=4)
     with open(os.path.join(path, "manifest.json")) as f:
         manifest = json.load(f)
@@ -323,7 +302,7 @@ def test_interrupted_build_resumes(tmp_path):
     # A batch torn mid-write: bytes past the recorded rows are dropped.
     with open(os.path.join(path, "topk_values.bin"), "ab") as f:
         f.write(b"\x00" * 24)
-    rows = _Rows(x)
+    rows = Rows(x)
     cache = compute_soft_labels(teacher, rows, y, batch_size=16, path=path,
                                 top_k=4)
     assert rows.starts == [0, 48, 64, 80, 96]  # fingerprint, then the rest

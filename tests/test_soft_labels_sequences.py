@@ -16,7 +16,7 @@ import tensorflow as tf
 
 import keras_kd as kd
 from keras_kd.soft_labels import SoftLabels, compute_soft_labels
-from tests.helpers import to_numpy
+from tests.helpers import Interrupted, Rows, to_numpy
 
 pytestmark = pytest.mark.filterwarnings("ignore:The teacher")
 
@@ -164,27 +164,6 @@ def test_top_k_per_token_matches_numpy(top_k_dtype, tol):
 # ----------------------------------------------------------------------
 # On disk: dict inputs, sample weights, per-token top-k, resumable
 # ----------------------------------------------------------------------
-class _Interrupted(Exception):
-    pass
-
-
-class _Rows:
-    """An array-like recording the row slices read; may fail at a row."""
-
-    def __init__(self, array, fail_at=None):
-        self.array, self.fail_at, self.starts = array, fail_at, []
-        self.shape, self.dtype = array.shape, array.dtype
-
-    def __len__(self):
-        return len(self.array)
-
-    def __getitem__(self, key):
-        self.starts.append(key.start or 0)
-        if self.fail_at is not None and (key.start or 0) >= self.fail_at:
-            raise _Interrupted("simulated interruption")
-        return self.array[key]
-
-
 def _files(path):
     """Every .bin file of a cache, as bytes."""
     out = {}
@@ -203,10 +182,10 @@ def test_on_disk_sequence_cache_resumes_bit_for_bit(tmp_path):
     compute_soft_labels(teacher, x, labels, path=whole_path, **options)
 
     def inputs(fail_at=None):
-        return {"token_ids": _Rows(x["token_ids"], fail_at),
+        return {"token_ids": Rows(x["token_ids"], fail_at),
                 "padding_mask": x["padding_mask"]}
 
-    with pytest.raises(_Interrupted):
+    with pytest.raises(Interrupted):
         compute_soft_labels(teacher, inputs(fail_at=12), labels, path=path,
                             **options)
     with open(os.path.join(path, "manifest.json")) as f:

@@ -8,7 +8,7 @@ import pytest
 from keras import ops
 
 from keras_kd.objectives import sequences as seq
-from tests.helpers import to_numpy
+from tests.helpers import backend_grad, numeric_grad, to_numpy
 from tests.references import (forward_kl as np_forward_kl, gjsd as np_gjsd,
                               reverse_kl as np_reverse_kl,
                               skew_kl as np_skew_kl,
@@ -328,36 +328,6 @@ def test_runs_under_the_backend_jit():
 # ----------------------------------------------------------------------
 # Gradients
 # ----------------------------------------------------------------------
-def backend_grad(fn, x):
-    """Gradient of the scalar ``fn(x)`` w.r.t. ``x``, by backend autodiff."""
-    x = np.asarray(x, "float32")
-    if BACKEND == "jax":
-        import jax
-        return np.asarray(jax.grad(fn)(jax.numpy.asarray(x)))
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-        v = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(v)
-            out = fn(v)
-        return tape.gradient(out, v).numpy()
-    import torch
-    v = torch.tensor(x, requires_grad=True)
-    fn(v).backward()
-    return v.grad.detach().cpu().numpy()
-
-
-def numeric_grad(fn, x, h=1e-6):
-    x = np.asarray(x, "float64")
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        up, down = x.copy(), x.copy()
-        up[idx] += h
-        down[idx] -= h
-        g[idx] = (fn(up) - fn(down)) / (2 * h)
-    return g
-
-
 @pytest.mark.parametrize("trunc", [{}, {"top_k": 3, "top_p": 0.9}],
                          ids=["full", "truncated"])
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
