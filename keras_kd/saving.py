@@ -50,6 +50,9 @@ def replacing(path, suffix="", directory=False):
         os.close(fd)
     try:
         yield tmp
+        # mkstemp/mkdtemp create 0600/0700; the result gets the mode a plain
+        # open() or mkdir would give it (the umask), as distiller.save does.
+        _chmod_as_umask(tmp, directory)
         if directory:
             _replace_dir(tmp, path)
         else:
@@ -59,6 +62,12 @@ def replacing(path, suffix="", directory=False):
             shutil.rmtree(tmp, ignore_errors=True)
         elif os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _chmod_as_umask(path, directory):
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
 
 
 def _replace_dir(tmp_dir, path):

@@ -148,3 +148,27 @@ def test_config_round_trip_of_objectives():
     objective = kd.KD(temperature=2.0, teacher_weights=[1, 2])
     assert kd.KD.from_config(objective.get_config()).get_config() == \
         objective.get_config()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask_like_distiller_save(tmp_path, umask):
+    from keras_kd import saving
+
+    previous = os.umask(umask)
+    try:
+        distiller = build()
+        distiller.save(str(tmp_path / "d.keras"))
+        saving.save_atomically(distiller.student, str(tmp_path / "s.keras"))
+        callback = kd.callbacks.StudentCheckpoint(str(tmp_path / "c.keras"),
+                                                  monitor="loss")
+        callback.set_model(distiller)
+        callback.on_epoch_end(0, {"loss": 1.0})
+        with saving.replacing(str(tmp_path / "dir"), directory=True) as tmp:
+            open(os.path.join(tmp, "f"), "w").close()
+    finally:
+        os.umask(previous)
+    mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777  # noqa: E731
+    assert mode("d.keras") == 0o666 & ~umask   # what Keras's save gives
+    assert mode("s.keras") == mode("d.keras")
+    assert mode("c.keras") == mode("d.keras")
+    assert mode("dir") == 0o777 & ~umask
