@@ -213,14 +213,15 @@ def test_language_model_smoke():
     # 4.96, student alone 5.53, forward KL 5.49, reverse KL 5.52, GKD 5.51;
     # PyTorch 4.93, 5.49, 5.47, 5.52, 5.48. At this size distillation is
     # level with the student alone (its gains show in the full run, see
-    # docs/benchmarks.md), so: everyone learns, the bigger teacher learns
-    # more, and no objective costs more than 0.15 bits per byte.
+    # docs/benchmarks.md), so: everyone learns, the teacher learns more, and
+    # no objective costs more than 0.15 bits per byte. (--smoke builds
+    # teacher and student at one size, "tiny": the teacher's lead comes from
+    # its twice as many steps.)
     assert all(value < 6.0 for value in bits.values()), bits
     assert bits["teacher"] <= bits["student alone"] - 0.3, bits
     for name in ("forward_kl", "reverse_kl", "gkd"):
         assert abs(bits[name] - bits["student alone"]) < 0.15, bits
-    parameters = result["parameters"]
-    assert parameters["teacher"] > 2 * parameters["student"]
+    assert result["parameters"]["teacher"] == result["parameters"]["student"]
 
 
 def _run_notebook(name, tmp_path):

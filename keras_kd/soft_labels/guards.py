@@ -63,6 +63,8 @@ def random_ops(dataset):
 
     try:
         graph = tf.compat.v1.GraphDef()
+        # Private tf.data API, kept: the only view of a pipeline's random ops;
+        # test_soft_labels.py::test_random_ops_are_read_from_the_pipelines_graph.
         graph.ParseFromString(dataset._as_serialized_graph().numpy())
     except Exception:  # noqa: BLE001 -- private API; the read check remains
         return []
