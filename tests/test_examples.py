@@ -8,6 +8,7 @@ not passed. Together the three backend runs cover every example once.
 import importlib.util
 import os
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -259,3 +260,20 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
     assert f"backend {BACKEND}" in outputs
     assert "| Model" in outputs and "TFLite" in outputs
     assert list(tmp_path.glob("saved_models/*/*.tflite"))
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "flagship.ipynb",
+                                  "language_model.ipynb"])
+def test_notebook_install_cell_names_a_source_that_works(name):
+    # Colab users run the install cell: KERAS_KD, the published name with
+    # its extra by default, with the git-URL and local-clone forms beside it.
+    nbformat = pytest.importorskip("nbformat")
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    cell = next(c.source for c in notebook.cells if c.cell_type == "code")
+    default = re.search(r'^KERAS_KD = "(keras-kd\[[a-z,]+\])"$', cell, re.M)
+    assert default, cell
+    extras = default.group(1)
+    assert f'KERAS_KD = "{extras} @ git+https://' in cell
+    assert f'KERAS_KD = "/path/to/{extras}"' in cell
+    assert "%pip install -q {KERAS_KD}" in cell
+    assert 'find_spec("keras_kd") is None' in cell
