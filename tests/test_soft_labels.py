@@ -199,6 +199,53 @@ def test_cache_for_another_teacher_is_refused(tmp_path):
                                to_numpy(retrained(x)), rtol=1e-5, atol=1e-5)
 
 
+def test_overwrite_removes_only_the_caches_own_files(tmp_path):
+    x, y = _data(40)
+    path = tmp_path / "c"
+    compute_soft_labels(mlp(32, "teacher"), x, y, batch_size=16,
+                        path=str(path), feature_layers=["teacher_hidden"])
+    built = sorted(p.name for p in path.iterdir())
+    assert "feature_0.bin" in built and "manifest.json" in built
+    (path / "my_embeddings.bin").write_bytes(b"user data")
+    (path / "notes.txt").write_text("keep")
+    # Rebuilt without the feature column: its file goes, the user's stay.
+    compute_soft_labels(mlp(32, "teacher"), x, y, batch_size=16,
+                        path=str(path), overwrite=True)
+    assert (path / "my_embeddings.bin").read_bytes() == b"user data"
+    assert (path / "notes.txt").read_text() == "keep"
+    assert not (path / "feature_0.bin").exists()
+    assert (path / "inputs.bin").exists()
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda m: m["columns"].__setitem__(
+        "teacher_logits", {"dtype": "|O", "shape": [10]}), "dtype"),
+    (lambda m: m["columns"].__setitem__(
+        "../outside", {"dtype": "<f4", "shape": [10]}), "not a plain file"),
+    (lambda m: m["columns"].__setitem__(
+        "/etc/passwd", {"dtype": "<f4", "shape": [10]}), "not a plain file"),
+    (lambda m: m["columns"].__setitem__(
+        "labels", {"dtype": "<i4", "shape": [-3]}), "whole numbers"),
+], ids=["object-dtype", "parent-path", "absolute-path", "negative-size"])
+def test_a_crafted_manifest_is_refused_before_any_file_is_read(
+        tmp_path, edit, match):
+    x, y = _data(40)
+    path = tmp_path / "c"
+    compute_soft_labels(mlp(32, "teacher"), x, y, batch_size=16,
+                        path=str(path))
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 1000)
+    manifest = json.loads((path / "manifest.json").read_text())
+    edit(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=match):
+        SoftLabels.load(str(path)).teacher_logits()
+    with pytest.raises(ValueError, match=match):  # resuming refuses it too
+        compute_soft_labels(mlp(32, "teacher"), x, y, batch_size=16,
+                            path=str(path))
+    assert outside.read_bytes() == b"x" * 1000
+
+
 def test_cache_for_other_data_or_classes_is_refused(tmp_path):
     x, y = _data(40)
     path = str(tmp_path / "c")

@@ -571,7 +571,8 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
         feature_layers: teacher layer names whose outputs to cache, in the
             order of the Distiller's ``feature_losses`` (functional or
             Sequential teachers).
-        overwrite: replace an existing cache at ``path`` instead of refusing.
+        overwrite: replace an existing cache at ``path`` instead of refusing
+            (its manifest and column files; other files there are kept).
         check_determinism: refuse a ``tf.data`` source whose graph holds
             random or shuffling ops, or whose first batch reads differently
             twice.
@@ -674,10 +675,8 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
     if path is not None:
         os.makedirs(path, exist_ok=True)
         manifest = None if overwrite else store.read_manifest(path)
-        if overwrite:
-            for name in os.listdir(path):
-                if name.endswith(".bin") or name.startswith(store.MANIFEST):
-                    os.remove(os.path.join(path, name))
+        if overwrite:  # the cache's own files only, never a user's
+            store.remove_cache_files(path)
     if manifest is not None:
         cache = SoftLabels(manifest, store.open_columns(manifest, path), path=path)
         cache.check(teacher=teacher)

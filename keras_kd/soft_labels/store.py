@@ -24,6 +24,7 @@ reads as one array input, no sample weights and float16 top-k values).
 
 import json
 import os
+import re
 
 import numpy as np
 
@@ -32,13 +33,50 @@ VERSION = 1
 MANIFEST = "manifest.json"
 
 
+# A column's name is its file's name inside the cache directory.
+_COLUMN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def check_column(name, dtype, row_shape):
+    """Refuses a column that could reach outside the cache or misread memory.
+
+    Column names become file names (``<name>.bin``) inside the cache
+    directory, and dtypes are memory-mapped: a name with a path separator or
+    ``..``, an object dtype (raw pointers) or a negative size never comes
+    from keras-kd, only from an edited or corrupt manifest, or a dict input
+    named so.
+    """
+    if (not isinstance(name, str) or not _COLUMN_NAME.fullmatch(name)
+            or ".." in name):
+        raise ValueError(
+            f"Soft-label column name {name!r} is not a plain file name "
+            "(letters, digits, '_', '.', '-'). Rename the dict input; if the "
+            "cache's manifest.json was edited or is corrupt, rebuild the "
+            "cache (overwrite=True).")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.hasobject or dtype.kind not in "biufcSU":
+        raise ValueError(
+            f"Soft-label column {name!r} has dtype {dtype!r}, which is not a "
+            "plain numeric or string type and cannot be memory-mapped safely. "
+            "If the cache's manifest.json was edited or is corrupt, rebuild "
+            "the cache (overwrite=True).")
+    shape = tuple(row_shape)
+    if not all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        raise ValueError(
+            f"Soft-label column {name!r} has row shape {list(shape)}; sizes "
+            "must be whole numbers >= 0. Rebuild the cache (overwrite=True).")
+    return dtype, tuple(int(d) for d in shape)
+
+
 class Column:
     """One per-sample array, grown batch by batch (memory or a .bin file)."""
 
     def __init__(self, name, dtype, row_shape, directory=None):
         self.name = name
-        self.dtype = np.dtype(dtype)
-        self.row_shape = tuple(int(d) for d in row_shape)
+        self.dtype, self.row_shape = check_column(name, dtype, row_shape)
         self.directory = directory
         self._chunks = []
         self._array = None
@@ -115,6 +153,24 @@ def write_manifest(path, manifest):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, os.path.join(path, MANIFEST))
+
+
+def remove_cache_files(path):
+    """Removes a cache's own files at ``path``: its manifest and the .bin
+    files of the columns it lists. Other files in the directory are kept."""
+    try:
+        manifest = read_manifest(path)
+    except (ValueError, OSError):  # unreadable: only the manifest goes
+        manifest = None
+    names = []
+    for name in (manifest or {}).get("columns", {}):
+        if isinstance(name, str) and _COLUMN_NAME.fullmatch(name) \
+                and ".." not in name:
+            names.append(f"{name}.bin")
+    for name in names + [MANIFEST, MANIFEST + ".tmp"]:
+        file = os.path.join(path, name)
+        if os.path.isfile(file):
+            os.remove(file)
 
 
 def open_columns(manifest, path):
