@@ -120,6 +120,45 @@ def test_int8_keeps_accuracy(student, digits, tmp_path):
     assert weight_dtypes(interpreter, (10, 32)) == {np.int8}
     assert "accuracy keras" in report.summary()
     assert report.as_dict()["quantize"] == "int8"
+    # The parity figure is measured on the held-out eval_data (its first 64
+    # samples), not on the calibration samples the file fits best.
+    held_out = np.max(np.abs(tflite[:64] - keras_outputs(student, x_test[:64])))
+    assert report.max_abs_diff == pytest.approx(held_out, rel=1e-3, abs=1e-5)
+    # Labels shaped (n, 1), as keras.datasets gives them, score the same.
+    again = export.to_tflite(student, tmp_path / "int8_b.tflite",
+                             quantize="int8", representative_data=x_train,
+                             eval_data=(x_test, y_test[:, None]),
+                             latency_runs=0)
+    assert again.tflite_accuracy == pytest.approx(tflite_acc)
+    assert again.keras_accuracy == pytest.approx(keras_acc)
+
+
+def test_accuracy_reads_sparse_column_and_one_hot_labels():
+    logits = np.array([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0], [0.0, 0.0, 1.0],
+                       [0.0, 5.0, 0.0]])
+    y = np.array([1, 0, 1, 1])  # 3 of 4 right
+    assert litert.accuracy(logits, y) == 0.75
+    assert litert.accuracy(logits, y[:, None]) == 0.75
+    assert litert.accuracy(logits, np.eye(3)[y]) == 0.75
+    with pytest.raises(ValueError, match="do not match"):
+        litert.accuracy(logits, y[:3])
+
+
+def test_non_finite_data_is_refused_and_nothing_is_written(student, digits,
+                                                           tmp_path):
+    (x_train, _), (x_test, y_test) = digits
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(b"the last good file")
+    bad = x_train[:100].copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite values .1 of 100"):
+        export.to_tflite(student, path, quantize="int8",
+                         representative_data=bad)
+    x_bad = x_test[:50].copy()
+    x_bad[0, 0] = np.inf
+    with pytest.raises(ValueError, match="eval_data holds NaN"):
+        export.to_tflite(student, path, eval_data=(x_bad, y_test[:50]))
+    assert path.read_bytes() == b"the last good file"
 
 
 def test_dynamic_range_export(student, digits, tmp_path):

@@ -185,6 +185,13 @@ def _collect(data, shape, dtype, limit=None, what="representative_data"):
     y = np.concatenate(ys) if len(ys) == len(xs) else None
     if np.issubdtype(x.dtype, np.floating) or "float" in dtype:
         x = x.astype(dtype if "float" in dtype else "float32")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        bad = int(np.sum(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1)))
+        raise ValueError(
+            f"{what} holds NaN or infinite values ({bad} of {len(x)} "
+            "samples): int8 ranges calibrated or checked on them would be "
+            "meaningless. Drop those samples, e.g. "
+            "x = x[np.isfinite(x).reshape(len(x), -1).all(axis=1)].")
     return x, y
 
 
@@ -385,10 +392,12 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
         if verify or latency_runs or eval_x is not None:
             interpreter = litert.interpreter(tmp, bool(flex))
         if verify:
-            if representative is not None:
-                sample = representative[:64]
-            elif eval_x is not None:
+            # Held-out data when given: calibration samples are the ones an
+            # int8 file fits best, so they understate its error.
+            if eval_x is not None:
                 sample = eval_x[:64]
+            elif representative is not None:
+                sample = representative[:64]
             else:
                 sample = np.random.default_rng(0).standard_normal(
                     (16,) + shape).astype(dtype)

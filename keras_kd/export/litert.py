@@ -86,10 +86,22 @@ def latency_ms(interpreter, sample, runs):
 
 
 def accuracy(logits, y):
+    """Top-1 accuracy of ``logits`` (n, ..., classes) against integer labels
+    of shape (n, ...) or (n, ..., 1) (``keras.datasets.cifar10``'s), or
+    one-hot labels of the logits' shape."""
     y = np.asarray(y)
-    if y.ndim == logits.ndim and y.ndim > 1:  # one-hot labels
+    logits = np.asarray(logits)
+    if y.shape == logits.shape and logits.shape[-1] > 1:  # one-hot labels
         y = np.argmax(y, axis=-1)
-    return float(np.mean(np.argmax(logits, axis=-1) == y.reshape(-1)))
+    elif y.ndim == logits.ndim and y.shape[-1] == 1:  # (n, 1) integer labels
+        y = y[..., 0]
+    predicted = np.argmax(logits, axis=-1)
+    if y.size != predicted.size:
+        raise ValueError(
+            f"eval_data labels of shape {y.shape} do not match the model's "
+            f"outputs {logits.shape}: pass integer labels of shape "
+            f"{predicted.shape} (or one-hot labels of shape {logits.shape}).")
+    return float(np.mean(predicted == y.reshape(predicted.shape)))
 
 
 # Float32 exports must match the Keras student to this tolerance (relative
