@@ -140,6 +140,8 @@ class StudentCheckpoint(keras.callbacks.Callback):
         )
 
     def _is_improvement(self, value):
+        if not np.isfinite(value):  # a diverged epoch is never the best one
+            return False
         if self.best is None:
             return True
         return value < self.best if self.mode == "min" else value > self.best
@@ -160,9 +162,10 @@ class StudentCheckpoint(keras.callbacks.Callback):
             value = float(np.asarray(logs[self.monitor]))
             if not self._is_improvement(value):
                 if self.verbose:
+                    best = "None" if self.best is None else f"{self.best:.5f}"
                     print(
-                        f"\nEpoch {epoch + 1}: {self.monitor} did not improve "
-                        f"from {self.best:.5f}")
+                        f"\nEpoch {epoch + 1}: {self.monitor} is {value:.5f}, "
+                        f"no improvement on {best}; nothing saved")
                 return
             previous = self.best
             self.best, self.best_epoch = value, epoch

@@ -126,6 +126,17 @@ def test_checkpoint_initial_value_threshold(tmp_path):
     assert os.path.exists(path) and checkpoint.best == 0.7
 
 
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_checkpoint_after_a_nan_epoch_saves_the_next_good_one(tmp_path, mode):
+    x, y = _data()
+    path = str(tmp_path / "student.keras")
+    checkpoint = kdc.StudentCheckpoint(path, monitor="score", mode=mode)
+    _distiller().fit(x, y, epochs=3, verbose=0, callbacks=[
+        _Scores([float("nan"), float("inf"), 0.8]), checkpoint])
+    assert os.path.exists(path)
+    assert checkpoint.best == 0.8 and checkpoint.best_epoch == 2
+
+
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     """A crash mid-write leaves the previous checkpoint intact."""
     x, y = _data()
