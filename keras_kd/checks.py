@@ -201,6 +201,10 @@ def check_objectives(objective, feature_losses, has_hard_loss):
 def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
     """Warns when a teacher does no better than the majority class.
 
+    Refuses (``ValueError``) a teacher whose outputs on the batch are
+    probabilities (non-negative rows summing to 1: a softmax last layer)
+    rather than logits.
+
     The teacher's top-1 accuracy on the first labeled batch (up to 256
     samples, or elements for sequence labels) is compared with the share of
     the most frequent label in that batch: a model that predicts no better
@@ -224,6 +228,17 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
         logits = np.asarray(keras.ops.convert_to_numpy(
             teacher(xb, training=False)))
         classes = logits.shape[-1]
+        if classes > 1 and np.all(logits >= 0) and np.all(logits <= 1) and \
+                np.allclose(logits.sum(-1), 1.0, atol=1e-3):
+            who = "" if len(teachers) == 1 else f"[{i}]"
+            raise ValueError(
+                f"The teacher{who} '{teacher.name}' outputs probabilities (every "
+                "row of its first batch is >= 0 and sums to 1): its last layer "
+                "applies softmax. keras-kd's objectives take logits, and "
+                "softened probabilities teach almost nothing. Build the "
+                "teacher's last layer with activation=None (keep the softmax "
+                "for serving in a separate model), or load its weights into "
+                "such a copy.")
         labels = yb
         if labels.ndim == logits.ndim and labels.shape[-1] == classes > 1:
             labels = labels.argmax(-1)  # one-hot

@@ -136,6 +136,27 @@ def test_untrained_teacher_warns_and_trained_teacher_does_not():
         distiller.fit(x, y, epochs=1, verbose=0)
 
 
+def test_a_teacher_that_outputs_probabilities_is_refused():
+    x = np.random.rand(64, 64).astype("float32")
+    y = x[:, :10].argmax(-1).astype("int32")
+    inputs = keras.Input((64,))
+    probabilities = keras.Model(inputs, keras.layers.Dense(
+        10, activation="softmax")(inputs), name="softmax_teacher")
+    distiller = kd.Distiller(probabilities, mlp(8, "student"))
+    distiller.compile("sgd", ce())
+    student_before = [to_numpy(w) for w in distiller.student.weights]
+    with pytest.raises(ValueError, match="outputs probabilities.*"
+                       "activation=None"):
+        distiller.fit(x, y, epochs=1, verbose=0)
+    for before, after in zip(student_before, distiller.student.weights):
+        np.testing.assert_array_equal(before, to_numpy(after))  # no step ran
+    # Logits pass the check (an untrained teacher only warns).
+    logits = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    logits.compile("sgd", ce())
+    with pytest.warns(UserWarning, match="no better than"):
+        logits.fit(x, y, epochs=1, verbose=0)
+
+
 def test_teacher_check_leaves_a_shuffled_training_pipeline_alone():
     # Each pass over a shuffling tf.data pipeline draws its next order: the
     # check reads the validation data, so a Distiller with alpha = 1 trains
