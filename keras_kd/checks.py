@@ -90,6 +90,14 @@ def _is_built(model):
     return bool(model.built) and len(model.weights) > 0
 
 
+def _is_functional(model):
+    """A Functional (or Sequential) model, whose ``outputs`` are known."""
+    try:
+        return model.outputs is not None
+    except (AttributeError, ValueError):
+        return False
+
+
 def check_model(model, role):
     """A ``keras.Model``, and for a teacher a built (trainable-looking) one."""
     if not isinstance(model, keras.Model):
@@ -97,6 +105,18 @@ def check_model(model, role):
             f"{role} must be a keras.Model, got {type(model).__name__}. "
             "Wrap your layers in keras.Model(inputs, outputs) or "
             "keras.Sequential([...])."
+        )
+    outputs = getattr(model, "outputs", None) if _is_functional(model) else None
+    if outputs is not None and len(outputs) > 1:
+        several = ("For an ensemble of teachers pass a list: "
+                   "kd.Distiller([teacher_a, teacher_b], student). "
+                   if role.startswith("teacher") else "")
+        raise ValueError(
+            f"The {role} '{model.name}' has {len(outputs)} outputs; keras-kd "
+            "distils one output of logits per model. " + several +
+            f"To distil one head, pass keras.Model({role.split('[')[0]}.inputs, "
+            f"{role.split('[')[0]}.outputs[i]) (its layers and weights are "
+            "shared, nothing is copied)."
         )
     if role.startswith("teacher") and not _is_built(model):
         raise ValueError(

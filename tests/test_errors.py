@@ -157,6 +157,23 @@ def test_a_teacher_that_outputs_probabilities_is_refused():
         logits.fit(x, y, epochs=1, verbose=0)
 
 
+def test_a_model_with_several_outputs_is_refused_with_the_fix():
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(16)(inputs)
+    two_heads = keras.Model(inputs, [keras.layers.Dense(3)(hidden),
+                                     keras.layers.Dense(10)(hidden)],
+                            name="two_heads")
+    with pytest.raises(ValueError, match=r"'two_heads' has 2 outputs.*"
+                       r"kd.Distiller\(\[teacher_a, teacher_b\], student\).*"
+                       r"keras.Model\(teacher.inputs, teacher.outputs\[i\]\)"):
+        kd.Distiller(two_heads, mlp(8, "student"))
+    with pytest.raises(ValueError, match=r"student 'two_heads' has 2 outputs"):
+        kd.Distiller(mlp(16, "teacher"), two_heads)
+    # The fix the message names works.
+    head = keras.Model(two_heads.inputs, two_heads.outputs[1])
+    kd.Distiller(head, mlp(8, "student"))
+
+
 def test_teacher_check_leaves_a_shuffled_training_pipeline_alone():
     # Each pass over a shuffling tf.data pipeline draws its next order: the
     # check reads the validation data, so a Distiller with alpha = 1 trains
