@@ -133,6 +133,24 @@ def check_pair(teacher, student, role="teacher", wider_teacher=False):
     With ``wider_teacher``, a teacher may score more classes than the student
     (its extra logits are dropped, see ``Distiller(truncate_teacher_logits)``).
     """
+    if teacher is student:
+        raise ValueError(
+            f"The {role} and the student are the same model "
+            f"'{student.name}': the teacher is frozen, so nothing would "
+            "train. Distil into a separate student, e.g. "
+            "student = keras.models.clone_model(model) (new weights), then "
+            "student.set_weights(model.get_weights()) to start from the "
+            "teacher's.")
+    shared = {id(v) for v in teacher.weights} & {id(v) for v in student.weights}
+    if shared:
+        names = sorted(v.path for v in student.weights if id(v) in shared)
+        raise ValueError(
+            f"The {role} and the student share {len(shared)} weight(s) "
+            f"({', '.join(names[:4])}{', ...' if len(names) > 4 else ''}): "
+            "a layer used by both. The teacher is frozen, so the shared "
+            "layer would be frozen in the student too. Give the student its "
+            "own layers (build it anew, or keras.models.clone_model the "
+            "shared part and copy its weights with set_weights).")
     t_out, s_out = taps.output_shape(teacher), taps.output_shape(student)
     if t_out and s_out and t_out[-1] is not None and s_out[-1] is not None \
             and t_out[-1] != s_out[-1] and not (

@@ -174,6 +174,21 @@ def test_a_model_with_several_outputs_is_refused_with_the_fix():
     kd.Distiller(head, mlp(8, "student"))
 
 
+def test_a_student_that_is_or_shares_the_teacher_is_refused():
+    model = mlp(16, "model")
+    with pytest.raises(ValueError, match="same model 'model'.*clone_model"):
+        kd.Distiller(model, model)
+    assert model.trainable  # refused before anything was frozen
+    inputs = keras.Input((64,))
+    shared = keras.layers.Dense(16, name="shared_dense")
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(shared(inputs)))
+    s_in = keras.Input((64,))
+    student = keras.Model(s_in, keras.layers.Dense(10)(shared(s_in)))
+    with pytest.raises(ValueError, match="share 2 weight.*shared_dense"):
+        kd.Distiller(teacher, student)
+    assert shared.trainable and teacher.trainable
+
+
 def test_teacher_check_leaves_a_shuffled_training_pipeline_alone():
     # Each pass over a shuffling tf.data pipeline draws its next order: the
     # check reads the validation data, so a Distiller with alpha = 1 trains
