@@ -111,6 +111,9 @@ def test_run_report_values_match_independent_measurements(quick_run):
 @pytest.mark.parametrize("argv, message", [
     (["--alpha", "1.5"], "--alpha 0.1"),
     (["--temperature", "0"], "--temperature 4"),
+    (["--temperature", "inf"], "not a positive finite number"),
+    (["--learning-rate", "inf"], "not a positive finite number"),
+    (["--learning-rate", "nan"], "not a positive finite number"),
     (["--epochs", "0"], "--epochs 20"),
     (["--image-size", "big"], "--image-size 32"),
     (["--teacher", "ResNet5O"], "ResNet50"),

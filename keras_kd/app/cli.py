@@ -20,6 +20,7 @@ Examples::
 import argparse
 import datetime
 import difflib
+import math
 import os
 import sys
 import time
@@ -65,9 +66,10 @@ def _positive_float(name, example):
             value = float(text)
         except ValueError:
             value = None
-        if value is None or not value > 0:
+        if value is None or not (value > 0 and math.isfinite(value)):
             raise argparse.ArgumentTypeError(
-                f"{text!r} is not a positive number; e.g. --{name} {example}")
+                f"{text!r} is not a positive finite number; e.g. --{name} "
+                f"{example}")
         return value
     return parse
 
