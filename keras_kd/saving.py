@@ -8,6 +8,7 @@ kill never leaves a half-written file where a good one was.
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 
@@ -41,6 +42,7 @@ def replacing(path, suffix="", directory=False):
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
     prefix = f".{os.path.basename(path)}."
+    _recover_leftovers(path, parent, prefix, suffix)
     if directory:
         tmp = tempfile.mkdtemp(prefix=prefix, suffix=f".tmp{suffix}",
                                dir=parent)
@@ -62,6 +64,34 @@ def replacing(path, suffix="", directory=False):
             shutil.rmtree(tmp, ignore_errors=True)
         elif os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _recover_leftovers(path, parent, prefix, suffix):
+    """Cleans up after an earlier write to ``path`` that was killed.
+
+    A killed write leaves its temporary ``.<name>.*.tmp<suffix>`` beside the
+    target: it is removed. A directory write killed between moving the old
+    directory aside (``.<name>.old.*``) and moving the new one in leaves no
+    ``path`` at all: the old directory, the last good one, is moved back.
+    (Two processes writing the same path at once are not supported.)
+    """
+    # tempfile's names: the prefix, 8 random characters, the suffix.
+    temporary = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}"
+                           + re.escape(f".tmp{suffix}"))
+    backup = re.compile(re.escape(prefix) + r"old\.[a-z0-9_]{8}")
+    names = os.listdir(parent)
+    for name in filter(temporary.fullmatch, names):
+        full = os.path.join(parent, name)
+        if os.path.isdir(full):
+            shutil.rmtree(full, ignore_errors=True)
+        else:
+            os.remove(full)
+    backups = sorted(filter(backup.fullmatch, names))
+    if backups and not os.path.exists(path):
+        os.replace(os.path.join(parent, backups[-1]), path)
+        backups = backups[:-1]
+    for name in backups:
+        shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
 
 
 def _chmod_as_umask(path, directory):

@@ -172,3 +172,36 @@ def test_written_files_follow_the_umask_like_distiller_save(tmp_path, umask):
     assert mode("s.keras") == mode("d.keras")
     assert mode("c.keras") == mode("d.keras")
     assert mode("dir") == 0o777 & ~umask
+
+
+def test_leftovers_of_a_killed_write_are_cleaned_or_recovered(tmp_path):
+    from keras_kd import saving
+
+    # A file write killed before its rename left its temporary file.
+    target = tmp_path / "student.keras"
+    target.write_bytes(b"good")
+    stale = tmp_path / ".student.keras.ab12cd34.tmp.keras"
+    stale.write_bytes(b"half")
+    other = tmp_path / ".student.keras.bak.ab12cd34.tmp.keras"  # not ours
+    other.write_bytes(b"keep")
+    with saving.replacing(str(target), suffix=".keras") as tmp:
+        open(tmp, "wb").write(b"new")
+    assert target.read_bytes() == b"new"
+    assert not stale.exists() and other.read_bytes() == b"keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        other.name, target.name]
+
+    # A directory write killed after moving the old directory aside and
+    # before moving the new one in: the old one is the last good copy.
+    export = tmp_path / "saved"
+    backup = tmp_path / ".saved.old.zz99yy88"
+    backup.mkdir()
+    (backup / "model.pb").write_text("last good")
+    half = tmp_path / ".saved.q1w2e3r4.tmp"
+    half.mkdir()
+    with pytest.raises(RuntimeError):
+        with saving.replacing(str(export), directory=True):
+            assert (export / "model.pb").read_text() == "last good"
+            raise RuntimeError("this write fails too")
+    assert (export / "model.pb").read_text() == "last good"
+    assert not backup.exists() and not half.exists()
