@@ -27,6 +27,24 @@ def cnn(filters, name, classes=10, shape=(8, 8, 1), batchnorm=True):
                        name=name)
 
 
+def padded_lm_batch(n, length, vocabulary, seed=0):
+    """Padded token sequences as keras-hub causal LMs take them.
+
+    Returns ``(x, labels, weights)``: ``x`` holds ``token_ids`` (padding 0)
+    and ``padding_mask``; labels are the next token; weights are 1 where a
+    next token exists (0 on padding and on each sequence's last token).
+    """
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, length + 1, n)
+    mask = np.arange(length)[None] < lengths[:, None]
+    tokens = np.where(mask, rng.integers(1, vocabulary, (n, length)), 0)
+    labels = np.roll(tokens, -1, axis=1)
+    weights = mask.copy()
+    weights[np.arange(n), lengths - 1] = False  # no next token
+    x = {"token_ids": tokens.astype("int32"), "padding_mask": mask}
+    return x, labels.astype("int32"), weights.astype("float32")
+
+
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 

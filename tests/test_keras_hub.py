@@ -8,7 +8,7 @@ keras_hub = pytest.importorskip("keras_hub")
 
 import keras_kd as kd  # noqa: E402
 from keras_kd.app.language_models import byte_preprocessor  # noqa: E402
-from tests.helpers import to_numpy  # noqa: E402
+from tests.helpers import padded_lm_batch, to_numpy  # noqa: E402
 from tests.test_sequences import np_token_ce, np_token_kd  # noqa: E402
 
 LENGTH = 12
@@ -25,15 +25,7 @@ def gpt2(name, width, layers=1, vocabulary=64, preprocessor=None, seed=0):
 
 
 def lm_batch(n=6, vocabulary=64, seed=0):
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, LENGTH + 1, n)
-    mask = np.arange(LENGTH)[None] < lengths[:, None]
-    tokens = np.where(mask, rng.integers(1, vocabulary, (n, LENGTH)), 0)
-    labels = np.roll(tokens, -1, axis=1)
-    weights = mask.copy()
-    weights[np.arange(n), lengths - 1] = False  # no next token
-    x = {"token_ids": tokens.astype("int32"), "padding_mask": mask}
-    return x, labels.astype("int32"), weights.astype("float32")
+    return padded_lm_batch(n, LENGTH, vocabulary, seed)
 
 
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

@@ -61,6 +61,7 @@ if keras.backend.backend() != "jax":
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 import keras_kd as kd  # noqa: E402
+from tests.helpers import padded_lm_batch  # noqa: E402
 
 VOCABULARY, LENGTH, SAMPLES, BATCH, EPOCHS = 64, 8, 24, 8, 2
 
@@ -91,15 +92,7 @@ def student_model():
 
 def lm_data(seed=0):
     """Padded token sequences, next-token labels, padding sample weights."""
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(3, LENGTH + 1, SAMPLES)
-    mask = np.arange(LENGTH)[None] < lengths[:, None]
-    tokens = np.where(mask, rng.integers(1, VOCABULARY, (SAMPLES, LENGTH)), 0)
-    labels = np.roll(tokens, -1, axis=1)
-    weights = mask.copy()
-    weights[np.arange(SAMPLES), lengths - 1] = False  # no next token
-    x = {"token_ids": tokens.astype("int32"), "padding_mask": mask}
-    return x, labels.astype("int32"), weights.astype("float32")
+    return padded_lm_batch(SAMPLES, LENGTH, VOCABULARY, seed)
 
 
 class StepLogs(keras.callbacks.Callback):
