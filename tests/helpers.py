@@ -1,5 +1,11 @@
 """Small models and utilities shared by the tests."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import keras
 import numpy as np
 
@@ -112,3 +118,17 @@ class Rows:
         if self.fail_at is not None and (key.start or 0) >= self.fail_at:
             raise Interrupted("simulated interruption")
         return self.array[key]
+
+
+def run_scale_script(name, out, backend, timeout):
+    """Runs ``tests/scale_scripts/<name>.py`` in a fresh interpreter (its own
+    backend and device count) and returns the JSON it writes to ``out``."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    script = root / "tests" / "scale_scripts" / f"{name}.py"
+    proc = subprocess.run([sys.executable, str(script), str(out)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    with open(out) as f:
+        return json.load(f)

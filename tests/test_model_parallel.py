@@ -9,15 +9,11 @@ distribution. It runs in a subprocess (``scale_scripts/model_parallel.py``)
 because the virtual devices must be configured before JAX initialises.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
+
+from tests.helpers import run_scale_script
 
 BACKEND = keras.backend.backend()
 if BACKEND != "jax":
@@ -27,9 +23,6 @@ if BACKEND != "jax":
         allow_module_level=True)
 pytest.importorskip("keras_hub")
 
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = Path(__file__).resolve().parent / "scale_scripts" / \
-    "model_parallel.py"
 # keras-hub's Gemma layout rules: (path, spec) of the teacher's sharded
 # variables.
 SHARDED = {
@@ -54,13 +47,7 @@ def _rule(path):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("mp") / "result.json"
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(out) as f:
-        return json.load(f)
+    return run_scale_script("model_parallel", out, "jax", timeout=600)
 
 
 def test_teacher_is_sharded_over_model_axis(run):

@@ -7,25 +7,17 @@
 * Mixed precision and ``jit_compile`` run in this process.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 
 import keras_kd as kd
 from keras_kd.objectives.logits import kd_loss
-from tests.helpers import mlp, to_numpy
+from tests.helpers import mlp, run_scale_script, to_numpy
 from tests.references import kd as np_kd
 from tests.references import sparse_ce as np_sparse_ce
 
 BACKEND = keras.backend.backend()
-ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = Path(__file__).resolve().parent / "scale_scripts" / "data_parallel.py"
 PARALLEL_BACKENDS = ("jax", "tensorflow")
 
 
@@ -38,13 +30,7 @@ def parallel_run(tmp_path_factory):
         pytest.skip(f"no data-parallel engine on the {BACKEND} backend "
                     "(docs/scaling.md: single device on PyTorch)")
     out = tmp_path_factory.mktemp("dp") / "result.json"
-    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(out)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(out) as f:
-        return json.load(f)
+    return run_scale_script("data_parallel", out, BACKEND, timeout=300)
 
 
 def test_data_parallel_losses_match_single_device(parallel_run):
