@@ -306,6 +306,12 @@ def test_bad_arguments_name_the_fix(student, tmp_path):
     with pytest.raises(ValueError, match="eval_data must hold labels"):
         export.to_tflite(student, tmp_path / "a.tflite",
                          eval_data=np.zeros((10, 64)))
+    with pytest.raises(ValueError, match=r"representative_data is empty"):
+        export.to_tflite(student, tmp_path / "a.tflite", quantize="int8",
+                         representative_data=np.zeros((0, 64), "float32"))
+    with pytest.raises(ValueError, match=r"eval_data is empty"):
+        export.to_tflite(student, tmp_path / "a.tflite",
+                         eval_data=(np.zeros((0, 64)), np.zeros(0, int)))
     with pytest.raises(ValueError, match="must end with '.keras'"):
         export.to_keras(student, tmp_path / "a.h5")
     assert os.listdir(tmp_path) == []

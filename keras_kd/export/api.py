@@ -179,8 +179,9 @@ def _collect(data, shape, dtype, limit=None, what="representative_data"):
         raise TypeError(
             f"{what} must be a NumPy array, an (x, y) tuple of arrays or a "
             f"tf.data.Dataset, got {type(data).__name__}.")
-    if not xs:
-        raise ValueError(f"{what} is empty; pass at least one sample.")
+    if count == 0:
+        raise ValueError(f"{what} is empty (0 samples); pass at least one "
+                         "sample, e.g. a few hundred training inputs.")
     x = np.concatenate(xs)
     y = np.concatenate(ys) if len(ys) == len(xs) else None
     if np.issubdtype(x.dtype, np.floating) or "float" in dtype:
