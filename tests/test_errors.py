@@ -85,13 +85,26 @@ def test_unbuilt_subclassed_student_with_wrong_classes_fails_at_first_step():
                       np.zeros(8, "int32"), verbose=0)
 
 
-@pytest.mark.parametrize("temperature", [0.0, -1.0])
-def test_temperature_must_be_positive(temperature):
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), 1e4,
+                                         np.float32(101.0)])
+def test_temperature_must_be_positive_and_bounded(temperature):
     distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
     with pytest.raises(ValueError, match="temperature must be > 0"):
         distiller.compile("sgd", ce(), temperature=temperature)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         kd.KD(temperature=temperature)
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        kd.objectives.kd_loss(np.zeros((1, 3)), np.zeros((1, 3)), temperature)
+
+
+def test_kd_loss_keeps_its_digits_up_to_the_largest_temperature():
+    # float32 T²·KL against float64: the bound is where it still holds.
+    rng = np.random.default_rng(0)
+    t, s = (3 * rng.normal(size=(64, 10)).astype("float32") for _ in "ts")
+    for temperature in (1.0, 20.0, 100.0):
+        ours = to_numpy(kd.objectives.kd_loss(t, s, temperature))
+        ref = np_kd(t.astype("float64"), s.astype("float64"), temperature)
+        np.testing.assert_allclose(ours, ref, rtol=2e-3)
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5])
