@@ -376,9 +376,14 @@ class Distiller(keras.Model):
 
         The first ``fit`` measures the teacher's accuracy on a first labeled
         batch and warns when it is no better than the majority class
-        (:func:`keras_kd.checks.warn_if_teacher_untrained`).
+        (:func:`keras_kd.checks.warn_if_teacher_untrained`). Data from a
+        soft-label cache must come from this Distiller's teacher
+        (:func:`keras_kd.soft_labels.guards.check_cached_teacher`).
         """
         x, y, kwargs = self._preprocessed(x, y, kwargs, training=True)
+        if targets.holds_cached_targets(x, y):  # a soft-label cache's teacher?
+            from keras_kd.soft_labels.guards import check_cached_teacher
+            check_cached_teacher(self, x, y)
         if not self._kd.teacher_checked:
             self._kd.teacher_checked = True
             checks.warn_if_teacher_untrained(
@@ -394,6 +399,9 @@ class Distiller(keras.Model):
     def evaluate(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.evaluate``; with cached targets the teacher stays idle."""
         x, y, kwargs = self._preprocessed(x, y, kwargs, training=False)
+        if targets.holds_cached_targets(x, y):  # a soft-label cache's teacher?
+            from keras_kd.soft_labels.guards import check_cached_teacher
+            check_cached_teacher(self, x, y)
         return self._detach_teachers_while(
             targets.holds_cached_targets(x, y), super().evaluate, x, y, *args,
             **kwargs)
