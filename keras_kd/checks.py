@@ -246,6 +246,49 @@ def check_objectives(objective, feature_losses, has_hard_loss):
 # ----------------------------------------------------------------------
 # The teacher, on the first batch
 # ----------------------------------------------------------------------
+def class_count(model):
+    """The size of a built model's last output axis, else None."""
+    try:
+        return int(model.output_shape[-1])
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None
+
+
+def check_labels(labels, classes, what="the labels"):
+    """Refuses labels a hard loss cannot read, with the fix.
+
+    Strings (map them to integer class indices first) and integer class
+    indices at or above the class count (JAX's cross-entropy silently gives
+    such a label a loss of 0) are refused; negative indices are allowed
+    (they mark unlabeled elements, e.g. padding). One-hot or soft labels
+    (floating point, ``classes`` wide) pass.
+
+    Example:
+
+    >>> check_labels(np.array([0, 2, -1]), classes=3)
+    >>> check_labels(np.array([0, 3]), classes=3)
+    Traceback (most recent call last):
+    ...
+    ValueError: the labels go up to 3, but the models have 3 classes (0 to 2). ...
+    """
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "USO":
+        raise ValueError(
+            f"{what} are {labels.dtype.name} values (e.g. {str(labels.flat[0])!r}); "
+            "the hard loss needs integer class indices 0..classes-1. Map them "
+            "first, e.g. classes, y = np.unique(y, return_inverse=True), or "
+            "keras.layers.StringLookup(num_oov_indices=0).")
+    if classes is None or classes < 2 or labels.size == 0 or \
+            not np.issubdtype(labels.dtype, np.integer):
+        return
+    largest = int(labels.max())
+    if largest >= classes:
+        raise ValueError(
+            f"{what} go up to {largest}, but the models have {classes} "
+            f"classes (0 to {classes - 1}). Give the models' last layers "
+            f"{largest + 1} units, or remap the labels to 0..{classes - 1}.")
+
+
 def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
     """Warns when a teacher does no better than the majority class.
 
@@ -263,7 +306,9 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
     order of every epoch): ``validation_data`` is read instead, when given.
     Labels that are not integer class indices (or one-hot) are not checked.
     """
+    source = "x"
     if inputs.is_tf_dataset(x):
+        source = "validation_data"
         x, y = validation_data, None
         if isinstance(x, (tuple, list)):  # (x_val, y_val[, weights])
             x, y = x[0], (x[1] if len(x) > 1 else None)
@@ -272,9 +317,14 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
         return
     xb, yb = batch
     yb = np.asarray(yb)
+    check_labels(yb, None)  # strings are refused before any teacher runs
     for i, teacher in enumerate(teachers):
         logits = np.asarray(keras.ops.convert_to_numpy(
             teacher(xb, training=False)))
+        if not np.all(np.isfinite(logits)):
+            raise FloatingPointError(
+                f"Before training, on the first batch of {source}: " +
+                explain_non_finite([teacher], xb, None).replace(" of x", ""))
         classes = logits.shape[-1]
         if classes > 1 and np.all(logits >= 0) and np.all(logits <= 1) and \
                 np.allclose(logits.sum(-1), 1.0, atol=1e-3):
@@ -290,6 +340,8 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
         labels = yb
         if labels.ndim == logits.ndim and labels.shape[-1] == classes > 1:
             labels = labels.argmax(-1)  # one-hot
+        elif labels.size == logits.size // classes:
+            check_labels(labels, classes, "the first batch's labels")
         if classes < 2 or not np.issubdtype(labels.dtype, np.integer) or \
                 labels.size != logits.size // classes:
             return
@@ -311,3 +363,137 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
                 "first (teacher.fit) or load its trained weights.",
                 stacklevel=3,
             )
+
+
+# ----------------------------------------------------------------------
+# Non-finite values: where a NaN loss came from
+# ----------------------------------------------------------------------
+def _non_finite_rows(values):
+    """Indices of the rows of ``values`` (arrays, or a dict / list of them)
+    holding NaN or infinity; floating-point arrays only."""
+    if isinstance(values, dict):
+        values = list(values.values())
+    if not isinstance(values, (list, tuple)):
+        values = [values]
+    bad = set()
+    for value in values:
+        value = np.asarray(keras.ops.convert_to_numpy(value)
+                           if not isinstance(value, np.ndarray) else value)
+        if value.ndim == 0 or not np.issubdtype(value.dtype, np.floating):
+            continue
+        rows = ~np.isfinite(value.reshape(len(value), -1)).all(axis=1)
+        bad.update(np.flatnonzero(rows).tolist())
+    return sorted(bad)
+
+
+def _batches(x, y, batch_size):
+    """``(description, first_row, x_batch, y_batch)`` over NumPy data (in
+    its own order) or the elements of a ``tf.data`` dataset."""
+    if inputs.is_tf_dataset(x):
+        for k, element in enumerate(x.as_numpy_iterator()):
+            xb, yb = (element[0], element[1] if len(element) > 1 else None) \
+                if isinstance(element, tuple) else (element, None)
+            yield f"batch {k} of the dataset", 0, xb, yb
+        return
+    arrays = list(x.values()) if isinstance(x, dict) else (
+        list(x) if isinstance(x, (list, tuple)) else [x])
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return
+    n = len(arrays[0])
+    for start in range(0, n, batch_size):
+        take = slice(start, start + batch_size)
+        xb = ({k: v[take] for k, v in x.items()} if isinstance(x, dict) else
+              type(x)(v[take] for v in x) if isinstance(x, (list, tuple))
+              else x[take])
+        yb = None
+        if isinstance(y, dict):
+            yb = {k: v[take] for k, v in y.items()}
+        elif isinstance(y, np.ndarray):
+            yb = y[take]
+        yield "x", start, xb, yb
+
+
+def check_finite_inputs(x):
+    """Refuses NumPy inputs (an array, or a dict / list of arrays) holding
+    NaN or infinity, naming the first rows; other data pass unread.
+
+    Read once, before the first ``fit``: a NaN input turns the student's
+    weights to NaN (or, behind a ReLU on some backends, trains on garbage).
+
+    Example:
+
+    >>> check_finite_inputs(np.array([[0.0], [np.inf]]))
+    Traceback (most recent call last):
+    ...
+    ValueError: The inputs hold NaN or infinite values in 1 row(s), first rows [1] of x. ...
+    """
+    arrays = list(x.values()) if isinstance(x, dict) else (
+        list(x) if isinstance(x, (list, tuple)) else [x])
+    if not all(isinstance(a, np.ndarray) for a in arrays):
+        return
+    rows = _non_finite_rows(arrays)
+    if rows:
+        raise ValueError(
+            f"The inputs hold NaN or infinite values in {len(rows)} row(s), "
+            f"first rows {rows[:5]} of x. Drop or repair those samples "
+            "before fit, e.g. keep = np.isfinite(x).reshape(len(x), "
+            "-1).all(axis=1); x, y = x[keep], y[keep].")
+
+
+def explain_non_finite(teachers, x, y, batch_size=32, epoch=None):
+    """Says why a loss became NaN or infinite, naming the rows or batch.
+
+    Reads the training data once more (NumPy data in its own order,
+    ``tf.data`` batch by batch) and reports the first of: inputs holding
+    NaN or infinity, cached teacher outputs (``y`` dicts) holding them, a
+    teacher whose weights or outputs hold them. When all are finite the
+    student itself diverged, and the message says what to lower.
+
+    Example:
+
+    >>> import keras
+    >>> teacher = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
+    >>> x = np.array([[0.0, 1.0], [np.nan, 1.0]], "float32")
+    >>> print(explain_non_finite([teacher], x, None).split(":")[0])
+    The inputs hold NaN or infinite values
+    """
+    when = "" if epoch is None else f" (epoch {epoch + 1})"
+    for i, teacher in enumerate(teachers):
+        if not all(np.all(np.isfinite(keras.ops.convert_to_numpy(w)))
+                   for w in teacher.weights
+                   if np.issubdtype(np.dtype(w.dtype), np.floating)):
+            return (f"The teacher '{teacher.name}' has NaN or infinite weights"
+                    f"{when}: reload its trained weights.")
+    for where, first, xb, yb in _batches(x, y, batch_size):
+        rows = _non_finite_rows(xb)
+        if rows:
+            at = (f"rows {[first + r for r in rows[:5]]} of x" if where == "x"
+                  else f"{where}, rows {rows[:5]}")
+            return (f"The inputs hold NaN or infinite values{when}: {at}. "
+                    "Drop or repair those samples, e.g. "
+                    "keep = np.isfinite(x).reshape(len(x), -1).all(axis=1).")
+        if isinstance(yb, dict):
+            rows = _non_finite_rows(yb)
+            if rows:
+                at = (f"rows {[first + r for r in rows[:5]]}" if where == "x"
+                      else f"{where}, rows {rows[:5]}")
+                return (f"The cached teacher outputs hold NaN or infinite "
+                        f"values{when}: {at}. Rebuild the cache "
+                        "(compute_soft_labels(..., overwrite=True)) from a "
+                        "teacher with finite outputs.")
+            continue
+        for teacher in teachers:
+            rows = _non_finite_rows(teacher(xb, training=False))
+            if rows:
+                at = (f"rows {[first + r for r in rows[:5]]} of x"
+                      if where == "x" else f"{where}, rows {rows[:5]}")
+                return (f"The teacher '{teacher.name}' outputs NaN or "
+                        f"infinite logits{when} on {at}, whose inputs are "
+                        "finite. Check the teacher on them "
+                        "(teacher.predict(x[rows])): an overflow in float16 "
+                        "or a broken layer; keras-kd cannot distil them.")
+    return ("The loss became NaN or infinite" + when + " while the inputs "
+            "and the teacher's outputs are finite: the student diverged. "
+            "Lower the learning rate, clip gradients (e.g. "
+            "keras.optimizers.Adam(1e-3, clipnorm=1.0)), or check the "
+            "sample weights.")

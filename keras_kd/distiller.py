@@ -3,6 +3,7 @@
 import threading
 
 import keras
+import numpy as np
 
 from keras_kd import checks, composition, hub, saving, targets, taps
 from keras_kd import objectives as objectives_lib
@@ -385,6 +386,9 @@ class Distiller(keras.Model):
             from keras_kd.soft_labels.guards import check_cached_teacher
             check_cached_teacher(self, x, y)
         if not self._kd.teacher_checked:
+            if isinstance(y, np.ndarray):  # NumPy labels: all of them
+                checks.check_labels(y, checks.class_count(self.student))
+            checks.check_finite_inputs(x)
             self._kd.teacher_checked = True
             checks.warn_if_teacher_untrained(
                 self.teachers, x, y, kwargs.get("validation_data"))
@@ -392,6 +396,8 @@ class Distiller(keras.Model):
         hooks = [o for o in self._objectives() if hasattr(o, "on_epoch_begin")]
         if hooks:
             callbacks.append(_ObjectiveEpochHook(hooks))
+        callbacks.append(_NonFiniteLossGuard(
+            self.teachers, x, y, kwargs.get("batch_size") or 32))
         return self._detach_teachers_while(
             targets.holds_cached_targets(x, y), super().fit, x, y, *args,
             callbacks=callbacks, **kwargs)
@@ -511,6 +517,26 @@ class _ObjectiveEpochHook(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         for objective in self.objectives:
             objective.on_epoch_begin(epoch)
+
+
+class _NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops ``fit`` at the end of an epoch whose loss is NaN or infinite,
+    with the cause (:func:`keras_kd.checks.explain_non_finite`): inputs,
+    cached teacher outputs or a teacher's, naming the rows or batch, else
+    the student's own divergence."""
+
+    def __init__(self, teachers, x, y, batch_size):
+        super().__init__()
+        self.teachers, self.x, self.y = teachers, x, y
+        self.batch_size = batch_size
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or np.isfinite(float(loss)):
+            return
+        self.model.stop_training = True
+        raise FloatingPointError(checks.explain_non_finite(
+            self.teachers, self.x, self.y, self.batch_size, epoch))
 
 
 def _computes_in_float16(model):

@@ -244,3 +244,84 @@ def test_bad_objectives_in_compile():
             kd.FitNet("teacher_hidden", "student_hidden")])
     with pytest.raises(TypeError, match="must be a keras.Model"):
         kd.Distiller(lambda x: x, mlp(8, "student"))
+
+
+def _fitted(teacher=None, x=None, y=None, optimizer="sgd", **fit_kwargs):
+    distiller = kd.Distiller(teacher or mlp(16, "teacher"), mlp(8, "student"))
+    distiller.compile(optimizer, ce())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # untrained teacher
+        return distiller, distiller.fit(x, y, verbose=0, **fit_kwargs)
+
+
+def test_labels_beyond_the_class_count_and_string_labels_are_refused():
+    x = np.random.rand(300, 64).astype("float32")
+    y = np.random.randint(0, 10, 300)
+    y[290] = 10  # beyond the first batch: all NumPy labels are read
+    with pytest.raises(ValueError, match=r"go up to 10, but the models have "
+                       r"10 classes \(0 to 9\).*11 units"):
+        _fitted(x=x, y=y)
+    with pytest.raises(ValueError, match=r"str.* values.*np.unique\(y, "
+                       r"return_inverse=True\)"):
+        _fitted(x=x, y=np.array([f"c{v}" for v in y]))
+    y[290] = -1  # negative labels mark unlabeled elements: allowed
+    _fitted(x=x, y=y)
+
+
+def test_nan_inputs_are_refused_before_fit_naming_the_rows():
+    x = np.random.rand(300, 64).astype("float32")
+    y = np.random.randint(0, 10, 300)
+    x[290, 5] = np.nan  # past the first batch that the teacher check reads
+    x[295, 0] = np.inf
+    distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    distiller.compile("sgd", ce())
+    before = [to_numpy(w) for w in distiller.student.weights]
+    with pytest.raises(ValueError, match=r"inputs hold NaN or infinite values"
+                       r" in 2 row\(s\), first rows \[290, 295\] of x"):
+        distiller.fit(x, y, verbose=0)
+    for b, after in zip(before, distiller.student.weights):
+        np.testing.assert_array_equal(b, to_numpy(after))  # no step ran
+
+
+def test_nan_inputs_from_a_dataset_stop_fit_naming_the_batch():
+    tf = pytest.importorskip("tensorflow")
+    teacher = mlp(16, "teacher")
+    x = np.random.rand(96, 64).astype("float32")
+    y = np.random.randint(0, 10, 96)
+    x[70, 5] = np.nan
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    message = kd.checks.explain_non_finite([teacher], data, None, epoch=0)
+    assert message.startswith("The inputs hold NaN or infinite values "
+                              "(epoch 1): batch 2 of the dataset, rows [6]")
+    # Inside fit the guard gives the same message when the loss turns NaN.
+    x[70, 5] = np.inf
+    teacher.get_layer("teacher_hidden").activation = keras.activations.linear
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    with pytest.raises(FloatingPointError, match=r"batch 2 of the dataset, "
+                       r"rows \[6\]"):
+        _fitted(teacher, data, epochs=2)
+
+
+def test_nan_teacher_outputs_stop_fit_naming_the_teacher_and_rows():
+    teacher = mlp(16, "teacher")
+    teacher.get_layer("teacher_logits").kernel.assign(
+        np.full((16, 10), 1e30, "float32"))  # finite, overflows on big inputs
+    x = np.random.rand(300, 64).astype("float32")
+    y = np.random.randint(0, 10, 300)
+    x[[280, 299]] *= 1e9  # finite inputs, infinite logits
+    with pytest.raises(FloatingPointError, match=r"teacher 'teacher' outputs "
+                       r"NaN or infinite logits \(epoch 1\) on rows "
+                       r"\[280, 299\] of x, whose inputs are finite"):
+        _fitted(teacher, x, y, epochs=2, batch_size=64)
+
+
+def test_a_diverging_student_is_named_as_the_cause():
+    x = np.random.rand(64, 64).astype("float32")
+    y = x[:, :10].argmax(-1)
+    with pytest.raises(FloatingPointError, match=r"inputs and the teacher's "
+                       "outputs are finite: the student diverged. Lower the "
+                       "learning rate"):
+        _fitted(x=x, y=y, optimizer=keras.optimizers.SGD(1e30), epochs=2)
+    # A finite run is left alone and trains all its epochs.
+    _, history = _fitted(x=x, y=y, epochs=2)
+    assert len(history.history["loss"]) == 2
