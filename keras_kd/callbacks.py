@@ -139,6 +139,29 @@ class StudentCheckpoint(keras.callbacks.Callback):
             "mode='min' (e.g. for a loss)."
         )
 
+    def _path(self, epoch, logs):
+        """The file path of ``epoch``: ``{epoch}`` and logged names are
+        filled into the file name only (a directory is used as given, braces
+        and all)."""
+        directory, name = os.path.split(self.filepath)
+        try:
+            name = name.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            missing = error.args[0]
+            hint = (" Validation metrics ('val_*') need validation_data= in "
+                    "fit()." if str(missing).startswith("val_") else "")
+            raise ValueError(
+                f"StudentCheckpoint's file name {name!r} uses {{{missing}}}, "
+                f"which epoch {epoch + 1} did not log (it logged "
+                f"{sorted(logs)}).{hint} Use {{epoch}} or a logged name, or "
+                "write a literal brace as '{{' or '}}'.") from None
+        except (ValueError, IndexError) as error:
+            raise ValueError(
+                f"StudentCheckpoint's file name {name!r} is not a valid "
+                f"format string ({error}). Write literal braces as '{{' and "
+                "'}}', e.g. 'student_{epoch:02d}.keras'.") from None
+        return os.path.join(directory, name)
+
     def _is_improvement(self, value):
         if not np.isfinite(value):  # a diverged epoch is never the best one
             return False
@@ -148,7 +171,7 @@ class StudentCheckpoint(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
-        path = self.filepath.format(epoch=epoch + 1, **logs)
+        path = self._path(epoch, logs)
         if self.save_best_only:
             if self.monitor not in logs:
                 hint = (" Validation metrics ('val_*') need validation_data= "

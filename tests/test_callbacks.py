@@ -113,6 +113,27 @@ def test_checkpoint_every_epoch_with_formatted_names(tmp_path):
     assert sorted(os.listdir(tmp_path)) == expected
 
 
+def test_checkpoint_names_braces_in_the_directory_and_missing_fields(
+        tmp_path):
+    x, y = _data()
+    directory = tmp_path / "runs{a}" / "{b}"  # braces in folders are literal
+    directory.mkdir(parents=True)
+    _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[
+        kdc.StudentCheckpoint(str(directory / "s_{epoch}.keras"),
+                              monitor="loss")])
+    assert os.listdir(directory) == ["s_1.keras"]
+    with pytest.raises(ValueError, match=r"uses \{val_loss\}, which epoch 1 "
+                       r"did not log.*validation_data="):
+        _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[
+            kdc.StudentCheckpoint(str(tmp_path / "ck_{val_loss:.3f}.keras"),
+                                  monitor="loss")])
+    with pytest.raises(ValueError, match="not a valid format string"):
+        _distiller().fit(x, y, epochs=1, verbose=0, callbacks=[
+            kdc.StudentCheckpoint(str(tmp_path / "ck_{.keras"),
+                                  monitor="loss")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs{a}"]
+
+
 def test_checkpoint_initial_value_threshold(tmp_path):
     x, y = _data()
     path = str(tmp_path / "student.keras")
