@@ -190,3 +190,35 @@ def optimizers_detached(models):
     finally:
         for model, optimizer in held:
             model.optimizer = optimizer
+
+
+def load_model(filepath, compile=False):
+    """``keras.saving.load_model`` with errors that name the file and the fix.
+
+    Keras reports a truncated or corrupt ``.keras`` file (one that is not a
+    zip archive) as "File not found"; here a missing file is a
+    ``FileNotFoundError`` and an unreadable one a ``ValueError`` that says to
+    re-save it. Loading a Distiller needs ``import keras_kd`` (done here).
+
+    Example:
+
+    >>> import tempfile, os
+    >>> bad = os.path.join(tempfile.mkdtemp(), "student.keras")
+    >>> _ = open(bad, "wb").write(b"not a zip")
+    >>> load_model(bad)
+    Traceback (most recent call last):
+    ...
+    ValueError: ... is not a readable .keras archive ...
+    """
+    import zipfile
+
+    filepath = os.fspath(filepath)
+    if not os.path.exists(filepath):
+        raise FileNotFoundError(f"No such model file: {filepath!r}.")
+    if filepath.endswith(".keras") and not zipfile.is_zipfile(filepath):
+        raise ValueError(
+            f"{filepath!r} ({os.path.getsize(filepath)} bytes) is not a "
+            "readable .keras archive (a zip file): it is truncated or "
+            "corrupt, e.g. a copy that did not finish. Save the model again "
+            "(model.save(path)) or use a StudentCheckpoint's last good file.")
+    return keras.saving.load_model(filepath, compile=compile)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
+from keras_kd import saving
 from tests.helpers import mlp, to_numpy
 
 
@@ -205,3 +206,20 @@ def test_leftovers_of_a_killed_write_are_cleaned_or_recovered(tmp_path):
             raise RuntimeError("this write fails too")
     assert (export / "model.pb").read_text() == "last good"
     assert not backup.exists() and not half.exists()
+
+
+def test_a_truncated_keras_file_is_named_as_corrupt_not_missing(tmp_path):
+    student = mlp(8, "student")
+    good = tmp_path / "student.keras"
+    student.save(good)
+    loaded = saving.load_model(good)
+    np.testing.assert_array_equal(to_numpy(loaded.weights[0]),
+                                  to_numpy(student.weights[0]))
+    data = good.read_bytes()
+    bad = tmp_path / "copy.keras"
+    bad.write_bytes(data[: len(data) // 2])  # a copy that did not finish
+    with pytest.raises(ValueError, match=r"copy.keras.*is not a readable "
+                       r"\.keras archive.*truncated or corrupt.*model.save"):
+        saving.load_model(bad)
+    with pytest.raises(FileNotFoundError, match="No such model file"):
+        saving.load_model(tmp_path / "absent.keras")
