@@ -14,8 +14,14 @@ One raw file per per-sample array, read back with ``np.memmap``:
 
 and a JSON ``manifest.json`` holding the teacher fingerprint, the columns'
 dtypes and per-sample shapes, the build options and its progress (rows and
-batches done). The manifest is replaced atomically after each batch, so an
-interrupted build resumes from the last finished one.
+batches done), and each column file's CRC-32 over the rows done
+(``"checksums"``, updated with every finished batch). The manifest is
+replaced atomically after each batch, so an interrupted build resumes from
+the last finished one, after checking the bytes it continues from against
+those checksums.
+
+While a build runs, it holds ``.lock`` in the cache directory
+(:class:`BuildLock`), so a second build of the same cache is refused.
 
 Version 1 throughout: dict inputs, sample weights, logits of any rank and
 the top-k value dtype only add columns and options (a manifest without them
@@ -25,12 +31,26 @@ reads as one array input, no sample weights and float16 top-k values).
 import json
 import os
 import re
+import socket
+import zlib
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: an exclusively created lock file instead
+    fcntl = None
 
 FORMAT = "keras-kd soft labels"
 VERSION = 1
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+CHECKSUM = "crc32"
+# The keys every manifest holds (older ones may lack "checksums").
+MANIFEST_KEYS = ("teacher", "num_classes", "top_k", "feature_layers",
+                 "options", "dataset", "columns", "rows_done", "batches_done",
+                 "complete")
+_CHUNK = 1 << 24  # bytes read at a time when checksumming a file
 
 
 # A column's name is its file's name inside the cache directory.
@@ -74,10 +94,11 @@ def check_column(name, dtype, row_shape):
 class Column:
     """One per-sample array, grown batch by batch (memory or a .bin file)."""
 
-    def __init__(self, name, dtype, row_shape, directory=None):
+    def __init__(self, name, dtype, row_shape, directory=None, crc=0):
         self.name = name
         self.dtype, self.row_shape = check_column(name, dtype, row_shape)
         self.directory = directory
+        self.crc = crc  # CRC-32 of the rows written to the file so far
         self._chunks = []
         self._array = None
 
@@ -100,7 +121,8 @@ class Column:
         with open(self.file, mode) as f:
             f.truncate(rows * self.row_bytes)
 
-    def append(self, rows):
+    def encode(self, rows):
+        """``rows`` as this column stores them (its dtype, C order)."""
         rows = np.ascontiguousarray(rows, dtype=self.dtype)
         if tuple(rows.shape[1:]) != self.row_shape:
             raise ValueError(
@@ -108,13 +130,50 @@ class Column:
                 f"batch had {self.row_shape}: every batch must have the same "
                 "per-sample shape (pad or resize the inputs)."
             )
+        return rows
+
+    def append(self, rows):
+        rows = self.encode(rows)
         if self.directory is None:
             self._chunks.append(rows)
         else:
+            data = memoryview(rows).cast("B") if rows.size else b""
             with open(self.file, "ab") as f:
-                f.write(rows.tobytes())
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+            self.crc = zlib.crc32(data, self.crc)
+
+    def check_file(self, rows, exact=True):
+        """Refuses a column file shorter (or, with ``exact``, longer) than
+        ``rows`` rows: truncated, or replaced by another file."""
+        expected = rows * self.row_bytes
+        try:
+            size = os.path.getsize(self.file)
+        except OSError:
+            size = None
+        if size is None or size < expected or (exact and size != expected):
+            found = "is missing" if size is None else f"holds {size} bytes"
+            raise ValueError(
+                f"The soft-label cache file '{self.file}' {found}, but the "
+                f"cache's {MANIFEST} records {rows} rows of {self.row_bytes} "
+                f"bytes ({expected} bytes): the file was truncated, deleted "
+                "or replaced. Rebuild the cache: kd.compute_soft_labels(..., "
+                "overwrite=True) at this path (or another path).")
+
+    def verify(self, rows, crc):
+        """Refuses a column file whose bytes differ from the checksum the
+        build recorded (``crc``, CRC-32 of its first ``rows`` rows)."""
+        self.check_file(rows)
+        found = file_crc32(self.file, rows * self.row_bytes)
+        if found != crc:
+            raise ValueError(
+                f"The soft-label cache file '{self.file}' is corrupt: its "
+                f"CRC-32 is {found:08x}, but the build recorded {crc:08x} in "
+                f"{MANIFEST} (bytes changed on disk since it was written). "
+                "Rebuild the cache: kd.compute_soft_labels(..., "
+                "overwrite=True) at this path (or another path).")
+        self.crc = crc
 
     def array(self, rows):
         """The column as an array: in memory, or a read-only memory map."""
@@ -127,22 +186,70 @@ class Column:
         elif rows == 0:
             self._array = np.zeros((0,) + self.row_shape, self.dtype)
         else:
+            self.check_file(rows, exact=False)
             self._array = np.memmap(self.file, dtype=self.dtype, mode="r",
                                     shape=(rows,) + self.row_shape)
         return self._array
 
 
+def file_crc32(file, nbytes):
+    """CRC-32 (``zlib.crc32``) of the first ``nbytes`` bytes of ``file``,
+    read 16 MiB at a time."""
+    crc = 0
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    with open(file, "rb", buffering=0) as f:
+        left = nbytes
+        while left > 0:
+            n = f.readinto(view[:min(left, _CHUNK)])
+            if not n:
+                break
+            crc = zlib.crc32(view[:n], crc)
+            left -= n
+    return crc
+
+
 def read_manifest(path):
+    """The manifest at ``path`` (a dict), or None when there is none.
+
+    Raises:
+        ValueError: naming the file and the fix when it is not JSON, not a
+            keras-kd manifest, or lacks one of its keys.
+    """
     file = os.path.join(path, MANIFEST)
     if not os.path.exists(file):
         return None
-    with open(file) as f:
-        manifest = json.load(f)
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    fix = ("Rebuild the cache: kd.compute_soft_labels(..., overwrite=True) "
+           "at this path (or another path).")
+    try:
+        with open(file, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError too
+        raise ValueError(
+            f"The soft-label cache manifest '{file}' is not valid JSON "
+            f"({error}): it was truncated or edited. {fix}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or manifest.get("version") != VERSION:
         raise ValueError(
             f"'{file}' is not a keras-kd soft-label manifest (version "
             f"{VERSION}). Pass an empty or new directory as path."
         )
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise ValueError(
+            f"The soft-label cache manifest '{file}' lacks {missing}: it was "
+            f"edited or is corrupt. {fix}")
+    kinds = {"teacher": dict, "options": dict, "dataset": dict,
+             "columns": dict, "rows_done": int, "batches_done": int,
+             "complete": bool, "feature_layers": list,
+             "checksums": (dict, type(None))}
+    wrong = [key for key, kind in kinds.items()
+             if not isinstance(manifest.get(key), kind)
+             or (kind is int and isinstance(manifest[key], bool))]
+    if wrong:
+        raise ValueError(
+            f"The soft-label cache manifest '{file}' has entries of the wrong "
+            f"type: {wrong}. It was edited or is corrupt. {fix}")
     return manifest
 
 
@@ -174,8 +281,55 @@ def remove_cache_files(path):
 
 
 def open_columns(manifest, path):
-    return {name: Column(name, spec["dtype"], spec["shape"], path)
-            for name, spec in manifest["columns"].items()}
+    """The columns a manifest lists (refused first by :func:`check_column`
+    when a name, dtype or shape could misread memory or files)."""
+    columns = {}
+    for name, spec in manifest["columns"].items():
+        if not isinstance(spec, dict) or "dtype" not in spec or \
+                not isinstance(spec.get("shape"), list):
+            file = os.path.join(path, MANIFEST)
+            raise ValueError(
+                f"The soft-label cache manifest '{file}' describes column "
+                f"{name!r} as {spec!r}, not "
+                '{"dtype": ..., "shape": [...]}. Rebuild the cache: '
+                "kd.compute_soft_labels(..., overwrite=True).")
+        columns[name] = Column(name, spec["dtype"], spec["shape"], path)
+    return columns
+
+
+def checksums(columns):
+    """The manifest's ``"checksums"``: each column's CRC-32 so far."""
+    return {name: column.crc for name, column in columns.items()}
+
+
+def verify_columns(manifest, columns, path):
+    """Checks every column file against the manifest: its size, and its
+    CRC-32 when the manifest records one (caches written before checksums
+    only get the size check; returns False for them)."""
+    rows = manifest["rows_done"]
+    stored = manifest.get("checksums")
+    for name, column in columns.items():
+        crc = None if stored is None else stored.get(name)
+        if crc is None:
+            if stored is not None:
+                raise ValueError(
+                    f"The soft-label cache manifest "
+                    f"'{os.path.join(path, MANIFEST)}' records no checksum "
+                    f"for column {name!r}: it was edited or is corrupt. "
+                    "Rebuild the cache: kd.compute_soft_labels(..., "
+                    "overwrite=True).")
+            column.check_file(rows)
+            continue
+        column.verify(rows, int(crc))
+    return stored is not None
+
+
+def is_data_column(name):
+    """True for the columns that hold the data rather than teacher outputs:
+    inputs, labels and sample weights (their checksums fingerprint the
+    data)."""
+    return name == "inputs" or name.startswith("inputs.") or \
+        name in ("labels", "sample_weight")
 
 
 def input_column(key):
@@ -222,3 +376,89 @@ def make_columns(xb, yb, wb, outputs, top_k, top_k_dtype, store_inputs,
              for i, f in enumerate(features)]
     return {name: Column(name, dtype, shape, directory)
             for name, dtype, shape in cols}
+
+
+class BuildLock:
+    """One build at a time per cache directory: holds ``<path>/.lock``.
+
+    On POSIX the lock is ``fcntl.flock`` on the file, which the operating
+    system releases when the process ends, killed or not: a lock file left
+    by a killed build is taken over by the next one. The file holds the
+    holder's pid and host, for the error a second builder gets. Elsewhere
+    (Windows) the file is created exclusively (``O_CREAT | O_EXCL``) and
+    removed at the end; one left by a killed build must be deleted by hand,
+    as the error says.
+
+    Use as a context manager::
+
+        with BuildLock(path):
+            ...  # build the cache at path
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.file = os.path.join(path, LOCK)
+        self._fd = None
+
+    def _refuse(self):
+        try:
+            with open(self.file, encoding="utf-8") as f:
+                holder = f.read().strip() or "unknown"
+        except OSError:
+            holder = "unknown"
+        killed = ("If no build is running (a killed build left it), delete "
+                  f"'{self.file}' and rerun." if fcntl is None else
+                  "A lock left by a killed build is taken over "
+                  "automatically, so this one is held by a running process.")
+        raise RuntimeError(
+            f"Another process ({holder}) is building the soft-label cache at "
+            f"'{self.path}': it holds the lock file '{self.file}'. Wait for "
+            "it to finish, then rerun (a finished cache is reopened, an "
+            f"interrupted one resumed), or build at another path. {killed}")
+
+    def acquire(self):
+        """Takes the lock, or raises RuntimeError naming its holder."""
+        stamp = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+        if fcntl is None:
+            try:
+                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                self._refuse()
+            os.write(fd, stamp)
+            self._fd = fd
+            return self
+        while True:
+            fd = os.open(self.file, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                self._refuse()
+            try:  # the file may have been removed by the previous holder
+                same = os.path.samestat(os.fstat(fd), os.stat(self.file))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, stamp)
+        self._fd = fd
+        return self
+
+    def release(self):
+        """Removes the lock file and releases the lock."""
+        if self._fd is None:
+            return
+        try:
+            os.remove(self.file)  # before unlocking: no one holds a stale file
+        except OSError:
+            pass
+        os.close(self._fd)  # releases the flock
+        self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()

@@ -1,0 +1,297 @@
+"""Integrity of on-disk soft-label caches: checksums, the build lock, the
+full-data and teacher fingerprints, non-finite outputs, damaged files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import keras_kd as kd
+from keras_kd.soft_labels import SoftLabels, compute_soft_labels, store
+from tests.helpers import Interrupted, Rows, mlp, to_numpy
+
+pytestmark = pytest.mark.filterwarnings("ignore:The teacher")
+
+
+def _data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, 64)).astype("float32"),
+            rng.integers(0, 10, n).astype("int32"))
+
+
+def _flip(file, offset):
+    with open(file, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x01]))
+
+
+def _manifest(path):
+    with open(os.path.join(path, "manifest.json")) as f:
+        return json.load(f)
+
+
+# ----------------------------------------------------------------------
+# Checksums
+# ----------------------------------------------------------------------
+def test_a_flipped_byte_is_refused_on_load_and_rerun(tmp_path):
+    x, y = _data()
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    built = compute_soft_labels(teacher, x, y, batch_size=16, path=path,
+                                top_k=3)
+    manifest = _manifest(path)
+    assert sorted(manifest["checksums"]) == sorted(manifest["columns"])
+    SoftLabels.load(path, teacher=teacher)  # intact: opens
+    expected = built.teacher_logits()
+    _flip(os.path.join(path, "topk_values.bin"), 37)
+    for open_it in (lambda: SoftLabels.load(path),
+                    lambda: compute_soft_labels(teacher, x, y, batch_size=16,
+                                                path=path, top_k=3)):
+        with pytest.raises(ValueError, match=r"topk_values\.bin' is corrupt"
+                                             r".*overwrite=True"):
+            open_it()
+    # verify=False skips the checksums: the damage then reaches the data.
+    assert not np.array_equal(
+        SoftLabels.load(path, verify=False).teacher_logits(), expected)
+    rebuilt = compute_soft_labels(teacher, x, y, batch_size=16, path=path,
+                                  top_k=3, overwrite=True)
+    np.testing.assert_array_equal(rebuilt.teacher_logits(), expected)
+    SoftLabels.load(path)
+
+
+def test_a_resume_checks_the_bytes_it_continues_from(tmp_path):
+    x, y = _data(100)
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    with pytest.raises(Interrupted):
+        compute_soft_labels(teacher, Rows(x, fail_at=48), y, batch_size=16,
+                            path=path)
+    _flip(os.path.join(path, "logits.bin"), 4 * 10 * 20 + 2)  # row 20
+    with pytest.raises(ValueError, match=r"logits\.bin' is corrupt"):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    assert _manifest(path)["rows_done"] == 48  # nothing added to it
+
+
+# ----------------------------------------------------------------------
+# Damaged files: a truncated column, an invalid manifest
+# ----------------------------------------------------------------------
+def test_a_truncated_column_file_is_named(tmp_path):
+    x, y = _data()
+    path = str(tmp_path / "c")
+    compute_soft_labels(mlp(32, "teacher"), x, y, batch_size=16, path=path)
+    labels = os.path.join(path, "labels.bin")
+    with open(labels, "r+b") as f:
+        f.truncate(100)
+    for verify in (True, False):
+        with pytest.raises(ValueError, match=r"labels\.bin' holds 100 bytes"
+                                             r".*160 bytes.*overwrite=True"):
+            SoftLabels.load(path, verify=verify)
+    os.remove(labels)
+    with pytest.raises(ValueError, match=r"labels\.bin' is missing"):
+        SoftLabels.load(path)
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda text: text[:len(text) // 2], "is not valid JSON"),
+    (lambda text: json.dumps({k: v for k, v in json.loads(text).items()
+                              if k != "rows_done"}), r"lacks \['rows_done'\]"),
+    (lambda text: json.dumps(dict(json.loads(text), columns=[])),
+     r"has entries of the wrong type: \[.columns.\]"),
+], ids=["not-json", "missing-key", "wrong-type"])
+def test_an_invalid_manifest_is_named(tmp_path, damage, match):
+    x, y = _data()
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    file = os.path.join(path, "manifest.json")
+    with open(file) as f:
+        text = f.read()
+    with open(file, "w") as f:
+        f.write(damage(text))
+    pattern = rf"manifest '{file}' {match}.*overwrite=True"
+    with pytest.raises(ValueError, match=pattern):
+        SoftLabels.load(path)
+    with pytest.raises(ValueError, match=pattern):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    compute_soft_labels(teacher, x, y, batch_size=16, path=path,
+                        overwrite=True)
+    assert SoftLabels.load(path).num_samples == 40
+
+
+def test_caches_written_before_checksums_open_with_a_warning(tmp_path):
+    x, y = _data()
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    built = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    manifest = _manifest(path)
+    del manifest["checksums"]
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    with pytest.warns(UserWarning, match="no checksums"):
+        cache = SoftLabels.load(path)
+    np.testing.assert_array_equal(cache.teacher_logits(),
+                                  built.teacher_logits())
+    # A rerun takes the files as they are for the data fingerprint.
+    again = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    assert again.num_samples == 40
+    y2 = y.copy()
+    y2[30] = (y2[30] + 1) % 10
+    with pytest.raises(ValueError, match=r"\['labels'\]"):
+        compute_soft_labels(teacher, x, y2, batch_size=16, path=path)
+
+
+# ----------------------------------------------------------------------
+# Concurrent builders
+# ----------------------------------------------------------------------
+_HOLD = """
+import sys, time
+from keras_kd.soft_labels import store
+lock = store.BuildLock(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_builder_is_refused_and_a_killed_ones_lock_taken_over(
+        tmp_path):
+    x, y = _data()
+    path = str(tmp_path / "c")
+    os.makedirs(path)
+    teacher = mlp(32, "teacher")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep
+               + os.environ.get("PYTHONPATH", ""))
+    other = subprocess.Popen([sys.executable, "-c", _HOLD, path], env=env,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        lock = os.path.join(path, ".lock")
+        with pytest.raises(RuntimeError, match=(
+                rf"pid {other.pid} on .*is building.*lock file '{lock}'")):
+            compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+        assert not os.path.exists(os.path.join(path, "manifest.json"))
+    finally:
+        other.send_signal(signal.SIGKILL)
+        other.wait()
+        other.stdout.close()
+    assert os.path.exists(lock)  # a killed build leaves its lock file...
+    cache = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    assert cache.manifest["complete"]  # ...and the next build takes it over
+    assert not os.path.exists(lock)
+    # Two builds in one process (another thread's) are refused too.
+    with store.BuildLock(path):
+        with pytest.raises(RuntimeError, match="is building"):
+            compute_soft_labels(teacher, x, y, batch_size=16, path=path,
+                                overwrite=True)
+    assert SoftLabels.load(path).num_samples == 40
+
+
+# ----------------------------------------------------------------------
+# The whole data is fingerprinted, not only its first batch
+# ----------------------------------------------------------------------
+def test_later_rows_or_labels_that_differ_are_refused(tmp_path):
+    x, y = _data()
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    x2 = x.copy()
+    x2[35, 3] += 1.0  # the third batch
+    with pytest.raises(ValueError, match=r"other data: the \['inputs'\] of "
+                                         r"its first 40 rows differ"):
+        compute_soft_labels(teacher, x2, y, batch_size=16, path=path)
+    y2 = y.copy()
+    y2[20] = (y2[20] + 1) % 10
+    with pytest.raises(ValueError, match=r"\['labels'\]"):
+        compute_soft_labels(teacher, x, y2, batch_size=16, path=path)
+    # The same data reopens the cache.
+    assert compute_soft_labels(teacher, x, y, batch_size=16,
+                               path=path).num_samples == 40
+
+    # A resume over data that changed in the rows already stored.
+    resumed = str(tmp_path / "r")
+    with pytest.raises(Interrupted):
+        compute_soft_labels(teacher, Rows(x, fail_at=32), y, batch_size=16,
+                            path=resumed)
+    x3 = x.copy()
+    x3[20] = 0.0
+    with pytest.raises(ValueError, match=r"\['inputs'\] of its first 32"):
+        compute_soft_labels(teacher, x3, y, batch_size=16, path=resumed)
+    assert _manifest(resumed)["rows_done"] == 32
+
+
+def test_a_dataset_longer_than_its_cache_is_refused(tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    x, y = _data(56)
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+
+    def dataset(n):  # unknown cardinality: the batch count is not compared
+        return tf.data.Dataset.from_tensor_slices((x[:n], y[:n])).batch(
+            16).filter(lambda a, b: True)
+
+    compute_soft_labels(teacher, dataset(48), path=path)
+    assert compute_soft_labels(teacher, dataset(48),
+                               path=path).num_samples == 48
+    with pytest.raises(ValueError, match="more than the cache's 3 batches"):
+        compute_soft_labels(teacher, dataset(56), path=path)
+    with pytest.raises(ValueError, match="it has 2 batches, the cache 3"):
+        compute_soft_labels(teacher, dataset(32), path=path)
+
+
+# ----------------------------------------------------------------------
+# The teacher of a cache loaded without one
+# ----------------------------------------------------------------------
+def test_a_distiller_with_another_teacher_is_refused(tmp_path):
+    pytest.importorskip("tensorflow")
+    x, y = _data(32)
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    cache = SoftLabels.load(path)  # no teacher given
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    other = kd.Distiller(mlp(32, "teacher"), mlp(8, "student"))
+    other.compile("sgd", loss)
+    for data in ((cache.as_dataset(8),), cache.as_numpy()):
+        with pytest.raises(ValueError, match=r"at '.*c' was built for another "
+                                             r"teacher: its weights checksum"):
+            other.fit(*data, epochs=1, verbose=0)
+        with pytest.raises(ValueError, match="another teacher"):
+            other.evaluate(*data, verbose=0)
+    own = kd.Distiller(teacher, mlp(8, "student"))
+    own.compile("sgd", loss)
+    before = to_numpy(own.student.weights[0])
+    history = own.fit(cache.as_dataset(8, seed=0), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert not np.allclose(to_numpy(own.student.weights[0]), before)
+
+
+# ----------------------------------------------------------------------
+# Non-finite teacher outputs
+# ----------------------------------------------------------------------
+def test_non_finite_teacher_outputs_stop_the_build(tmp_path):
+    x, y = _data(64)
+    x[37, 5] = np.nan  # batch 2 (rows 32 to 47): NaN logits
+    inputs = keras.Input((64,))  # linear: NaN inputs reach the logits
+    teacher = keras.Model(inputs, keras.layers.Dense(10)(inputs))
+    path = str(tmp_path / "c")
+    message = r"logits for batch 2 \(rows 32 to 47\) hold 10 NaN"
+    with pytest.raises(ValueError, match=message):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    manifest = _manifest(path)
+    assert (manifest["rows_done"], manifest["complete"]) == (32, False)
+    assert os.path.getsize(os.path.join(path, "logits.bin")) == 32 * 40
+    with pytest.raises(ValueError, match="incomplete"):
+        SoftLabels.load(path)
+    with pytest.raises(ValueError, match=message):  # in memory too
+        compute_soft_labels(teacher, x, y, batch_size=16)
+    x[37, 5] = 0.0
+    x[0, 0] = np.inf  # the first batch, with top-k
+    with pytest.raises(ValueError, match=r"batch 0 \(rows 0 to 15\)"):
+        compute_soft_labels(teacher, x, y, batch_size=16, top_k=3)
