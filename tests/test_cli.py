@@ -121,12 +121,30 @@ def test_run_report_values_match_independent_measurements(quick_run):
     (["--dataset", "cifar11"], "Did you mean: cifar10"),
     (["--objective", "nope"], "kd"),
     (["--quantize", "int4"], "int8"),
+    (["--seed", "-1"], "e.g. --seed 0"),
+    (["--seed", str(2**32)], "e.g. --seed 0"),
+    (["--output", "{file}"], "is a file, not a directory"),
+    (["--output", "{file}/runs"], "is a file, so"),
+    (["--output", "{read_only}"], "pass a directory you can write to"),
+    (["--output", "{read_only}/runs"], "pass a directory you can write to"),
 ])
-def test_bad_options_name_the_fix(argv, message, capsys):
+def test_bad_options_name_the_fix(argv, message, capsys, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    if "{read_only}" in " ".join(argv) and os.access(read_only, os.W_OK):
+        pytest.skip("this user (root?) can write into a mode-0o500 directory")
+    argv = [a.format(file=tmp_path / "file", read_only=read_only)
+            for a in argv]
+    # Checked while parsing, before any training: the error is one line.
     with pytest.raises(SystemExit) as info:
-        cli.main(["run"] + argv)
+        cli.main(["run", "--quick", "--no-export"] + argv)
     assert info.value.code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert len([line for line in err.splitlines()
+                if line.startswith("keras-kd run: error:")]) == 1
+    assert "Traceback" not in err
 
 
 def test_application_too_small_for_digits_message(tmp_path):

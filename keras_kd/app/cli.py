@@ -17,240 +17,22 @@ Examples::
         --objective kd
 """
 
-import argparse
 import datetime
-import difflib
-import math
 import os
 import sys
 import time
 
-# DIST by default: on the digits, with a 224k-parameter teacher and a
-# 5k-parameter student, KD at T=4 trails the student alone after 30 epochs
-# (-0.7 points on average over 3 seeds) while DIST, made for a large
-# teacher-student gap, gains 1.1-1.8 points (docs/cli.md).
-DEFAULTS = dict(dataset="digits", teacher="cnn", student="small_cnn",
-                objective="dist", alpha=0.1, temperature=None, epochs=30,
-                batch_size=64, learning_rate=1e-3, quantize="float32",
-                latency_runs=50)
-# The papers' temperatures: DIST (Huang et al., 2022) tau=1; logit
-# standardization (Sun et al., 2024) T=2; Hinton KD and DKD T=4.
-USUAL_TEMPERATURE = {"dist": 1.0, "ls": 2.0}
-DEFAULT_TEMPERATURE = 4.0
-QUICK = dict(epochs=2, max_train=256, max_test=128, batch_size=32,
-             latency_runs=5)
+# The parser is built by the launcher, keras_kd_cli, with argparse alone (no
+# Keras import, so that --help answers at once); these names stay importable
+# from here.
+from keras_kd_cli import (  # noqa: F401
+    DEFAULT_TEMPERATURE, DEFAULTS, QUICK, USUAL_TEMPERATURE, add_run_parser,
+    build_parser)
 
 
 def _stage(message):
     stamp = datetime.datetime.now().strftime("%H:%M:%S")
     print(f"[keras-kd {stamp}] {message}", flush=True)
-
-
-# ----------------------------------------------------------------------
-# Argument types: each error names the fix.
-# ----------------------------------------------------------------------
-def _alpha(text):
-    from keras_kd.checks import check_alpha
-
-    try:
-        return check_alpha(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not in [0, 1]; alpha weighs the hard-label loss "
-            "(1 - alpha the distillation loss), e.g. --alpha 0.1") from None
-
-
-def _positive_float(name, example):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a positive finite number; e.g. --{name} "
-                f"{example}")
-        return value
-    return parse
-
-
-def _positive_int(name, example):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < 1:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a positive integer; e.g. --{name} {example}")
-        return value
-    return parse
-
-
-def _image_size(text):
-    parts = text.lower().replace(",", "x").split("x")
-    try:
-        size = tuple(int(p) for p in parts)
-    except ValueError:
-        size = ()
-    if len(size) == 1:
-        size = size * 2
-    if len(size) != 2 or min(size) < 1:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an image size; use one side (--image-size 32) "
-            "or HEIGHTxWIDTH (--image-size 96x96)")
-    return size
-
-
-def _model_name(text):
-    from keras_kd.app import models
-
-    try:
-        return models.resolve_name(text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _dataset_name(text):
-    if text == "digits":
-        return text
-    from keras_kd.extras import require
-
-    tfds = require("tensorflow_datasets")
-
-    builders = tfds.list_builders()
-    if text in builders:
-        return text
-    close = difflib.get_close_matches(text, builders + ["digits"], n=5)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise argparse.ArgumentTypeError(
-        f"unknown dataset {text!r}.{hint} Use 'digits' (bundled, offline) or "
-        "a tensorflow-datasets image classification name such as cifar10, "
-        "cifar100, mnist, fashion_mnist (all names: "
-        "python -c 'import tensorflow_datasets as tfds; "
-        "print(tfds.list_builders())').")
-
-
-def _objective_names():
-    from keras_kd import objectives
-
-    return sorted(objectives.LOGIT_OBJECTIVES)
-
-
-def _objective(text):
-    names = _objective_names()
-    if text.lower() in names:
-        return text.lower()
-    raise argparse.ArgumentTypeError(
-        f"unknown objective {text!r}; choose one of {', '.join(names)}")
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except ``None`` ones (their help says what they mean)."""
-
-    def _get_help_string(self, action):
-        if action.default is None:
-            return action.help
-        return super()._get_help_string(action)
-
-
-def add_run_parser(subparsers):
-    """Registers ``keras-kd run`` on an argparse ``subparsers`` object."""
-    p = subparsers.add_parser(
-        "run", help="train teacher, student alone and distilled student; "
-        "export; report",
-        description="Train a teacher, the student alone and the distilled "
-        "student, export the distilled student to TFLite, and write a report "
-        "(table, report.json, report.md, plots) under OUTPUT/RUN_NAME/. "
-        "Defaults run offline on the bundled digits.",
-        formatter_class=_HelpFormatter)
-    d = DEFAULTS
-    p.add_argument("--dataset", type=_dataset_name, default=d["dataset"],
-                   help="'digits' (bundled, offline) or a tensorflow-datasets "
-                   "name: cifar10, fashion_mnist, mnist, ...")
-    p.add_argument("--teacher", type=_model_name, default=d["teacher"],
-                   help="built-in (cnn, small_cnn, tiny_cnn, mlp, small_mlp) "
-                   "or keras.applications name (ResNet50, MobileNetV2, ...)")
-    p.add_argument("--student", type=_model_name, default=d["student"],
-                   help="same choices as --teacher")
-    p.add_argument("--image-size", type=_image_size, default=None,
-                   help="resize images to SIDE or HxW (keras.applications "
-                   "models need at least 32)")
-    p.add_argument("--weights", choices=("auto", "none", "imagenet"),
-                   default="auto",
-                   help="initial weights of keras.applications models: "
-                   "imagenet, none (random), or auto (imagenet when the "
-                   "weights are cached or downloadable, else none)")
-    p.add_argument("--teacher-finetune", action="store_true",
-                   help="transfer learning for the teacher: train the head on "
-                   "a frozen backbone for --epochs, then fine-tune everything "
-                   "for --finetune-epochs at learning rate x "
-                   "--finetune-lr-factor")
-    p.add_argument("--finetune-epochs", type=_positive_int(
-        "finetune-epochs", 5), default=None,
-        help="fine-tuning epochs (default: half of --epochs, at least 1)")
-    p.add_argument("--finetune-lr-factor", type=_positive_float(
-        "finetune-lr-factor", 0.1), default=0.1)
-    p.add_argument("--objective", type=_objective, default=d["objective"],
-                   help="logit distillation objective: one of "
-                   + ", ".join(_objective_names()))
-    p.add_argument("--alpha", type=_alpha, default=d["alpha"],
-                   help="weight of the hard-label loss; 1 - alpha on the "
-                   "distillation loss")
-    p.add_argument("--temperature", type=_positive_float("temperature", 4),
-                   default=d["temperature"],
-                   help="softening temperature (default: the objective's "
-                   "usual value, " + ", ".join(
-                       f"{k} {v:g}" for k, v in USUAL_TEMPERATURE.items())
-                   + f", {DEFAULT_TEMPERATURE:g} for the others)")
-    p.add_argument("--epochs", type=_positive_int("epochs", 20),
-                   default=d["epochs"],
-                   help="epochs for each of teacher, student, distilled student")
-    p.add_argument("--teacher-epochs", type=_positive_int("teacher-epochs", 20),
-                   default=None, help="teacher epochs (default: --epochs)")
-    p.add_argument("--batch-size", type=_positive_int("batch-size", 64),
-                   default=d["batch_size"])
-    p.add_argument("--learning-rate", type=_positive_float(
-        "learning-rate", "1e-3"), default=d["learning_rate"])
-    p.add_argument("--quantize", choices=("float32", "float16", "dynamic",
-                                          "int8"), default=d["quantize"],
-                   help="TFLite quantization of the exported student")
-    p.add_argument("--max-train", type=_positive_int("max-train", 5000),
-                   default=None, help="use at most this many training examples")
-    p.add_argument("--max-test", type=_positive_int("max-test", 1000),
-                   default=None,
-                   help="use at most this many validation and test examples")
-    p.add_argument("--latency-runs", type=_positive_int("latency-runs", 50),
-                   default=d["latency_runs"])
-    p.add_argument("--output", default="saved_models",
-                   help="directory under which the run directory is made")
-    p.add_argument("--run-name", default=None,
-                   help="name of the run directory (default: "
-                   "DATASET-TEACHER-STUDENT-TIMESTAMP)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
-                   help="smoke-test size: %s" % ", ".join(
-                       f"{k}={v}" for k, v in QUICK.items()))
-    p.add_argument("--no-export", action="store_true",
-                   help="skip the TFLite export")
-    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
-                   help="Keras fit verbosity (2: one line per epoch)")
-    p.set_defaults(func=run)
-    return p
-
-
-def build_parser():
-    """The ``keras-kd`` argument parser (subcommands ``run`` and ``export``)."""
-    parser = argparse.ArgumentParser(
-        prog="keras-kd",
-        description="Knowledge distillation for Keras 3: train a student "
-        "from a teacher and ship it to TFLite.")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_run_parser(subparsers)
-    from keras_kd.app import export_command
-
-    export_command.add_export_parser(subparsers)
-    return parser
 
 
 # ----------------------------------------------------------------------
@@ -538,7 +320,8 @@ def _write_report(run):
     result = dict(
         backend=run.backend, keras_version=keras.__version__,
         config={k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in vars(run.args).items() if k != "func"},
+                for k, v in vars(run.args).items()
+                if k not in ("command", "native_logs")},
         dataset=dict(name=splits.name, input_shape=list(splits.input_shape),
                      num_classes=splits.num_classes, counts=splits.counts),
         models=run.records, histories=run.histories,
@@ -570,7 +353,13 @@ def run(args):
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
     state = _Run(args)
-    os.makedirs(state.run_dir, exist_ok=True)
+    try:  # before any training: a place the results can go
+        os.makedirs(state.run_dir, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(
+            f"keras-kd run: cannot make the run directory {state.run_dir!r} "
+            f"({error.strerror or error}); pass a directory you can write to, "
+            "e.g. --output ~/keras-kd-runs") from None
     _stage(f"run {state.run_name}: backend {state.backend}, output "
            f"{state.run_dir}")
     state.export_info = None
@@ -588,16 +377,30 @@ def run(args):
     return result
 
 
+def execute(args):
+    """Runs the command of parsed ``keras-kd`` arguments; returns the exit
+    status (``args.command`` is ``"run"`` or ``"export"``)."""
+    if args.command == "export":
+        from keras_kd.app import export_command
+
+        return export_command.run_export(args)
+    result = run(args)
+    return 0 if result is None or isinstance(result, dict) else int(result)
+
+
 def main(argv=None):
-    """Entry point of the ``keras-kd`` command."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """The ``keras-kd`` command from Python: ``main(["run", "--quick"])``.
+
+    Returns the exit status: 2 (after printing the help) without a command.
+    The installed command is the launcher, :func:`keras_kd_cli.main`, which
+    also silences TensorFlow's native logs.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    if args.command is None:
         parser.print_help()
         return 2
-    result = args.func(args)
-    return 0 if result is None or isinstance(result, dict) else int(result)
+    return execute(args)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ import os
 import sys
 
 import keras
+import keras_kd_cli
 import numpy as np
 
 import keras_kd  # noqa: F401  (registers the Distiller for loading)
@@ -13,36 +14,11 @@ from keras_kd.export.api import QUANTIZE_MODES, to_tflite
 from keras_kd.export.errors import ExportError
 
 
-def _add_arguments(parser):
-    parser.add_argument(
-        "model", help="a .keras file: a student, or a Distiller (its student "
-        "is exported)")
-    parser.add_argument(
-        "--output", "-o", default=None,
-        help="the .tflite file; with several --quantize modes, '_<mode>' is "
-        "added before '.tflite' (a path without '.tflite' is a directory). "
-        "Default: beside the model, <name>_<mode>.tflite")
-    parser.add_argument(
-        "--quantize", "-q", action="append", default=None,
-        help="float32, float16, dynamic, int8 (repeatable or a comma list; "
-        "default float32)")
-    parser.add_argument(
-        "--representative-data", default=None,
-        help="'digits' (the bundled dataset's training inputs) or an .npz "
-        "file (array 'x', 'x_train' or its first array); required for int8")
-    parser.add_argument(
-        "--eval-data", default=None,
-        help="'digits' (the bundled test split) or an .npz file with 'x' and "
-        "'y' arrays: reports the accuracy change")
-    parser.add_argument("--allow-flex", action="store_true",
-                        help="accept TensorFlow (Flex) ops in the file")
-    parser.add_argument("--latency-runs", type=int, default=50,
-                        help="batch-1 invocations timed (default 50)")
-    return parser
-
-
 def add_export_parser(subparsers):
     """Registers the ``export`` sub-command on an argparse ``subparsers``.
+
+    The options are :func:`keras_kd_cli.add_export_arguments`'s (the launcher
+    builds the command's parser without importing Keras).
 
     Example:
 
@@ -51,13 +27,7 @@ def add_export_parser(subparsers):
     >>> add_export_parser(parser.add_subparsers(dest="command"))  # doctest: +ELLIPSIS
     ArgumentParser(prog='keras-kd export', ...)
     """
-    parser = subparsers.add_parser(
-        "export", help="export a trained student to TFLite",
-        description="Export a .keras student (or a Distiller's student) to "
-        "TFLite at one or more precisions, verified against the Keras model.")
-    _add_arguments(parser)
-    parser.set_defaults(func=run_export)
-    return parser
+    return keras_kd_cli.add_export_parser(subparsers)
 
 
 def _load_array_source(source, model, labels):
@@ -152,7 +122,7 @@ def _export_files(args, modes):
 
 def main(argv=None):
     """``python -m keras_kd.export MODEL.keras [options]``."""
-    parser = _add_arguments(argparse.ArgumentParser(
+    parser = keras_kd_cli.add_export_arguments(argparse.ArgumentParser(
         prog="python -m keras_kd.export",
         description="Export a .keras student to TFLite."))
     return run_export(parser.parse_args(argv))

@@ -1,0 +1,499 @@
+"""The ``keras-kd`` command's launcher: answers at once, then hands over.
+
+The command is installed as ``keras-kd = "keras_kd_cli:main"``. This module
+sits outside the ``keras_kd`` package on purpose: importing ``keras_kd`` imports
+Keras (and TensorFlow on that backend), which takes seconds. Here the argument
+parser is built with argparse alone, so ``keras-kd --help``,
+``keras-kd run --help``, ``keras-kd --version`` and bad options answer without
+importing Keras. Only a command that runs imports :mod:`keras_kd.app.cli`.
+
+Before that import, TensorFlow's native (C++ and absl) log lines are silenced:
+``TF_CPP_MIN_LOG_LEVEL=3``, ``GLOG_minloglevel=3`` and ``GRPC_VERBOSITY=ERROR``
+unless already set, and the lines TensorFlow's libraries print while they load
+(before their logging is set up: ``oneDNN custom operations are on``, ``Could
+not find cuda drivers``) are left out of stderr. ``keras-kd --verbose COMMAND``
+leaves all of it alone.
+
+The argument types that need keras-kd itself (model names, dataset names)
+import it when they run, which is after ``--help`` has answered.
+"""
+
+import argparse
+import contextlib
+import difflib
+import math
+import os
+import re
+import sys
+import threading
+
+PROG = "keras-kd"
+
+# DIST by default: on the digits, with a 224k-parameter teacher and a
+# 5k-parameter student, KD at T=4 trails the student alone after 30 epochs
+# (-0.7 points on average over 3 seeds) while DIST, made for a large
+# teacher-student gap, gains 1.1-1.8 points (docs/cli.md).
+DEFAULTS = dict(dataset="digits", teacher="cnn", student="small_cnn",
+                objective="dist", alpha=0.1, temperature=None, epochs=30,
+                batch_size=64, learning_rate=1e-3, quantize="float32",
+                latency_runs=50)
+# The papers' temperatures: DIST (Huang et al., 2022) tau=1; logit
+# standardization (Sun et al., 2024) T=2; Hinton KD and DKD T=4.
+USUAL_TEMPERATURE = {"dist": 1.0, "ls": 2.0}
+DEFAULT_TEMPERATURE = 4.0
+QUICK = dict(epochs=2, max_train=256, max_test=128, batch_size=32,
+             latency_runs=5)
+# The names of keras_kd.objectives.LOGIT_OBJECTIVES, written out so that
+# --help needs no import of keras_kd (tests/test_launcher.py checks they agree).
+OBJECTIVES = ("dist", "dkd", "forward_kl", "gkd", "hard", "kd", "ls",
+              "reverse_kl", "skew_kl", "skew_reverse_kl")
+QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
+# The seed feeds NumPy's generator, which takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+# What TensorFlow's libraries print while they load, before absl's logging is
+# initialised (TF_CPP_MIN_LOG_LEVEL does not reach those): absl/glog lines
+# ("I0000 00:00:17.. 123 port.cc:153] ...") of severity I, W or E, the older
+# TensorFlow format ("2025-01-01 10:00:00.1: I tensorflow/...] ..."), absl's
+# header and cpu_feature_guard's second line. Fatal (F) lines are kept.
+_NATIVE_LOG_LINE = re.compile(
+    rb"^(WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|[IWE]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+    rb"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWE] \S+:\d+\] "
+    rb"|To enable the following instructions: )")
+# Set (when the user has not) before TensorFlow is imported, unless --verbose.
+QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3",
+                     "GRPC_VERBOSITY": "ERROR"}
+
+
+# ----------------------------------------------------------------------
+# Argument types: each error names the fix.
+# ----------------------------------------------------------------------
+def _alpha(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not in [0, 1]; alpha weighs the hard-label loss "
+            "(1 - alpha the distillation loss), e.g. --alpha 0.1")
+    return value
+
+
+def _positive_float(name, example):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            value = None
+        if value is None or not (value > 0 and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a positive finite number; e.g. --{name} "
+                f"{example}")
+        return value
+    return parse
+
+
+def _positive_int(name, example):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < 1:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a positive integer; e.g. --{name} {example}")
+        return value
+    return parse
+
+
+def _seed(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a seed: use an integer from 0 to {MAX_SEED}, "
+            "e.g. --seed 0")
+    return value
+
+
+def _output_dir(text):
+    """``--output``: a directory this user can create or write into."""
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is a file, not a directory; the run directory is made "
+            "under --output: pass a directory, e.g. --output saved_models")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise argparse.ArgumentTypeError(
+            f"{existing!r} is a file, so {text!r} cannot be made; pass a "
+            "directory, e.g. --output saved_models")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(
+            f"{existing!r} is not writable, so nothing can be saved under "
+            f"{text!r}; pass a directory you can write to, e.g. "
+            "--output ~/keras-kd-runs")
+    return text
+
+
+def _image_size(text):
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an image size; use one side (--image-size 32) "
+            "or HEIGHTxWIDTH (--image-size 96x96)")
+    return size
+
+
+def _model_name(text):
+    from keras_kd.app import models  # imports Keras: after --help answered
+
+    try:
+        return models.resolve_name(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _dataset_name(text):
+    if text == "digits":
+        return text
+    from keras_kd.extras import require
+
+    tfds = require("tensorflow_datasets")
+
+    builders = tfds.list_builders()
+    if text in builders:
+        return text
+    close = difflib.get_close_matches(text, builders + ["digits"], n=5)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise argparse.ArgumentTypeError(
+        f"unknown dataset {text!r}.{hint} Use 'digits' (bundled, offline) or "
+        "a tensorflow-datasets image classification name such as cifar10, "
+        "cifar100, mnist, fashion_mnist (all names: "
+        "python -c 'import tensorflow_datasets as tfds; "
+        "print(tfds.list_builders())').")
+
+
+def _objective(text):
+    if text.lower() in OBJECTIVES:
+        return text.lower()
+    raise argparse.ArgumentTypeError(
+        f"unknown objective {text!r}; choose one of {', '.join(OBJECTIVES)}")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` ones (their help says what they mean)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+# ----------------------------------------------------------------------
+# The parser
+# ----------------------------------------------------------------------
+def add_run_parser(subparsers):
+    """Registers ``keras-kd run`` on an argparse ``subparsers`` object.
+
+    Example:
+
+    >>> parser = argparse.ArgumentParser(prog="keras-kd")
+    >>> run = add_run_parser(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["run", "--seed", "3", "--epochs", "5"]).epochs
+    5
+    """
+    p = subparsers.add_parser(
+        "run", help="train teacher, student alone and distilled student; "
+        "export; report",
+        description="Train a teacher, the student alone and the distilled "
+        "student, export the distilled student to TFLite, and write a report "
+        "(table, report.json, report.md, plots) under OUTPUT/RUN_NAME/. "
+        "Defaults run offline on the bundled digits.",
+        formatter_class=_HelpFormatter)
+    d = DEFAULTS
+    p.add_argument("--dataset", type=_dataset_name, default=d["dataset"],
+                   help="'digits' (bundled, offline) or a tensorflow-datasets "
+                   "name: cifar10, fashion_mnist, mnist, ...")
+    p.add_argument("--teacher", type=_model_name, default=d["teacher"],
+                   help="built-in (cnn, small_cnn, tiny_cnn, mlp, small_mlp) "
+                   "or keras.applications name (ResNet50, MobileNetV2, ...)")
+    p.add_argument("--student", type=_model_name, default=d["student"],
+                   help="same choices as --teacher")
+    p.add_argument("--image-size", type=_image_size, default=None,
+                   help="resize images to SIDE or HxW (keras.applications "
+                   "models need at least 32)")
+    p.add_argument("--weights", choices=("auto", "none", "imagenet"),
+                   default="auto",
+                   help="initial weights of keras.applications models: "
+                   "imagenet, none (random), or auto (imagenet when the "
+                   "weights are cached or downloadable, else none)")
+    p.add_argument("--teacher-finetune", action="store_true",
+                   help="transfer learning for the teacher: train the head on "
+                   "a frozen backbone for --epochs, then fine-tune everything "
+                   "for --finetune-epochs at learning rate x "
+                   "--finetune-lr-factor")
+    p.add_argument("--finetune-epochs", type=_positive_int(
+        "finetune-epochs", 5), default=None,
+        help="fine-tuning epochs (default: half of --epochs, at least 1)")
+    p.add_argument("--finetune-lr-factor", type=_positive_float(
+        "finetune-lr-factor", 0.1), default=0.1)
+    p.add_argument("--objective", type=_objective, default=d["objective"],
+                   help="logit distillation objective: one of "
+                   + ", ".join(OBJECTIVES))
+    p.add_argument("--alpha", type=_alpha, default=d["alpha"],
+                   help="weight of the hard-label loss; 1 - alpha on the "
+                   "distillation loss")
+    p.add_argument("--temperature", type=_positive_float("temperature", 4),
+                   default=d["temperature"],
+                   help="softening temperature (default: the objective's "
+                   "usual value, " + ", ".join(
+                       f"{k} {v:g}" for k, v in USUAL_TEMPERATURE.items())
+                   + f", {DEFAULT_TEMPERATURE:g} for the others)")
+    p.add_argument("--epochs", type=_positive_int("epochs", 20),
+                   default=d["epochs"],
+                   help="epochs for each of teacher, student, distilled student")
+    p.add_argument("--teacher-epochs", type=_positive_int("teacher-epochs", 20),
+                   default=None, help="teacher epochs (default: --epochs)")
+    p.add_argument("--batch-size", type=_positive_int("batch-size", 64),
+                   default=d["batch_size"])
+    p.add_argument("--learning-rate", type=_positive_float(
+        "learning-rate", "1e-3"), default=d["learning_rate"])
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   default=d["quantize"],
+                   help="TFLite quantization of the exported student")
+    p.add_argument("--max-train", type=_positive_int("max-train", 5000),
+                   default=None, help="use at most this many training examples")
+    p.add_argument("--max-test", type=_positive_int("max-test", 1000),
+                   default=None,
+                   help="use at most this many validation and test examples")
+    p.add_argument("--latency-runs", type=_positive_int("latency-runs", 50),
+                   default=d["latency_runs"])
+    p.add_argument("--output", type=_output_dir, default="saved_models",
+                   help="directory under which the run directory is made")
+    p.add_argument("--run-name", default=None,
+                   help="name of the run directory (default: "
+                   "DATASET-TEACHER-STUDENT-TIMESTAMP)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
+                   help="smoke-test size: %s" % ", ".join(
+                       f"{k}={v}" for k, v in QUICK.items()))
+    p.add_argument("--no-export", action="store_true",
+                   help="skip the TFLite export")
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
+                   help="Keras fit verbosity (2: one line per epoch); for "
+                   "TensorFlow's own log lines use keras-kd --verbose run")
+    return p
+
+
+def add_export_arguments(parser):
+    """Adds the options of ``keras-kd export`` to an argparse ``parser``.
+
+    Example:
+
+    >>> parser = add_export_arguments(argparse.ArgumentParser())
+    >>> parser.parse_args(["m.keras", "-q", "int8"]).quantize
+    ['int8']
+    """
+    parser.add_argument(
+        "model", help="a .keras file: a student, or a Distiller (its student "
+        "is exported)")
+    parser.add_argument(
+        "--output", "-o", default=None,
+        help="the .tflite file; with several --quantize modes, '_<mode>' is "
+        "added before '.tflite' (a path without '.tflite' is a directory). "
+        "Default: beside the model, <name>_<mode>.tflite")
+    parser.add_argument(
+        "--quantize", "-q", action="append", default=None,
+        help="float32, float16, dynamic, int8 (repeatable or a comma list; "
+        "default float32)")
+    parser.add_argument(
+        "--representative-data", default=None,
+        help="'digits' (the bundled dataset's training inputs) or an .npz "
+        "file (array 'x', 'x_train' or its first array); required for int8")
+    parser.add_argument(
+        "--eval-data", default=None,
+        help="'digits' (the bundled test split) or an .npz file with 'x' and "
+        "'y' arrays: reports the accuracy change")
+    parser.add_argument("--allow-flex", action="store_true",
+                        help="accept TensorFlow (Flex) ops in the file")
+    parser.add_argument("--latency-runs", type=int, default=50,
+                        help="batch-1 invocations timed (default 50)")
+    return parser
+
+
+def add_export_parser(subparsers):
+    """Registers ``keras-kd export`` on an argparse ``subparsers`` object."""
+    parser = subparsers.add_parser(
+        "export", help="export a trained student to TFLite",
+        description="Export a .keras student (or a Distiller's student) to "
+        "TFLite at one or more precisions, verified against the Keras model.")
+    return add_export_arguments(parser)
+
+
+def build_parser():
+    """The ``keras-kd`` argument parser (subcommands ``run`` and ``export``).
+
+    Pure argparse: building it, and ``--help``, import neither Keras nor
+    keras_kd.
+
+    Example:
+
+    >>> build_parser().parse_args(["--verbose", "export", "m.keras"]).command
+    'export'
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Knowledge distillation for Keras 3: train a student "
+        "from a teacher and ship it to TFLite.")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {version()}")
+    parser.add_argument("--verbose", "-v", dest="native_logs",
+                        action="store_true",
+                        help="show TensorFlow's native log lines (C++, absl), "
+                        "silenced by default; goes before the command")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_run_parser(subparsers)
+    add_export_parser(subparsers)
+    return parser
+
+
+# ----------------------------------------------------------------------
+# Version, logs, main
+# ----------------------------------------------------------------------
+def version():
+    """keras-kd's version, read without importing keras_kd.
+
+    From the installed distribution's metadata; from ``keras_kd/__init__.py``
+    when it is not installed (a source tree on ``sys.path``).
+
+    >>> version().count(".") >= 1
+    True
+    """
+    from importlib import metadata, util
+
+    try:
+        return metadata.version("keras-kd")
+    except metadata.PackageNotFoundError:
+        pass
+    spec = util.find_spec("keras_kd")
+    if spec is not None and spec.origin:
+        with open(spec.origin, encoding="utf-8") as f:
+            found = re.search(r'^__version__ = "([^"]+)"', f.read(), re.M)
+        if found:
+            return found.group(1)
+    return "unknown"
+
+
+def _native_logs_wanted(argv):
+    """Whether ``--verbose``/``-v`` comes before the command in ``argv``."""
+    for token in argv:
+        if token in ("--verbose", "-v"):
+            return True
+        if not token.startswith("-"):
+            return False
+    return False
+
+
+def quiet_native_logs(environ=None):
+    """Sets :data:`QUIET_ENVIRONMENT`'s variables that are not set yet.
+
+    Must run before TensorFlow is imported; returns the names it set.
+
+    >>> env = {"TF_CPP_MIN_LOG_LEVEL": "1"}
+    >>> quiet_native_logs(env), env["TF_CPP_MIN_LOG_LEVEL"]
+    (['GLOG_minloglevel', 'GRPC_VERBOSITY'], '1')
+    """
+    environ = os.environ if environ is None else environ
+    added = [name for name in QUIET_ENVIRONMENT if name not in environ]
+    for name in added:
+        environ[name] = QUIET_ENVIRONMENT[name]
+    return added
+
+
+@contextlib.contextmanager
+def without_native_log_lines():
+    """Leaves TensorFlow's load-time native log lines out of stderr.
+
+    While the block runs, file descriptor 2 goes through a pipe; a thread
+    passes on every line but those :data:`_NATIVE_LOG_LINE` matches (Python's
+    own warnings and errors go through).
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable stderr
+        yield
+        return
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    out_fd = os.dup(saved)  # the thread's own: `saved` closes on the way out
+
+    def forward():
+        with os.fdopen(read_end, "rb") as pipe, \
+                os.fdopen(out_fd, "wb", buffering=0) as out:
+            for line in pipe:
+                if not _NATIVE_LOG_LINE.match(line):
+                    out.write(line)
+
+    thread = threading.Thread(target=forward, name="keras-kd-stderr",
+                              daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last write end closes: the thread ends
+        os.close(saved)
+        thread.join(timeout=10)
+
+
+def _import_tensorflow_if_installed():
+    """Both commands use TensorFlow (tf.data, the TFLite converter) when it is
+    installed: importing it here, inside :func:`without_native_log_lines`,
+    keeps its load-time lines out on every backend."""
+    from importlib import util
+
+    if util.find_spec("tensorflow") is not None:
+        import tensorflow  # noqa: F401
+
+
+def main(argv=None):
+    """Entry point of the ``keras-kd`` command; returns the exit status.
+
+    ``--help``, ``--version``, no command and bad options answer from the
+    parser alone; a command imports :mod:`keras_kd.app.cli` and runs there.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    verbose = _native_logs_wanted(argv)
+    if not verbose:
+        quiet_native_logs()
+    quiet = contextlib.nullcontext() if verbose else without_native_log_lines()
+    with quiet:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+        _import_tensorflow_if_installed()
+        from keras_kd.app import cli
+    return cli.execute(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
