@@ -325,3 +325,18 @@ def test_a_diverging_student_is_named_as_the_cause():
     # A finite run is left alone and trains all its epochs.
     _, history = _fitted(x=x, y=y, epochs=2)
     assert len(history.history["loss"]) == 2
+
+
+def test_integer_one_hot_labels_train_with_categorical_crossentropy():
+    x = np.random.rand(64, 64).astype("float32")
+    labels = np.random.randint(0, 10, 64)
+    one_hot = np.eye(10, dtype="int64")[labels]  # integer one-hot, as Keras takes
+    distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    distiller.compile("sgd", keras.losses.CategoricalCrossentropy(
+        from_logits=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # untrained teacher
+        distiller.fit(x, one_hot, epochs=1, verbose=0)
+    logs = distiller.evaluate(x, one_hot, verbose=0, return_dict=True)
+    expected = np_sparse_ce(labels, to_numpy(distiller.student(x))).mean()
+    np.testing.assert_allclose(logs["student_loss"], expected, rtol=1e-4)
