@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
 # keras-kd's test command: installs keras-kd and its test needs into .venv,
 # runs the whole suite once per Keras backend (TensorFlow, JAX, PyTorch) on
-# the newest Keras, then the core tests in .venv-core: the oldest supported
-# Keras with JAX and NumPy only (no extra), as a PyTorch or JAX user installs
-# keras-kd.
+# the newest Keras and builds the documentation site; then checks installs
+# as users make them:
+#   - core: .venv-core, the oldest supported Keras with JAX and NumPy only
+#     (no extra), as a JAX user installs keras-kd: the core library tests;
+#   - bare backends: .venv-torch (the oldest Keras, torch==2.13.0) and
+#     .venv-tf (Keras, TensorFlow), no extra: tests/test_install.py and a
+#     fit test on that backend;
+#   - the package: the wheel and the sdist built (python -m build, into
+#     dist/) and checked (twine check); the wheel, not the source tree,
+#     installed with its [app] extra and JAX into a fresh .venv-wheel, and
+#     `keras-kd run --quick` run from outside the repository.
 #
 #   bash scripts/test.sh                 # everything
 #   KERAS_KD_BACKENDS=jax bash scripts/test.sh -k kd   # one backend, pytest args
 #   KERAS_KD_CORE=0 bash scripts/test.sh                # skip the core check
+#   KERAS_KD_BARE=0 bash scripts/test.sh                # skip the bare backends
+#   KERAS_KD_PACKAGE=0 bash scripts/test.sh             # skip the package check
+#   KERAS_KD_SUITE=0 bash scripts/test.sh               # only the install checks
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +37,9 @@ fi
 .venv/bin/python -m pip install -q -e ".[test]"
 
 status=0
+if [ "${KERAS_KD_SUITE:-1}" != "1" ]; then KERAS_KD_BACKENDS=none; fi
 for backend in ${KERAS_KD_BACKENDS:-tensorflow jax torch}; do
+  [ "$backend" = none ] && continue
   echo "=== keras-kd tests on the ${backend} backend"
   KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
   if [ "$status" -ne 0 ]; then
@@ -35,8 +48,10 @@ for backend in ${KERAS_KD_BACKENDS:-tensorflow jax torch}; do
   fi
 done
 
-echo "=== the documentation site builds (mkdocs build --strict)"
-NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict -q -d "$(mktemp -d)"
+if [ "${KERAS_KD_SUITE:-1}" = "1" ]; then
+  echo "=== the documentation site builds (mkdocs build --strict)"
+  NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict -q -d "$(mktemp -d)"
+fi
 
 if [ "${KERAS_KD_CORE:-1}" = "1" ]; then
   echo "=== core install: keras==${KERAS_OLDEST}, jax, numpy (no extra)"
@@ -50,5 +65,66 @@ if [ "${KERAS_KD_CORE:-1}" = "1" ]; then
     tests/test_install.py tests/test_sequences.py tests/test_distiller.py \
     tests/objectives/test_logits.py tests/objectives/test_sequences.py \
     || { echo "=== core tests failed"; exit 1; }
+fi
+
+# A bare backend: Keras and one backend in a venv of its own, keras-kd
+# without its dependencies or extras; the install test and a fit test.
+#   bare_backend VENV KERAS_BACKEND PACKAGE...
+bare_backend() {
+  local venv=$1 backend=$2
+  shift 2
+  echo "=== bare ${backend} install in ${venv}: $* (no extra)"
+  if [ ! -x "${venv}/bin/python" ]; then
+    "$PYTHON" -m venv "$venv"
+  fi
+  "${venv}/bin/python" -m pip install -q --upgrade pip
+  "${venv}/bin/python" -m pip install -q "$@" pytest
+  "${venv}/bin/python" -m pip install -q --no-deps -e .
+  KERAS_BACKEND=$backend "${venv}/bin/python" -m pytest -q -p no:cacheprovider \
+    tests/test_install.py tests/test_distiller.py \
+    || { echo "=== bare ${backend} tests failed"; exit 1; }
+}
+
+if [ "${KERAS_KD_BARE:-1}" = "1" ]; then
+  # The CPU build of PyTorch, pinned: a plain `torch` pulls a CUDA build.
+  bare_backend .venv-torch torch "keras==${KERAS_OLDEST}" "torch==2.13.0"
+  bare_backend .venv-tf tensorflow keras tensorflow
+fi
+
+if [ "${KERAS_KD_PACKAGE:-1}" = "1" ]; then
+  echo "=== the package: wheel and sdist, twine check, the wheel with [app]"
+  rm -rf dist .venv-wheel
+  .venv/bin/python -m build -q --outdir dist . >/dev/null
+  .venv/bin/python -m twine check --strict dist/*
+  "$PYTHON" -m venv .venv-wheel
+  .venv-wheel/bin/python -m pip install -q --upgrade pip
+  wheel=$(ls dist/keras_kd-*.whl)
+  .venv-wheel/bin/python -m pip install -q --no-compile "${wheel}[app]" jax
+  # From a folder outside the repository, so the source tree is not
+  # importable: keras_kd and the launcher come from the installed wheel.
+  root=$(pwd)
+  outside=$(mktemp -d)
+  (
+    set -euo pipefail
+    cd "$outside"
+    export KERAS_BACKEND=jax
+    "${root}/.venv-wheel/bin/python" -c "import keras_kd, keras_kd_cli
+for m in (keras_kd, keras_kd_cli):
+    assert '/.venv-wheel/lib/' in m.__file__, m.__file__"
+    "${root}/.venv-wheel/bin/keras-kd" --version
+    if ! "${root}/.venv-wheel/bin/keras-kd" run --quick --output "${outside}/runs" \
+        --run-name wheel --verbose 0 >"${outside}/run.log" 2>&1; then
+      tail -n 40 "${outside}/run.log"
+      exit 1
+    fi
+    "${root}/.venv-wheel/bin/python" -c "import json
+report = json.load(open('${outside}/runs/wheel/report.json'))
+keys = [m['key'] for m in report['models']]
+assert report['backend'] == 'jax', report['backend']
+assert keys == ['teacher', 'student_alone', 'student_distilled',
+                'student_tflite'], keys
+print('report:', keys)"
+  )
+  rm -rf "$outside"
 fi
 echo "=== all backends passed"
