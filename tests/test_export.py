@@ -338,3 +338,7 @@ def test_command_line_exports_a_distiller_file(student, tmp_path, capsys):
         export_command.main([str(model_path), "--quantize", "int8"])
     assert export_command.main([str(tmp_path / "missing.keras")]) == 1
     assert "No model file at" in capsys.readouterr().err
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(model_path.read_bytes()[:1000])
+    assert export_command.main([str(truncated)]) == 1
+    assert "is not a readable .keras archive" in capsys.readouterr().err

@@ -4,11 +4,11 @@ import argparse
 import os
 import sys
 
-import keras
 import keras_kd_cli
 import numpy as np
 
 import keras_kd  # noqa: F401  (registers the Distiller for loading)
+from keras_kd import saving
 from keras_kd.export import api
 from keras_kd.export.api import QUANTIZE_MODES, to_tflite
 from keras_kd.export.errors import ExportError
@@ -105,7 +105,7 @@ def _export_files(args, modes):
     if not os.path.isfile(args.model):
         raise ValueError(f"No model file at {args.model!r}; pass the path of "
                          "a .keras file saved with model.save(...).")
-    model = api.student_of(keras.models.load_model(args.model, compile=False))
+    model = api.student_of(saving.load_model(args.model, compile=False))
     representative = eval_data = None
     if args.representative_data:
         representative = _load_array_source(args.representative_data, model,
