@@ -48,6 +48,9 @@ QUICK = dict(epochs=2, max_train=256, max_test=128, batch_size=32,
 OBJECTIVES = ("dist", "dkd", "forward_kl", "gkd", "hard", "kd", "ls",
               "reverse_kl", "skew_kl", "skew_reverse_kl")
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
+# Datasets that need no download: scikit-learn's digits, MNIST-1D (generated
+# by the mnist1d package).
+OFFLINE_DATASETS = ("digits", "mnist1d")
 # The seed feeds NumPy's generator, which takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
@@ -167,7 +170,7 @@ def _model_name(text):
 
 
 def _dataset_name(text):
-    if text == "digits":
+    if text in OFFLINE_DATASETS:
         return text
     from keras_kd.extras import require
 
@@ -176,10 +179,12 @@ def _dataset_name(text):
     builders = tfds.list_builders()
     if text in builders:
         return text
-    close = difflib.get_close_matches(text, builders + ["digits"], n=5)
+    close = difflib.get_close_matches(
+        text, builders + list(OFFLINE_DATASETS), n=5)
     hint = f" Did you mean: {', '.join(close)}?" if close else ""
     raise argparse.ArgumentTypeError(
-        f"unknown dataset {text!r}.{hint} Use 'digits' (bundled, offline) or "
+        f"unknown dataset {text!r}.{hint} Use 'digits' (bundled, offline), "
+        "'mnist1d' (generated offline, 1-D signals) or "
         "a tensorflow-datasets image classification name such as cifar10, "
         "cifar100, mnist, fashion_mnist (all names: "
         "python -c 'import tensorflow_datasets as tfds; "
@@ -225,8 +230,10 @@ def add_run_parser(subparsers):
         formatter_class=_HelpFormatter)
     d = DEFAULTS
     p.add_argument("--dataset", type=_dataset_name, default=d["dataset"],
-                   help="'digits' (bundled, offline) or a tensorflow-datasets "
-                   "name: cifar10, fashion_mnist, mnist, ...")
+                   help="'digits' (bundled, offline), 'mnist1d' (MNIST-1D, "
+                   "generated offline: 40-point signals, 1-D CNNs) or a "
+                   "tensorflow-datasets name: cifar10, fashion_mnist, mnist, "
+                   "...")
     p.add_argument("--teacher", type=_model_name, default=d["teacher"],
                    help="built-in (cnn, small_cnn, tiny_cnn, mlp, small_mlp) "
                    "or keras.applications name (ResNet50, MobileNetV2, ...)")

@@ -286,3 +286,62 @@ def test_imagenet_download_failure_names_the_fix(monkeypatch, tmp_path):
     with pytest.raises(SystemExit, match="pass --weights none"):
         cli.main(["run", "--quick", "--teacher", "MobileNetV2", "--weights",
                   "imagenet", "--output", str(tmp_path)])
+
+
+# ----------------------------------------------------------------------
+# MNIST-1D: 1-D CNNs and `keras-kd run --dataset mnist1d`
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["cnn", "small_cnn", "tiny_cnn"])
+def test_builtin_cnns_use_conv1d_on_signals(name):
+    model = models.build_model(name, (40, 1), 10, model_name="m")
+    _, widths = models.BUILTIN_MODELS[name]
+    convs = [layer for layer in model.layers if layer.name.startswith("m_conv")]
+    assert [type(c).__name__ for c in convs] == ["Conv1D"] * len(widths)
+    assert [c.kernel_size for c in convs] == [(5,)] * len(widths)
+    # conv kernels (no bias), BatchNorm (4 per channel), the Dense head
+    channels = (1,) + widths
+    expected = sum(5 * a * b + 4 * b for a, b in zip(channels, widths))
+    expected += widths[-1] * 10 + 10
+    assert model.count_params() == expected
+    x = np.random.default_rng(0).standard_normal((3, 40, 1)).astype("float32")
+    assert model.predict(x, verbose=0).shape == (3, 10)
+
+
+def test_builtin_cnn_refuses_vectors_naming_the_fix():
+    with pytest.raises(ValueError, match=r"x\[\.\.\., None\]"):
+        models.build_model("small_cnn", (40,), 10)
+
+
+def test_run_mnist1d_end_to_end(tmp_path):
+    keras.utils.set_random_seed(0)
+    code = cli.main(["run", "--dataset", "mnist1d", "--teacher", "small_cnn",
+                     "--student", "tiny_cnn", "--epochs", "1", "--max-train",
+                     "64", "--max-test", "32", "--batch-size", "32",
+                     "--no-export", "--latency-runs", "1", "--output",
+                     str(tmp_path), "--run-name", "m1", "--verbose", "0"])
+    assert code == 0
+    run_dir = tmp_path / "m1"
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert rep["dataset"]["name"] == "mnist1d"
+    assert rep["dataset"]["input_shape"] == [40, 1]
+    splits = load_dataset("mnist1d", max_train=64, max_test=32)
+    x = np.concatenate([b[0] for b in splits.test.as_numpy_iterator()])
+    y = np.concatenate([b[1] for b in splits.test.as_numpy_iterator()])
+    by_key = {m["key"]: m for m in rep["models"]}
+    for key in ("teacher", "student_alone", "student_distilled"):
+        model = keras.models.load_model(run_dir / f"{key}.keras")
+        assert type(model.layers[1]).__name__ == "Conv1D"
+        expected = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+        assert by_key[key]["test_accuracy"] == pytest.approx(expected,
+                                                             abs=1e-9)
+
+
+def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):
+    import keras_kd.extras
+
+    def no_tfds(module):
+        raise AssertionError(f"imported {module} for an offline dataset")
+
+    monkeypatch.setattr(keras_kd.extras, "require", no_tfds)
+    args = cli.build_parser().parse_args(["run", "--dataset", "mnist1d"])
+    assert args.dataset == "mnist1d"

@@ -6,7 +6,9 @@
 * built-in models (``"cnn"``, ``"small_cnn"``, ``"tiny_cnn"``, ``"mlp"``,
   ``"small_mlp"``): flat functional models whose layers are named
   ``{name}_conv1``, ``{name}_conv2``, ... so that feature objectives such as
-  ``kd.FitNet`` can tap them;
+  ``kd.FitNet`` can tap them. The CNNs follow the input's rank: 3×3
+  ``Conv2D`` for ``(height, width, channels)`` images, kernel-5 ``Conv1D`` for
+  ``(length, channels)`` signals such as MNIST-1D's ``(40, 1)``;
 * ``keras.applications`` names (``"ResNet50"``, ``"MobileNetV2"``, ...): the
   application without its top (``include_top=False, pooling="avg"``) as a nested
   backbone model named ``{name}_backbone``, preceded by the preprocessing the
@@ -144,21 +146,30 @@ def _builtin(kind, widths, name, input_shape, num_classes, dropout):
             h = keras.layers.Dense(width, activation="relu",
                                    name=f"{name}_dense{i}")(h)
     else:
-        if len(input_shape) != 3:
+        if len(input_shape) not in (2, 3):
             raise ValueError(
-                f"A CNN needs (height, width, channels) inputs, got shape "
-                f"{tuple(input_shape)}; use an MLP ('mlp', 'small_mlp') for "
-                "vectors.")
+                f"A CNN needs (height, width, channels) images or (length, "
+                f"channels) signals, got shape {tuple(input_shape)}; use an "
+                "MLP ('mlp', 'small_mlp') for vectors, or add a channel axis "
+                "(x[..., None]) to signals.")
+        # Images: 3x3 Conv2D; 1-D signals (MNIST-1D): kernel 5 Conv1D, as in
+        # the MNIST-1D paper's CNN.
+        one_d = len(input_shape) == 2
+        conv, pool, gap, kernel = (
+            (keras.layers.Conv1D, keras.layers.MaxPooling1D,
+             keras.layers.GlobalAveragePooling1D, 5) if one_d else
+            (keras.layers.Conv2D, keras.layers.MaxPooling2D,
+             keras.layers.GlobalAveragePooling2D, 3))
         for i, width in enumerate(widths, start=1):
-            h = keras.layers.Conv2D(width, 3, padding="same", use_bias=False,
-                                    name=f"{name}_conv{i}")(h)
+            h = conv(width, kernel, padding="same", use_bias=False,
+                     name=f"{name}_conv{i}")(h)
             # momentum 0.9: small datasets give few steps per epoch.
             h = keras.layers.BatchNormalization(momentum=0.9,
                                                 name=f"{name}_bn{i}")(h)
             h = keras.layers.ReLU(name=f"{name}_relu{i}")(h)
-            if i < len(widths) and min(h.shape[1:3]) >= 4:
-                h = keras.layers.MaxPooling2D(name=f"{name}_pool{i}")(h)
-        h = keras.layers.GlobalAveragePooling2D(name=f"{name}_gap")(h)
+            if i < len(widths) and min(h.shape[1:-1]) >= 4:
+                h = pool(name=f"{name}_pool{i}")(h)
+        h = gap(name=f"{name}_gap")(h)
     if dropout:
         h = keras.layers.Dropout(dropout, name=f"{name}_head_dropout")(h)
     outputs = keras.layers.Dense(num_classes, name=f"{name}_logits")(h)
@@ -229,7 +240,8 @@ def build_model(name, input_shape, num_classes, weights=None, dropout=None,
         name: a built-in model (``"cnn"``, ``"small_cnn"``, ``"tiny_cnn"``,
             ``"mlp"``, ``"small_mlp"``) or a ``keras.applications`` name such
             as ``"ResNet50"`` or ``"MobileNetV2"`` (case-insensitive).
-        input_shape: the input shape without the batch axis, e.g. ``(8, 8, 1)``.
+        input_shape: the input shape without the batch axis, e.g. ``(8, 8, 1)``
+            (an image) or ``(40, 1)`` (a 1-D signal: the CNNs use Conv1D).
         num_classes: the number of classes (units of the logits layer).
         weights: ``None`` (random initialisation) or ``"imagenet"``
             (keras.applications only; downloaded on first use).
@@ -248,6 +260,12 @@ def build_model(name, input_shape, num_classes, weights=None, dropout=None,
     (None, 10)
     >>> model.get_layer("student_conv2").name
     'student_conv2'
+
+    The CNNs build 1-D convolutions for ``(length, channels)`` signals:
+
+    >>> model = build_model("small_cnn", (40, 1), 10)
+    >>> type(model.get_layer("small_cnn_conv1")).__name__, model.count_params()
+    ('Conv1D', 3162)
     """
     resolved = resolve_name(name)
     model_name = model_name or resolved.lower()

@@ -153,7 +153,11 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
     """Loads an image classification dataset as train/validation/test pipelines.
 
     ``"digits"`` is the bundled offline default (scikit-learn's 8×8 digits as
-    ``(8, 8, 1)`` images, no download); any other name is loaded with
+    ``(8, 8, 1)`` images, no download); ``"mnist1d"`` is MNIST-1D as
+    generated offline by :func:`keras_kd.data.load_mnist1d` with the
+    package's defaults (5,000 signals of shape ``(40, 1)``, seed 42, 1,000 of
+    them for testing; ``seed`` does not change the data); any other name is
+    loaded with
     tensorflow-datasets (its ``train`` split, the last ``validation_fraction``
     of which is held out for validation, and its ``test`` split). Images are
     scaled to [0, 1] and, with ``image_size``, resized (bilinear). With
@@ -161,7 +165,7 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
     subset, cached), for quick runs.
 
     Args:
-        name: ``"digits"`` or a tensorflow-datasets name (``"cifar10"``,
+        name: ``"digits"``, ``"mnist1d"`` or a tensorflow-datasets name (``"cifar10"``,
             ``"fashion_mnist"``, ``"mnist"``, ...).
         image_size: an int or ``(height, width)`` to resize to; None keeps the
             dataset's size.
@@ -201,9 +205,18 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
             ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
 
-    if name == "digits":
-        (x_train, y_train), (x_test, y_test) = load_digits(
-            seed=seed, as_images=True)
+    if name in ("digits", "mnist1d"):
+        if name == "digits":
+            (x_train, y_train), (x_test, y_test) = load_digits(
+                seed=seed, as_images=True)
+        else:
+            if image_size is not None:
+                raise ValueError(
+                    "mnist1d holds 1-D signals of 40 points, not images: "
+                    "leave image_size (--image-size) unset.")
+            from keras_kd.data.mnist1d import load_mnist1d
+
+            (x_train, y_train), (x_test, y_test) = load_mnist1d()
         n_val = max(1, int(round(len(x_train) * validation_fraction)))
         x_val, y_val = x_train[-n_val:], y_train[-n_val:]
         x_train, y_train = x_train[:-n_val], y_train[:-n_val]
@@ -218,7 +231,7 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
                 for a in (x_train, x_val, x_test))
         make = tf.data.Dataset.from_tensor_slices
         return Splits(
-            "digits",
+            name,
             finish(make((x_train, y_train)), True, False),
             finish(make((x_val, y_val)), False, False),
             finish(make((x_test, y_test)), False, False),
