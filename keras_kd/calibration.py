@@ -1,0 +1,311 @@
+"""Calibration of a classifier's probabilities: NLL, ECE, temperature scaling.
+
+A model is *calibrated* when, among the examples it gives confidence ``p``, a
+share ``p`` is right. Distilled students inherit their teacher's softened
+targets and can end up over- or under-confident; this module measures that
+and fixes it after training without changing a single prediction:
+
+* :func:`nll`: the mean negative log-likelihood of the true labels;
+* :func:`ece`: the expected calibration error over equal-width confidence
+  bins, and :func:`reliability` for the reliability diagram;
+* :func:`fit_temperature`: post-hoc temperature scaling, one scalar ``T``
+  fitted on held-out data by minimising the NLL of ``softmax(z / T)``;
+* :func:`with_temperature`: a copy of a logits model whose outputs are divided
+  by ``T`` (a final ``Rescaling(1 / T)`` layer), ready to export.
+
+Reference: Guo, Pleiss, Sun & Weinberger, "On Calibration of Modern Neural
+Networks", ICML 2017 (ECE with 15 bins, temperature scaling).
+
+All functions take logits (the outputs of a keras-kd student or teacher, not
+probabilities) as NumPy arrays and integer labels, and compute in float64.
+"""
+
+import math
+
+import numpy as np
+
+# Guo et al. (2017) use 15 equal-width bins.
+DEFAULT_BINS = 15
+# The interval fit_temperature searches; T outside it means the logits are
+# all but constant (T large) or all but one-hot already (T small).
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def _check(logits, labels):
+    z = np.asarray(logits, dtype="float64")
+    y = np.asarray(labels)
+    if z.ndim != 2:
+        raise ValueError(
+            f"logits must be a (n, num_classes) array, got shape {z.shape}; "
+            "pass model.predict(x) of a model with one logits output.")
+    if y.ndim == 2 and y.shape == z.shape:
+        raise ValueError(
+            "labels look one-hot (shape equal to the logits'); pass integer "
+            "labels: np.argmax(y, axis=-1).")
+    y = y.reshape(-1)
+    if len(y) != len(z):
+        raise ValueError(f"{len(z)} rows of logits but {len(y)} labels; pass "
+                         "one label per row.")
+    if len(y) == 0:
+        raise ValueError("No examples: pass at least one row of logits.")
+    if not np.all(np.isfinite(z)):
+        raise ValueError("logits hold NaN or infinite values; check the "
+                         "model's outputs before measuring calibration.")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("labels must be integer class indices.")
+        y = y.astype("int64")
+    if y.min() < 0 or y.max() >= z.shape[1]:
+        raise ValueError(
+            f"labels must be in 0..{z.shape[1] - 1} (the logits have "
+            f"{z.shape[1]} classes), got {y.min()}..{y.max()}.")
+    return z, y
+
+
+def _check_temperature(temperature):
+    t = float(temperature)
+    if not (t > 0 and math.isfinite(t)):
+        raise ValueError(f"temperature must be a positive finite number, got "
+                         f"{temperature!r}; e.g. temperature=1.5.")
+    return t
+
+
+def _log_softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def softmax(logits, temperature=1.0):
+    """``softmax(logits / temperature)`` along the last axis, in float64.
+
+    Example:
+
+    >>> softmax([[0.0, np.log(3.0)]]).round(2)
+    array([[0.25, 0.75]])
+    """
+    z = np.asarray(logits, dtype="float64") / _check_temperature(temperature)
+    return np.exp(_log_softmax(z.reshape(-1, z.shape[-1]))).reshape(z.shape)
+
+
+def nll(logits, labels, temperature=1.0):
+    """Mean negative log-likelihood of the labels under ``softmax(z / T)``.
+
+    ``NLL = -(1/n) Σ_i log softmax(z_i / T)[y_i]``, computed with a stable
+    log-sum-exp in float64 (the cross-entropy, in nats).
+
+    Args:
+        logits: ``(n, num_classes)`` logits.
+        labels: ``n`` integer labels.
+        temperature: divides the logits first (1: as they are).
+
+    Returns:
+        A float.
+
+    Example:
+
+    >>> logits = np.log([[0.5, 0.25, 0.25], [0.2, 0.6, 0.2]])
+    >>> round(nll(logits, [0, 2]), 4)   # -(log 0.5 + log 0.2) / 2
+    1.1513
+    """
+    z, y = _check(logits, labels)
+    log_p = _log_softmax(z / _check_temperature(temperature))
+    return float(-log_p[np.arange(len(y)), y].mean())
+
+
+def reliability(logits, labels, num_bins=DEFAULT_BINS, temperature=1.0):
+    """Per-bin counts, accuracy and mean confidence: a reliability diagram.
+
+    Each example's confidence is its largest probability ``max_k
+    softmax(z / T)_k``; bin ``m`` (1-based) holds the confidences in
+    ``((m - 1) / M, m / M]`` (Guo et al., 2017, section 2).
+
+    Args:
+        logits: ``(n, num_classes)`` logits.
+        labels: ``n`` integer labels.
+        num_bins: ``M``, equal-width bins over (0, 1].
+        temperature: divides the logits first.
+
+    Returns:
+        A dict of NumPy arrays with one entry per bin: ``edges`` (``M + 1``
+        bin edges), ``count``, ``accuracy`` and ``confidence`` (NaN for
+        empty bins).
+
+    Example:
+
+    >>> bins = reliability(np.log([[0.9, 0.1], [0.6, 0.4]]), [0, 1],
+    ...                    num_bins=5)
+    >>> bins["count"].tolist(), bins["accuracy"][[2, 4]].tolist()
+    ([0, 0, 1, 0, 1], [0.0, 1.0])
+    """
+    z, y = _check(logits, labels)
+    if int(num_bins) < 1:
+        raise ValueError(f"num_bins must be >= 1, got {num_bins!r}; e.g. 15.")
+    num_bins = int(num_bins)
+    p = np.exp(_log_softmax(z / _check_temperature(temperature)))
+    confidence = p.max(axis=1)
+    correct = (p.argmax(axis=1) == y).astype("float64")
+    edges = np.linspace(0.0, 1.0, num_bins + 1)
+    # bin m holds (edges[m], edges[m + 1]]: ceil(c * M) - 1, clipped for
+    # float round-off at the ends.
+    index = np.clip(np.ceil(confidence * num_bins).astype(int) - 1, 0,
+                    num_bins - 1)
+    count = np.bincount(index, minlength=num_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(index, correct, minlength=num_bins) / count
+        conf = np.bincount(index, confidence, minlength=num_bins) / count
+    return {"edges": edges, "count": count, "accuracy": acc,
+            "confidence": conf}
+
+
+def ece(logits, labels, num_bins=DEFAULT_BINS, temperature=1.0):
+    """Expected calibration error over ``num_bins`` equal-width bins.
+
+    ``ECE = Σ_m (|B_m| / n) · |acc(B_m) − conf(B_m)|``, where ``B_m`` holds
+    the examples whose confidence (largest probability) falls in
+    ``((m − 1)/M, m/M]``, ``acc`` is their accuracy and ``conf`` their mean
+    confidence (Guo et al., "On Calibration of Modern Neural Networks", ICML
+    2017, eq. 3; ``M = 15`` there). 0 is perfectly calibrated; the gap is in
+    probability units (0.05: five points).
+
+    Args:
+        logits: ``(n, num_classes)`` logits.
+        labels: ``n`` integer labels.
+        num_bins: ``M``.
+        temperature: divides the logits first.
+
+    Returns:
+        A float in [0, 1].
+
+    Example: one example at 0.9 confidence (right), one at 0.6 (wrong):
+    ``(1/2)·|1 − 0.9| + (1/2)·|0 − 0.6| = 0.35``.
+
+    >>> round(ece(np.log([[0.9, 0.1], [0.6, 0.4]]), [0, 1]), 4)
+    0.35
+    """
+    bins = reliability(logits, labels, num_bins, temperature)
+    count = bins["count"]
+    filled = count > 0
+    gaps = np.abs(bins["accuracy"][filled] - bins["confidence"][filled])
+    return float(np.sum(count[filled] / count.sum() * gaps))
+
+
+def fit_temperature(logits, labels, bounds=TEMPERATURE_RANGE, tol=1e-6):
+    """The temperature ``T`` that minimises ``nll(logits / T, labels)``.
+
+    Temperature scaling (Guo et al., ICML 2017, section 4.2): one scalar fitted
+    on held-out data (a validation split, never the training data, where a
+    model is overconfident by construction). Dividing every logit by the same
+    ``T > 0`` keeps each example's argmax, so accuracy is unchanged; ``T > 1``
+    softens overconfident predictions, ``T < 1`` sharpens underconfident
+    ones.
+
+    The NLL is convex in ``β = 1/T`` (a log-sum-exp of functions linear in β,
+    minus a linear term), so a grid over ``log T`` followed by a
+    golden-section search between the best grid point's neighbours finds the
+    minimum within ``bounds`` to ``tol`` (relative, in T).
+
+    Args:
+        logits: ``(n, num_classes)`` held-out logits.
+        labels: ``n`` integer labels.
+        bounds: ``(low, high)`` for ``T``; the result is clipped to them.
+        tol: the search stops when the bracket is this narrow, relative.
+
+    Returns:
+        A float ``T``.
+
+    Example: logits three times too large are fitted back to ``T ≈ 3``.
+
+    >>> rng = np.random.default_rng(0)
+    >>> z = rng.normal(size=(4000, 5)) * 2
+    >>> p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    >>> y = np.array([rng.choice(5, p=row) for row in p])
+    >>> bool(2.8 < fit_temperature(3 * z, y) < 3.2)
+    True
+    >>> bool(0.9 < fit_temperature(z, y) < 1.1)   # calibrated already
+    True
+    """
+    z, y = _check(logits, labels)
+    low, high = (float(b) for b in bounds)
+    if not 0 < low < high or not math.isfinite(high):
+        raise ValueError(f"bounds must be 0 < low < high, got {bounds!r}; "
+                         f"e.g. {TEMPERATURE_RANGE}.")
+    rows = np.arange(len(y))
+    z = z - z.max(axis=1, keepdims=True)  # the NLL does not change
+    true = z[rows, y]
+
+    def loss(log_t):
+        scaled = z / math.exp(log_t)
+        top = scaled.max(axis=1)
+        lse = top + np.log(np.exp(scaled - top[:, None]).sum(axis=1))
+        return float(np.mean(lse - true / math.exp(log_t)))
+
+    grid = np.linspace(math.log(low), math.log(high), 61)
+    values = [loss(g) for g in grid]
+    best = int(np.argmin(values))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = loss(c), loss(d)
+    while b - a > tol:
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = loss(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = loss(d)
+    return float(min(max(math.exp((a + b) / 2.0), low), high))
+
+
+def with_temperature(model, temperature, name=None):
+    """A copy of a logits model whose outputs are divided by ``temperature``.
+
+    The copy is the model's own graph (cloned, same weights, same layer
+    names) followed by ``keras.layers.Rescaling(1 / T)`` named
+    ``temperature_scaling``: ``softmax`` of its outputs is the calibrated
+    probabilities, its argmax is the original's, and it exports to TFLite
+    like any student (the scaling is one multiplication). The original model
+    is left unchanged and shares no weights with the copy.
+
+    Args:
+        model: a functional or Sequential ``keras.Model`` with one logits
+            output (a keras-kd student).
+        temperature: ``T > 0``, e.g. from :func:`fit_temperature`.
+        name: the copy's name (default: the model's).
+
+    Returns:
+        A ``keras.Model``.
+
+    Example:
+
+    >>> import keras
+    >>> inputs = keras.Input((3,))
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    >>> scaled = with_temperature(model, 2.0)
+    >>> x = np.ones((1, 3), "float32")
+    >>> np.allclose(scaled.predict(x, verbose=0),
+    ...             model.predict(x, verbose=0) / 2.0)
+    True
+    """
+    import keras
+
+    t = _check_temperature(temperature)
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        outputs = None
+    if not outputs:
+        raise ValueError(
+            f"with_temperature needs a functional or Sequential model, got "
+            f"{type(model).__name__}; wrap a subclassed model first: inputs "
+            "= keras.Input(shape); keras.Model(inputs, model(inputs)).")
+    if len(outputs) != 1:
+        raise ValueError(
+            f"The model has {len(outputs)} outputs; temperature scaling "
+            "needs one logits output.")
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    scaled = keras.layers.Rescaling(1.0 / t, name="temperature_scaling")(
+        clone.outputs[0])
+    return keras.Model(clone.inputs, scaled, name=name or model.name)
