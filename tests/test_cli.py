@@ -345,3 +345,65 @@ def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):
     monkeypatch.setattr(keras_kd.extras, "require", no_tfds)
     args = cli.build_parser().parse_args(["run", "--dataset", "mnist1d"])
     assert args.dataset == "mnist1d"
+
+
+# ----------------------------------------------------------------------
+# Calibration in the report: test NLL, 15-bin ECE, fitted temperature
+# ----------------------------------------------------------------------
+def _numpy_nll_ece(logits, y, t=1.0, bins=15):
+    z = logits.astype("float64") / t
+    z = z - z.max(1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    nll = -np.mean(np.log(p[np.arange(len(y)), y]))
+    conf, pred = p.max(1), p.argmax(1)
+    ece = 0.0
+    for m in range(1, bins + 1):
+        b = (conf > (m - 1) / bins) & (conf <= m / bins)
+        if b.any():
+            ece += b.mean() * abs((pred[b] == y[b]).mean() - conf[b].mean())
+    return nll, ece
+
+
+def test_run_report_calibration_matches_numpy(quick_run):
+    _, run_dir = quick_run
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert "reliability.png" in rep["plots"]
+    assert (run_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+    assert "ECE" in (run_dir / "report.md").read_text()
+    splits = load_dataset("digits", max_train=cli.QUICK["max_train"],
+                          max_test=cli.QUICK["max_test"])
+    x, y = (np.concatenate(a) for a in zip(*splits.test.as_numpy_iterator()))
+    xv, yv = (np.concatenate(a)
+              for a in zip(*splits.validation.as_numpy_iterator()))
+    by_key = {m["key"]: m for m in rep["models"]}
+    for key in ("teacher", "student_alone", "student_distilled"):
+        model = keras.models.load_model(run_dir / f"{key}.keras")
+        logits = model.predict(x, verbose=0)
+        nll, ece = _numpy_nll_ece(logits, y)
+        record = by_key[key]
+        assert record["test_nll"] == pytest.approx(nll, rel=1e-5)
+        assert record["test_ece"] == pytest.approx(ece, abs=1e-6)
+        assert sum(record["reliability"]["count"]) == len(y)
+        # the fitted T does not raise the validation NLL (T = 1 is a choice)
+        val_logits = model.predict(xv, verbose=0)
+        t = record["temperature"]
+        assert _numpy_nll_ece(val_logits, yv, t)[0] <= (
+            _numpy_nll_ece(val_logits, yv)[0] + 1e-9)
+        assert record["test_nll_scaled"] == pytest.approx(
+            _numpy_nll_ece(logits, y, t)[0], rel=1e-5)
+    # the float32 TFLite file is calibrated like the Keras student it holds
+    tflite, keras_student = by_key["student_tflite"], by_key[
+        "student_distilled"]
+    assert tflite["test_nll"] == pytest.approx(keras_student["test_nll"],
+                                               rel=1e-3)
+    assert tflite["test_ece"] == pytest.approx(keras_student["test_ece"],
+                                               abs=1.0 / len(y))
+
+
+def test_markdown_table_shows_nll_and_ece():
+    records = [dict(label="s", parameters=10, path="s.keras", size_bytes=10,
+                    test_accuracy=0.5, test_nll=0.693147, test_ece=0.0123,
+                    latency_ms=1.0)]
+    table = report.markdown_table(records).splitlines()
+    assert "Test NLL" in table[0] and "ECE" in table[0]
+    assert "0.6931" in table[2] and "1.23%" in table[2]

@@ -22,6 +22,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 # The parser is built by the launcher, keras_kd_cli, with argparse alone (no
 # Keras import, so that --help answers at once); these names stay importable
 # from here.
@@ -256,9 +258,11 @@ def _measure(run):
     from keras_kd.app import report
 
     args, test = run.args, run.splits.test
-    _stage("saving models and measuring test accuracy and latency")
+    _stage("saving models and measuring test accuracy, calibration and "
+           "latency")
     example = next(iter(test.map(lambda x, y: x).unbatch().batch(1)
                         .as_numpy_iterator()))
+    run.validation_labels = report.labels_of(run.splits.validation)
     run.records = []
     for key, label, model, arch in (
             ("teacher", "teacher", run.teacher, args.teacher),
@@ -267,10 +271,16 @@ def _measure(run):
              args.student)):
         path = os.path.join(run.run_dir, f"{key}.keras")
         size = saving.save_model_only(model, path)
+        # Accuracy, test NLL and ECE from one pass; a temperature fitted on
+        # the validation split (what post-hoc scaling would ship).
+        metrics = report.classification_metrics(
+            report.logits_of(model, test), run.test_labels,
+            validation=(report.logits_of(model, run.splits.validation),
+                        run.validation_labels))
         run.records.append(dict(
             key=key, label=f"{label} ({arch})", path=path,
             parameters=report.count_params(model), size_bytes=size,
-            test_accuracy=report.accuracy(model, test, run.test_labels),
+            **metrics,
             latency_ms=report.keras_latency_ms(model, example,
                                                runs=args.latency_runs),
             runtime=f"keras ({run.backend})"))
@@ -307,7 +317,29 @@ def _export(run):
         f"{args.quantize}", path=str(result.path), parameters=None,
         size_bytes=int(result.size_bytes),
         test_accuracy=result.tflite_accuracy,
+        **_tflite_calibration(run, str(result.path),
+                              bool(getattr(result, "flex_ops", None))),
         latency_ms=result.latency_ms_median, runtime="tflite"))
+
+
+def _tflite_calibration(run, path, flex):
+    """Test NLL and ECE of the TFLite file's own outputs (run by the LiteRT
+    interpreter on the test split, as the export measures its accuracy)."""
+    from keras_kd.app import report
+    from keras_kd.export import litert
+
+    x = np.concatenate([b for b in run.splits.test.map(lambda x, y: x)
+                        .as_numpy_iterator()])
+    try:
+        interpreter = litert.interpreter(path, flex)
+        (logits,) = litert.predict_tflite(interpreter, x)
+    except Exception as error:  # keep the run's other results
+        _stage(f"TFLite calibration not measured: {type(error).__name__}: "
+               f"{error}")
+        return {}
+    metrics = report.classification_metrics(logits, run.test_labels)
+    metrics.pop("test_accuracy")  # the export's own figure is kept
+    return metrics
 
 
 def _write_report(run):

@@ -1,9 +1,10 @@
 """Measurements and the run report of ``keras-kd run``: table, JSON, Markdown, plots.
 
 The report compares the teacher, the student trained alone, the distilled
-student and its TFLite export on parameters, file size, test accuracy and
-single-example latency. Plots are drawn with matplotlib's Agg backend (no
-display needed).
+student and its TFLite export on parameters, file size, test accuracy,
+calibration (test NLL and 15-bin expected calibration error, Guo et al., ICML
+2017; see :mod:`keras_kd.calibration`) and single-example latency. Plots are
+drawn with matplotlib's Agg backend (no display needed).
 """
 
 import json
@@ -12,6 +13,7 @@ import time
 
 import numpy as np
 
+from keras_kd import calibration
 from keras_kd.extras import require
 
 
@@ -34,6 +36,54 @@ def accuracy(model, dataset, labels=None):
     labels = labels_of(dataset) if labels is None else labels
     logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == labels))
+
+
+def logits_of(model, dataset):
+    """A Keras model's outputs on the inputs of a batched ``(x, y)`` dataset."""
+    return np.asarray(model.predict(dataset.map(lambda x, y: x), verbose=0))
+
+
+def classification_metrics(logits, labels, validation=None):
+    """Accuracy and calibration of logits: what the report records per model.
+
+    ``test_accuracy`` is ``mean(argmax(z) == y)``; ``test_nll`` the mean
+    negative log-likelihood of ``softmax(z)`` (nats); ``test_ece`` the
+    expected calibration error over 15 equal-width confidence bins (Guo et
+    al., "On Calibration of Modern Neural Networks", ICML 2017);
+    ``reliability`` the bins' counts, accuracies and mean confidences (the
+    reliability diagram; ``None`` for empty bins).
+
+    With ``validation=(val_logits, val_labels)`` a temperature ``T`` is
+    fitted on them (:func:`keras_kd.calibration.fit_temperature`) and the
+    test NLL and ECE of ``softmax(z / T)`` are added as ``temperature``,
+    ``test_nll_scaled`` and ``test_ece_scaled`` (accuracy does not change).
+
+    Example:
+
+    >>> m = classification_metrics(np.log([[0.9, 0.1], [0.6, 0.4]]), [0, 1])
+    >>> m["test_accuracy"], round(m["test_ece"], 4), m["reliability"]["count"][8:]
+    (0.5, 0.35, [1, 0, 0, 0, 0, 1, 0])
+    """
+    labels = np.asarray(labels).reshape(-1)
+    logits = np.asarray(logits)
+    bins = calibration.reliability(logits, labels)
+    out = dict(
+        test_accuracy=float(np.mean(np.argmax(logits, axis=-1) == labels)),
+        test_nll=calibration.nll(logits, labels),
+        test_ece=calibration.ece(logits, labels),
+        reliability=dict(
+            count=[int(c) for c in bins["count"]],
+            accuracy=[None if np.isnan(a) else float(a)
+                      for a in bins["accuracy"]],
+            confidence=[None if np.isnan(c) else float(c)
+                        for c in bins["confidence"]]))
+    if validation is not None:
+        t = calibration.fit_temperature(*validation)
+        out.update(temperature=t,
+                   test_nll_scaled=calibration.nll(logits, labels, t),
+                   test_ece_scaled=calibration.ece(logits, labels,
+                                                   temperature=t))
+    return out
 
 
 def keras_latency_ms(model, example, runs=50, warmup=3):
@@ -67,7 +117,7 @@ def format_bytes(n):
 
 
 TABLE_COLUMNS = ("Model", "Parameters", "File", "Size", "Test accuracy",
-                 "Latency (ms)")
+                 "Test NLL", "ECE", "Latency (ms)")
 
 
 def rows_of(models):
@@ -76,12 +126,15 @@ def rows_of(models):
     for record in models:
         acc = record.get("test_accuracy")
         lat = record.get("latency_ms")
+        nll, ece = record.get("test_nll"), record.get("test_ece")
         rows.append((
             record["label"],
             f"{record['parameters']:,}" if record.get("parameters") else "-",
             os.path.basename(record["path"]) if record.get("path") else "-",
             format_bytes(record.get("size_bytes")),
             "-" if acc is None else f"{100 * acc:.2f}%",
+            "-" if nll is None else f"{nll:.4f}",
+            "-" if ece is None else f"{100 * ece:.2f}%",
             "-" if lat is None else f"{lat:.3f}",
         ))
     return rows
@@ -168,6 +221,45 @@ def plot_accuracy_vs_size(models, path):
     return path
 
 
+def plot_reliability(models, path):
+    """Reliability diagrams: accuracy against confidence, one panel per model.
+
+    Each panel draws the accuracy of the examples in each of the 15
+    confidence bins (bars) against the diagonal a calibrated model follows,
+    and gives the model's ECE. ``models`` are report records with a
+    ``reliability`` entry (see :func:`classification_metrics`); the others
+    are left out. Returns ``path``, or None when no record has bins.
+    """
+    records = [r for r in models if r.get("reliability")]
+    if not records:
+        return None
+    matplotlib = require("matplotlib")
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(records), figsize=(3.2 * len(records),
+                                                       3.4), squeeze=False)
+    for i, (ax, record) in enumerate(zip(axes[0], records)):
+        bins = record["reliability"]
+        m = len(bins["count"])
+        centres = (np.arange(m) + 0.5) / m
+        acc = np.array([np.nan if a is None else a for a in bins["accuracy"]])
+        ax.bar(centres, np.nan_to_num(acc), width=1.0 / m, color=f"C{i}",
+               edgecolor="black", linewidth=0.4, label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence",
+               title=f"{record['label']}\nECE {100 * record['test_ece']:.2f}%")
+        ax.title.set_fontsize(8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _jsonable(value):
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -183,7 +275,10 @@ def _jsonable(value):
 
 
 def write_report(run_dir, report):
-    """Writes ``report.json``, ``report.md`` and the two plots into ``run_dir``.
+    """Writes ``report.json``, ``report.md`` and the plots into ``run_dir``.
+
+    The plots: ``learning_curves.png``, ``accuracy_vs_size.png`` and, when
+    the records carry calibration bins, ``reliability.png``.
 
     Args:
         run_dir: the run's output directory.
@@ -200,8 +295,10 @@ def write_report(run_dir, report):
         report.get("histories", {}), os.path.join(run_dir, "learning_curves.png"))
     sizes = plot_accuracy_vs_size(
         report["models"], os.path.join(run_dir, "accuracy_vs_size.png"))
-    report = dict(report, plots=[os.path.basename(curves),
-                                 os.path.basename(sizes)])
+    diagrams = plot_reliability(
+        report["models"], os.path.join(run_dir, "reliability.png"))
+    plots = [p for p in (curves, sizes, diagrams) if p]
+    report = dict(report, plots=[os.path.basename(p) for p in plots])
     json_path = os.path.join(run_dir, "report.json")
     with open(json_path, "w") as f:
         json.dump(_jsonable(report), f, indent=2)
@@ -226,7 +323,22 @@ def write_report(run_dir, report):
         "![accuracy against size](accuracy_vs_size.png)",
         "",
     ]
+    if diagrams:
+        lines += [
+            "Calibration: test NLL (nats) and expected calibration error "
+            "(15 equal-width confidence bins, Guo et al., 2017). With a "
+            "temperature T fitted on the validation split (NLL minimised; "
+            "accuracy unchanged):",
+            "",
+            "| Model | T | Test NLL at T | ECE at T |",
+            "|---|---:|---:|---:|",
+        ]
+        lines += [f"| {r['label']} | {r['temperature']:.3f} | "
+                  f"{r['test_nll_scaled']:.4f} | "
+                  f"{100 * r['test_ece_scaled']:.2f}% |"
+                  for r in report["models"] if "temperature" in r]
+        lines += ["", "![reliability diagrams](reliability.png)", ""]
     md_path = os.path.join(run_dir, "report.md")
     with open(md_path, "w") as f:
         f.write("\n".join(lines))
-    return {"json": json_path, "markdown": md_path, "plots": [curves, sizes]}
+    return {"json": json_path, "markdown": md_path, "plots": plots}
