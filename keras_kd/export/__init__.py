@@ -3,12 +3,15 @@
 ``to_tflite`` converts with TensorFlow's converter (in this process on the
 TensorFlow backend, in a TensorFlow worker process on JAX and PyTorch),
 verifies the file with the LiteRT interpreter and measures it; every file is
-written atomically. Needs the export extra: ``pip install "keras-kd[export]"``.
+written atomically. ``lm_to_tflite`` does the same for a causal language
+model's fixed-length forward pass, and ``LiteRTCausalLM`` /
+``litert_generate`` generate greedily with the file. Needs the export extra:
+``pip install "keras-kd[export]"``.
 
 Modules: :mod:`~keras_kd.export.api` (the functions below),
 :mod:`~keras_kd.export.convert` (the converter), :mod:`~keras_kd.export.worker`
 (the TensorFlow process), :mod:`~keras_kd.export.litert` (running and
-checking the file).
+checking the file), :mod:`~keras_kd.export.lm` (language models).
 """
 
 from keras_kd.export.api import (
@@ -19,6 +22,13 @@ from keras_kd.export.api import (
     to_tflite,
 )
 from keras_kd.export.errors import ExportError, FlexOpsError
+from keras_kd.export.lm import (
+    LM_QUANTIZE_MODES,
+    LiteRTCausalLM,
+    litert_generate,
+    lm_to_tflite,
+)
 
-__all__ = ["QUANTIZE_MODES", "ExportReport", "ExportError", "FlexOpsError",
-           "to_keras", "to_saved_model", "to_tflite"]
+__all__ = ["QUANTIZE_MODES", "LM_QUANTIZE_MODES", "ExportReport",
+           "ExportError", "FlexOpsError", "LiteRTCausalLM", "litert_generate",
+           "lm_to_tflite", "to_keras", "to_saved_model", "to_tflite"]

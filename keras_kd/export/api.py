@@ -7,6 +7,7 @@ machine. Files are written atomically (:func:`keras_kd.saving.replacing`):
 a failed or unverified export leaves an existing file as it was.
 """
 
+import contextlib
 import dataclasses
 import os
 import tempfile
@@ -205,6 +206,37 @@ def _subset(x, limit, seed=0):
     return x[index]
 
 
+@contextlib.contextmanager
+def converted(model, path, quantize, representative=None, allow_flex=False,
+              input_signature=None):
+    """Converts ``model`` and writes the file beside ``path``, atomically.
+
+    Converts (:func:`keras_kd.export.convert.tflite_bytes`), refuses Flex ops
+    unless ``allow_flex``, writes the bytes to a temporary file beside
+    ``path`` and yields ``(report, tmp)``: the ``with`` block checks
+    ``tmp`` and fills in the :class:`ExportReport`. The file replaces
+    ``path`` only when the block returns; an exception leaves ``path`` as it
+    was.
+    """
+    data, converted_in = convert.tflite_bytes(model, quantize, representative,
+                                              allow_flex, input_signature)
+    flex = litert.flex_ops(data)
+    if flex and not allow_flex:
+        raise FlexOpsError(
+            f"The converted model needs TensorFlow (Flex) ops {flex}, which "
+            "the standard LiteRT runtime does not have. Replace the layers "
+            "that use them (a custom layer calling e.g. keras.ops.erf or "
+            "keras.ops.cumprod) with TFLite builtin ops, or pass "
+            "allow_flex=True and ship the app with the LiteRT Flex delegate "
+            "(select TF ops). Nothing was written to " + repr(path) + ".")
+    report = ExportReport(path=path, quantize=quantize, size_bytes=len(data),
+                          flex_ops=flex, converted_in=converted_in)
+    with saving.replacing(path, suffix=".tflite") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        yield report, tmp
+
+
 # ----------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------
@@ -373,25 +405,10 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
             raise ValueError("eval_data must hold labels: pass (x, y), "
                              "e.g. eval_data=(x_test, y_test).")
 
-    data, converted_in = convert.tflite_bytes(model, quantize, representative,
-                                              allow_flex)
-    flex = litert.flex_ops(data)
-    if flex and not allow_flex:
-        raise FlexOpsError(
-            f"The converted model needs TensorFlow (Flex) ops {flex}, which "
-            "the standard LiteRT runtime does not have. Replace the layers "
-            "that use them (a custom layer calling e.g. keras.ops.erf or "
-            "keras.ops.cumprod) with TFLite builtin ops, or pass "
-            "allow_flex=True and ship the app with the LiteRT Flex delegate "
-            "(select TF ops). Nothing was written to " + repr(path) + ".")
-
-    report = ExportReport(path=path, quantize=quantize, size_bytes=len(data),
-                          flex_ops=flex, converted_in=converted_in)
-    with saving.replacing(path, suffix=".tflite") as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
+    with converted(model, path, quantize, representative,
+                   allow_flex) as (report, tmp):
         if verify or latency_runs or eval_x is not None:
-            interpreter = litert.interpreter(tmp, bool(flex))
+            interpreter = litert.interpreter(tmp, bool(report.flex_ops))
         if verify:
             # Held-out data when given: calibration samples are the ones an
             # int8 file fits best, so they understate its error.

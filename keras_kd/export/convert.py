@@ -19,11 +19,24 @@ from keras_kd.extras import require
 from keras_kd.export.errors import ExportError
 
 
-def _converter_for(model, saved_model_dir, quantize, representative,
-                   allow_flex):
+def _tensor_specs(input_signature):
+    """``tf.TensorSpec`` s for ``{name: (shape, dtype)}`` (one dict input)."""
     tf = require("tensorflow")
 
-    model.export(saved_model_dir, format="tf_saved_model", verbose=False)
+    return [{name: tf.TensorSpec(tuple(shape), dtype, name=name)
+             for name, (shape, dtype) in input_signature.items()}]
+
+
+def _converter_for(model, saved_model_dir, quantize, representative,
+                   allow_flex, input_signature=None):
+    tf = require("tensorflow")
+
+    # Without a signature the model's own inputs are traced (batch dynamic);
+    # with one, its shapes are fixed in the file.
+    signature = (None if input_signature is None
+                 else _tensor_specs(input_signature))
+    model.export(saved_model_dir, format="tf_saved_model", verbose=False,
+                 input_signature=signature)
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     # SELECT_TF_OPS is always enabled so that a model needing TensorFlow ops
     # converts and the exact Flex ops can be named; without allow_flex the
@@ -52,11 +65,18 @@ def _converter_for(model, saved_model_dir, quantize, representative,
     return converter
 
 
-def convert_in_process(model, quantize, representative, allow_flex):
-    """TFLite bytes for ``model`` (TensorFlow backend only)."""
+def convert_in_process(model, quantize, representative, allow_flex,
+                       input_signature=None):
+    """TFLite bytes for ``model`` (TensorFlow backend only).
+
+    ``input_signature``: None (the model's own inputs, batch dynamic) or
+    ``{name: (shape, dtype)}``, the fixed shapes of a model that takes one
+    dict of tensors (e.g. ``{"token_ids": ((1, 128), "int32"), ...}``).
+    """
     with tempfile.TemporaryDirectory(prefix="keras_kd_export_") as tmp:
         converter = _converter_for(model, os.path.join(tmp, "saved_model"),
-                                   quantize, representative, allow_flex)
+                                   quantize, representative, allow_flex,
+                                   input_signature)
         try:
             return converter.convert()
         except Exception as error:  # ConverterError and friends
@@ -78,10 +98,13 @@ def _conversion_message(quantize, error):
     return f"TFLite conversion ({quantize}) failed:{hint}\n{short}"
 
 
-def tflite_bytes(model, quantize, representative, allow_flex):
+def tflite_bytes(model, quantize, representative, allow_flex,
+                 input_signature=None):
+    """``(bytes, "process" | "subprocess")``: the converted file and where it
+    was converted (see :func:`convert_in_process` for ``input_signature``)."""
     if keras.backend.backend() == "tensorflow":
         return convert_in_process(model, quantize, representative,
-                                   allow_flex), "process"
+                                  allow_flex, input_signature), "process"
     with tempfile.TemporaryDirectory(prefix="keras_kd_export_") as tmp:
         rep_path = None
         if representative is not None:
@@ -90,6 +113,7 @@ def tflite_bytes(model, quantize, representative, allow_flex):
         output = os.path.join(tmp, "model.tflite")
         worker.run_in_tensorflow(model, {
             "kind": "tflite", "output": output, "quantize": quantize,
-            "representative": rep_path, "allow_flex": allow_flex}, tmp)
+            "representative": rep_path, "allow_flex": allow_flex,
+            "input_signature": input_signature}, tmp)
         with open(output, "rb") as f:
             return f.read(), "subprocess"

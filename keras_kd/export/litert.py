@@ -42,30 +42,55 @@ def interpreter(path, flex):
     return interpreter
 
 
+def _rows(x, start, stop):
+    """Rows ``start:stop`` of an array or of every array in a dict."""
+    if isinstance(x, dict):
+        return {name: value[start:stop] for name, value in x.items()}
+    return x[start:stop]
+
+
+def _length(x):
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
 def invoke(interpreter, x):
-    """Runs the interpreter on a batch ``x`` (resizing its batch dimension)."""
-    (inp,) = interpreter.get_input_details()
-    outs = interpreter.get_output_details()
-    if tuple(inp["shape"]) != x.shape:
-        interpreter.resize_tensor_input(inp["index"], list(x.shape))
-        interpreter.allocate_tensors()
-    interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
+    """Runs the interpreter on a batch ``x`` (resizing its batch dimension).
+
+    ``x`` is an array (a one-input file) or a dict of arrays keyed by the
+    file's signature input names (e.g. ``token_ids`` and ``padding_mask``);
+    a dict is fed at the file's own, fixed shapes.
+    """
+    if isinstance(x, dict):
+        details = interpreter.get_signature_runner().get_input_details()
+        missing = sorted(set(details) - set(x))
+        if missing:
+            raise ValueError(f"The file's inputs {sorted(details)} are not "
+                             f"all given: {missing} missing.")
+        for name, detail in details.items():
+            interpreter.set_tensor(detail["index"],
+                                   np.asarray(x[name]).astype(detail["dtype"]))
+    else:
+        (inp,) = interpreter.get_input_details()
+        if tuple(inp["shape"]) != x.shape:
+            interpreter.resize_tensor_input(inp["index"], list(x.shape))
+            interpreter.allocate_tensors()
+        interpreter.set_tensor(inp["index"], x.astype(inp["dtype"]))
     interpreter.invoke()
     return [interpreter.get_tensor(o["index"]).astype("float32")
-            for o in outs]
+            for o in interpreter.get_output_details()]
 
 
 def predict_tflite(interpreter, x, batch_size=256):
-    chunks = [invoke(interpreter, x[i:i + batch_size])
-              for i in range(0, len(x), batch_size)]
+    chunks = [invoke(interpreter, _rows(x, i, i + batch_size))
+              for i in range(0, _length(x), batch_size)]
     return [np.concatenate([c[j] for c in chunks])
             for j in range(len(chunks[0]))]
 
 
 def predict_keras(model, x, batch_size=256):
     outputs = []
-    for i in range(0, len(x), batch_size):
-        y = model(x[i:i + batch_size], training=False)
+    for i in range(0, _length(x), batch_size):
+        y = model(_rows(x, i, i + batch_size), training=False)
         y = y if isinstance(y, (list, tuple)) else [y]
         outputs.append([np.asarray(keras.ops.convert_to_numpy(t),
                                    dtype="float32") for t in y])
@@ -109,13 +134,18 @@ def accuracy(logits, y):
 FLOAT32_TOLERANCE = 1e-3
 
 
-def max_abs_diff(interpreter, model, sample, quantize, path):
+def max_abs_diff(interpreter, model, sample, quantize, path,
+                 batch_size=256):
     """``max |tflite(x) − keras(x)|`` over ``sample``; refuses a float32 file
-    that differs by more than ``FLOAT32_TOLERANCE · max(1, max |keras(x)|)``."""
+    that differs by more than ``FLOAT32_TOLERANCE · max(1, max |keras(x)|)``.
+
+    ``sample`` is an array or a dict of arrays (see :func:`invoke`); the file
+    runs ``batch_size`` rows at a time (1 for a file of fixed batch 1).
+    """
     from keras_kd.export.errors import ExportError
 
     expected = predict_keras(model, sample)
-    actual = predict_tflite(interpreter, sample)
+    actual = predict_tflite(interpreter, sample, batch_size)
     if len(expected) != len(actual) or any(
             e.shape != a.shape for e, a in zip(expected, actual)):
         raise ExportError(

@@ -43,8 +43,9 @@ def _worker(job_path):
         else:
             representative = (np.load(job["representative"])
                               if job["representative"] else None)
-            data = convert.convert_in_process(model, job["quantize"],
-                                       representative, job["allow_flex"])
+            data = convert.convert_in_process(
+                model, job["quantize"], representative, job["allow_flex"],
+                job.get("input_signature"))
             with open(job["output"], "wb") as f:
                 f.write(data)
     except ExportError as error:

@@ -1,0 +1,316 @@
+"""The student language model on LiteRT: a fixed-length forward pass.
+
+:func:`lm_to_tflite` converts a causal LM (a keras-hub ``CausalLM`` such as
+``keras_hub.models.GPT2CausalLM``, or any Keras model called on
+``{"token_ids", "padding_mask"}``) to a ``.tflite`` file computing
+``token_ids, padding_mask -> logits`` at batch 1 and a fixed
+``sequence_length``, with the same converter, Flex check, verification and
+atomic write as :func:`keras_kd.export.to_tflite`. :class:`LiteRTCausalLM`
+runs the file with LiteRT's interpreter and generates greedily.
+
+The file has no KV cache: each generated token runs the whole
+``sequence_length`` forward pass again, the prompt and the tokens generated so
+far included, so one token costs what ``report.latency_ms_median`` measures
+whatever the position.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from keras_kd.export import litert
+from keras_kd.export.api import _check_path, converted, student_of
+
+LM_QUANTIZE_MODES = ("float32", "float16", "dynamic")
+"""The precisions :func:`lm_to_tflite` offers (see
+:func:`keras_kd.export.to_tflite` for what each stores)."""
+
+INPUT_NAMES = ("token_ids", "padding_mask")
+
+# Random sequences compared when no sample_token_ids are given.
+VERIFY_SEQUENCES = 8
+
+
+def pack(sequences, sequence_length):
+    """``{"token_ids", "padding_mask"}`` int32 ``(n, sequence_length)`` arrays
+    of ``sequences`` (lists of ids), left-aligned and padded with 0."""
+    token_ids = np.zeros((len(sequences), sequence_length), "int32")
+    padding_mask = np.zeros((len(sequences), sequence_length), "int32")
+    for row, ids in enumerate(sequences):
+        ids = np.asarray(ids).reshape(-1)
+        if not 1 <= len(ids) <= sequence_length:
+            raise ValueError(
+                f"Token sequences must hold 1 to {sequence_length} ids (the "
+                f"exported sequence_length); sequence {row} has {len(ids)}. "
+                "Truncate it, or export with a longer sequence_length.")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"Token ids must be integers, got {ids.dtype} "
+                            f"in sequence {row}.")
+        token_ids[row, :len(ids)] = ids
+        padding_mask[row, :len(ids)] = 1
+    return {"token_ids": token_ids, "padding_mask": padding_mask}
+
+
+def _input_names(model):
+    try:
+        inputs = model.input
+    except (AttributeError, ValueError):
+        return set()
+    if isinstance(inputs, dict):
+        return set(inputs)
+    return {getattr(t, "name", None) for t in getattr(model, "inputs", None)
+            or ()}
+
+
+def _sample(sample_token_ids, sequence_length, vocabulary_size):
+    if sample_token_ids is None:
+        rng = np.random.default_rng(0)
+        lengths = rng.integers(1, sequence_length + 1, VERIFY_SEQUENCES)
+        lengths[0] = sequence_length  # one sequence without padding
+        sample_token_ids = [rng.integers(0, vocabulary_size, n)
+                            for n in lengths]
+    sample = pack(list(sample_token_ids), sequence_length)
+    if sample["token_ids"].size and (sample["token_ids"].min() < 0 or
+                                     sample["token_ids"].max()
+                                     >= vocabulary_size):
+        raise ValueError(
+            f"sample_token_ids must be ids in [0, {vocabulary_size}), the "
+            "model's vocabulary; got ids from "
+            f"{sample['token_ids'].min()} to {sample['token_ids'].max()}.")
+    return sample
+
+
+def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
+                 sample_token_ids=None, allow_flex=False, latency_runs=20,
+                 verify=True):
+    """Converts a causal LM's forward pass to a TFLite (LiteRT) file.
+
+    The file computes ``logits = lm({"token_ids", "padding_mask"})`` for one
+    sequence (batch 1) of ``sequence_length`` tokens: inputs ``token_ids``
+    and ``padding_mask``, both int32 ``(1, sequence_length)`` (the mask 1 on
+    real tokens, 0 on padding), and float32 logits ``(1, sequence_length,
+    vocabulary_size)``. Shorter sequences are padded at the end, as
+    :class:`LiteRTCausalLM` does; the logits at position ``i`` predict token
+    ``i + 1``. The file holds no KV cache: generating a token runs the full
+    ``sequence_length`` forward pass again (:class:`LiteRTCausalLM`).
+
+    Conversion, the Flex-op check and the atomic write are those of
+    :func:`~keras_kd.export.to_tflite`: TensorFlow converts in this process on
+    the TensorFlow backend and in a ``KERAS_BACKEND=tensorflow`` worker
+    process (from a temporary ``.keras`` copy) on JAX and PyTorch, and any
+    failure leaves an existing ``path`` untouched.
+
+    Verification (``verify=True``): the file runs in LiteRT's interpreter on
+    ``sample_token_ids`` (default: 8 random sequences of random lengths, seed
+    0), padded to ``sequence_length``, and its logits at every position
+    (padding included) are compared with the Keras model's on the caller's
+    backend: ``report.max_abs_diff = max |tflite − keras|``. A float32 file
+    off by more than ``1e-3 · max(1, max |keras logits|)`` raises
+    :class:`~keras_kd.export.ExportError` and is not written (float32 only
+    reorders sums: the tests measure some 1e-6 on logits up to 18, so the
+    bound flags a wrong graph, not rounding); ``"float16"`` and
+    ``"dynamic"`` files report their difference.
+
+    Args:
+        causal_lm: a keras-hub ``CausalLM`` (its preprocessor, if any, is not
+            part of the file: tokenize on the app's side), a Keras model
+            called on ``{"token_ids", "padding_mask"}``, or a
+            ``keras_kd.Distiller`` whose student is one.
+        path: the target file, ending in ``.tflite``.
+        sequence_length: the fixed length of the file's inputs: the longest
+            prompt plus generated tokens. At most the model's
+            ``max_sequence_length`` (its position embeddings).
+        quantize: ``"float32"``, ``"float16"`` (float16 weights) or
+            ``"dynamic"`` (int8 weights, dynamic-range quantization).
+        sample_token_ids: sequences of token ids (each 1 to
+            ``sequence_length`` long) to verify on.
+        allow_flex: accept TensorFlow (Flex) ops in the file.
+        latency_runs: batch-1 invocations timed (one thread): the median is
+            the cost of one generated token; 0 skips.
+        verify: run and compare the file before writing it.
+
+    Returns:
+        A :class:`~keras_kd.export.ExportReport`.
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> from keras_kd.app.language_models import build_causal_lm
+    >>> lm = build_causal_lm("tiny", sequence_length=32, seed=0)
+    >>> report = kd.export.lm_to_tflite(lm, "/tmp/lm.tflite", 32)
+    >>> report.max_abs_diff < 1e-4
+    True
+    >>> kd.export.litert_generate("/tmp/lm.tflite", [104, 105], 3).shape
+    (5,)
+    """
+    model = student_of(causal_lm)
+    names = _input_names(model)
+    if not set(INPUT_NAMES) <= names:
+        raise ValueError(
+            f"lm_to_tflite exports language models called on "
+            f"{{'token_ids', 'padding_mask'}}; '{model.name}' takes "
+            f"{sorted(n for n in names if n) or 'unknown inputs'}. Pass a "
+            "keras-hub CausalLM (e.g. keras_hub.models.GPT2CausalLM), or "
+            "export a one-input model with kd.export.to_tflite.")
+    if quantize not in LM_QUANTIZE_MODES:
+        raise ValueError(
+            f"quantize must be one of {list(LM_QUANTIZE_MODES)} for a "
+            f"language model, got {quantize!r}"
+            + ("; full-integer int8 is not offered here: use "
+               "quantize='dynamic' (int8 weights, float activations)."
+               if quantize == "int8" else "."))
+    if not isinstance(sequence_length, (int, np.integer)) or isinstance(
+            sequence_length, bool) or sequence_length < 1:
+        raise ValueError(f"sequence_length must be an int >= 1, got "
+                         f"{sequence_length!r}; e.g. 128.")
+    sequence_length = int(sequence_length)
+    limit = getattr(getattr(model, "backbone", None), "max_sequence_length",
+                    None)
+    if limit is not None and sequence_length > limit:
+        raise ValueError(
+            f"sequence_length={sequence_length} is longer than the model's "
+            f"position embeddings (max_sequence_length={limit}); pass "
+            f"sequence_length <= {limit}.")
+    if not isinstance(latency_runs, int) or latency_runs < 0:
+        raise ValueError(f"latency_runs must be an int >= 0, got "
+                         f"{latency_runs!r}; e.g. 20, or 0 to skip timing.")
+    path, _ = _check_path(path, ".tflite")
+    vocabulary_size = int(model.outputs[0].shape[-1]) if getattr(
+        model, "outputs", None) else model.backbone.vocabulary_size
+    sample = _sample(sample_token_ids, sequence_length, vocabulary_size)
+
+    signature = {name: ((1, sequence_length), "int32")
+                 for name in INPUT_NAMES}
+    with converted(model, path, quantize, allow_flex=allow_flex,
+                   input_signature=signature) as (report, tmp):
+        if verify or latency_runs:
+            interpreter = litert.interpreter(tmp, bool(report.flex_ops))
+        if verify:
+            report.max_abs_diff = litert.max_abs_diff(
+                interpreter, model, sample, quantize, path, batch_size=1)
+        if latency_runs:
+            report.latency_ms_median = litert.latency_ms(
+                interpreter, {name: value[:1] for name, value in
+                              sample.items()}, latency_runs)
+    return report
+
+
+class LiteRTCausalLM:
+    """A language model file from :func:`lm_to_tflite`, run with LiteRT.
+
+    Loads the file once into LiteRT's interpreter (one thread;
+    TensorFlow's interpreter when the file needs Flex ops) and reads its
+    ``sequence_length`` and ``vocabulary_size`` from it.
+
+    Args:
+        path: a ``.tflite`` file written by :func:`lm_to_tflite`.
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> from keras_kd.app.language_models import build_causal_lm
+    >>> _ = kd.export.lm_to_tflite(build_causal_lm("tiny", seed=0),
+    ...                            "/tmp/lm16.tflite", 16, latency_runs=0)
+    >>> lm = kd.export.LiteRTCausalLM("/tmp/lm16.tflite")
+    >>> lm.sequence_length, lm.vocabulary_size
+    (16, 256)
+    >>> lm.logits([1, 2, 3]).shape
+    (3, 256)
+    """
+
+    def __init__(self, path):
+        path = os.fspath(path)
+        with open(path, "rb") as f:
+            flex = litert.flex_ops(f.read())
+        self.path = path
+        self.interpreter = litert.interpreter(path, bool(flex))
+        inputs = self.interpreter.get_signature_runner().get_input_details()
+        shapes = {tuple(d["shape"]) for d in inputs.values()}
+        if set(inputs) != set(INPUT_NAMES) or len(shapes) != 1 or len(
+                next(iter(shapes))) != 2 or next(iter(shapes))[0] != 1:
+            found = {name: tuple(int(d) for d in detail["shape"])
+                     for name, detail in sorted(inputs.items())}
+            raise ValueError(
+                f"{path!r} takes {found}, not token_ids and padding_mask of "
+                "shape (1, length); write it with kd.export.lm_to_tflite.")
+        self.sequence_length = int(next(iter(shapes))[1])
+        (output,) = self.interpreter.get_output_details()
+        self.vocabulary_size = int(output["shape"][-1])
+
+    def logits(self, token_ids):
+        """Float32 logits ``(len(token_ids), vocabulary_size)`` of one
+        sequence of 1 to ``sequence_length`` ids (padded to the file's length
+        and run once)."""
+        token_ids = np.asarray(token_ids).reshape(-1)
+        (logits,) = litert.invoke(self.interpreter,
+                                  pack([token_ids], self.sequence_length))
+        return logits[0, :len(token_ids)]
+
+    def generate(self, prompt_token_ids, max_new_tokens, stop_token_ids=None):
+        """Greedy generation: the prompt followed by up to ``max_new_tokens``.
+
+        Each step feeds the tokens so far, padded to ``sequence_length``
+        with their padding mask, takes the argmax of the logits at the last
+        real position and appends it; it stops after ``max_new_tokens``
+        tokens or after a token in ``stop_token_ids`` (kept in the result).
+        This is keras-hub's ``generate`` with ``sampler="greedy"``; without a
+        KV cache each step reruns the full forward pass.
+
+        Args:
+            prompt_token_ids: 1 or more token ids.
+            max_new_tokens: tokens to generate; the prompt plus them must fit
+                in ``sequence_length``.
+            stop_token_ids: ids that end generation, or None.
+
+        Returns:
+            An int32 array: the prompt, then the generated ids.
+        """
+        tokens = [int(t) for t in np.asarray(prompt_token_ids).reshape(-1)]
+        if not tokens:
+            raise ValueError("prompt_token_ids is empty; generation needs at "
+                             "least one token to predict from (e.g. a start "
+                             "or newline token).")
+        if not isinstance(max_new_tokens, (int, np.integer)) or \
+                max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0, got "
+                             f"{max_new_tokens!r}.")
+        if len(tokens) + max_new_tokens > self.sequence_length:
+            raise ValueError(
+                f"The prompt ({len(tokens)} tokens) plus max_new_tokens="
+                f"{max_new_tokens} exceeds the file's sequence_length="
+                f"{self.sequence_length}; generate at most "
+                f"{max(0, self.sequence_length - len(tokens))} tokens, or "
+                "export with a longer sequence_length.")
+        stop = set() if stop_token_ids is None else {
+            int(t) for t in stop_token_ids}
+        for _ in range(max_new_tokens):
+            token = int(np.argmax(self.logits(tokens)[-1]))
+            tokens.append(token)
+            if token in stop:
+                break
+        return np.asarray(tokens, dtype="int32")
+
+
+def litert_generate(tflite_path, prompt_token_ids, max_new_tokens,
+                    stop_token_ids=None):
+    """Greedy generation with a :func:`lm_to_tflite` file in LiteRT.
+
+    ``LiteRTCausalLM(tflite_path).generate(...)``: see
+    :meth:`LiteRTCausalLM.generate`. Keep a :class:`LiteRTCausalLM` to
+    generate several times from one loaded file.
+
+    Returns:
+        An int32 array: the prompt, then the generated ids.
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> from keras_kd.app.language_models import build_causal_lm
+    >>> _ = kd.export.lm_to_tflite(build_causal_lm("tiny", seed=0),
+    ...                            "/tmp/lm16.tflite", 16, latency_runs=0)
+    >>> kd.export.litert_generate("/tmp/lm16.tflite", [72, 105], 4).shape
+    (6,)
+    """
+    return LiteRTCausalLM(tflite_path).generate(
+        prompt_token_ids, max_new_tokens, stop_token_ids)
