@@ -1,0 +1,42 @@
+"""benchmarks/objectives.py on MNIST-1D: its data and its 1-D conv nets."""
+
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _objectives_module():
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    try:
+        import objectives
+    finally:
+        sys.path.pop(0)
+    return objectives
+
+
+def test_mnist1d_benchmark_data_and_nets():
+    objectives = _objectives_module()
+    ((x, y), (xt, yt)), described = objectives.load("mnist1d", 200)
+    assert x.shape == (160, 40, 1) and xt.shape == (40, 40, 1)
+    assert "160 training / 40 test" in described
+    student = objectives.conv_net("student", (4, 8), 16, input_shape=(40, 1))
+    assert type(student.get_layer("student_conv2")).__name__ == "Conv1D"
+    # conv 1->4 and 4->8 (kernel 5, bias), pool 40->20, dense 160->16->10
+    expected = (5 * 1 * 4 + 4) + (5 * 4 * 8 + 8) + (20 * 8 * 16 + 16) + (
+        16 * 10 + 10)
+    assert student.count_params() == expected
+    assert student.predict(x[:3], verbose=0).shape == (3, 10)
+
+
+def test_kd_grid_leaves_out_the_kd_row():
+    objectives = _objectives_module()
+    grid = [(kw["alpha"], kw["temperature"]) for _, _, kw in
+            objectives.kd_grid()]
+    assert sorted(grid) == [(0.1, 1.0), (0.1, 2.0), (0.5, 1.0), (0.5, 2.0),
+                            (0.5, 4.0)]
+    kd = [kw for name, _, kw in objectives.configs(15) if name == "KD"][0]
+    assert (kd["alpha"], kd["temperature"]) == (0.1, 4.0)
+    assert np.isclose(kd["temperature"], 4.0)
