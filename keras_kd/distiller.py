@@ -7,6 +7,7 @@ import numpy as np
 
 from keras_kd import checks, composition, hub, saving, targets, taps
 from keras_kd import objectives as objectives_lib
+from keras_kd import on_policy as on_policy_lib
 
 
 class _Untracked:
@@ -124,7 +125,8 @@ class Distiller(keras.Model):
         self._kd = _Untracked(
             student_view=student, live=targets.LiveTeachers(teachers),
             composition=None, options={}, teacher_checked=False,
-            teacher_detached=False, labels_seen=True,
+            teacher_detached=False, labels_seen=True, on_policy=None,
+            on_policy_sampler=None, on_policy_metrics=None,
             preprocess=hub.preprocessing_of(teachers, student))
         self._stash = threading.local()
         self.built = True
@@ -158,7 +160,7 @@ class Distiller(keras.Model):
 
     def compile(self, optimizer="adam", loss=None, metrics=None, alpha=0.1,
                 temperature=4.0, distillation_loss="kd", feature_losses=None,
-                **kwargs):
+                on_policy=None, **kwargs):
         """Configures the distillation.
 
         Args:
@@ -177,6 +179,9 @@ class Distiller(keras.Model):
                 for features only.
             feature_losses: a list of feature objectives such as
                 ``kd.FitNet("teacher_layer", "student_layer", weight=100.0)``.
+            on_policy: a :class:`keras_kd.OnPolicy` to distil a keras-hub
+                causal LM on its own sampled continuations (GKD); ``None``
+                distils on the batches as given.
             **kwargs: passed to ``keras.Model.compile`` (``weighted_metrics``,
                 ``jit_compile``, ``steps_per_execution``, ...).
         """
@@ -192,6 +197,7 @@ class Distiller(keras.Model):
             # sets none of its own.
             objective.teacher_weights = list(self.teacher_weights)
         self._build_views(feature_losses)
+        self._set_on_policy(on_policy, feature_losses)
         self.distillation_objective = objective
         self.feature_objectives = feature_losses
         self._alpha.assign(alpha)
@@ -201,6 +207,8 @@ class Distiller(keras.Model):
         self._kd.options = dict(alpha=alpha, temperature=temperature,
                                 distillation_loss=objective,
                                 feature_losses=feature_losses)
+        if on_policy is not None:
+            self._kd.options["on_policy"] = on_policy
         if kwargs.get("auto_scale_loss", True) and _computes_in_float16(
                 self.student) and self.dtype_policy.name != "mixed_float16":
             # Keras wraps the optimizer for loss scaling only when the model's
@@ -225,6 +233,32 @@ class Distiller(keras.Model):
         self.compile(**config)
         if self.optimizer is not None:
             self.optimizer.build(self.trainable_variables)
+
+    def _set_on_policy(self, on_policy, feature_losses):
+        """Checks ``on_policy`` and makes its sampler and logged metrics."""
+        self._kd.on_policy = None
+        if on_policy is None:
+            return
+        if not isinstance(on_policy, on_policy_lib.OnPolicy):
+            raise TypeError(
+                f"on_policy must be a kd.OnPolicy(...), got "
+                f"{type(on_policy).__name__}; e.g. on_policy=kd.OnPolicy("
+                "lmbda=0.5, prompt_length=16).")
+        on_policy.check_student(self.student)
+        if feature_losses:
+            raise ValueError(
+                "on_policy works with logit objectives only: feature taps "
+                "would read the forward pass on the data, not on the sampled "
+                "tokens. Drop feature_losses or on_policy.")
+        if getattr(self, "_on_policy_seed", None) is None:
+            self._on_policy_seed = keras.random.SeedGenerator(on_policy.seed)
+        self._kd.on_policy = on_policy
+        self._kd.on_policy_sampler = on_policy.make_sampler(
+            self._on_policy_seed)
+        if self._kd.on_policy_metrics is None:
+            self._kd.on_policy_metrics = [
+                keras.metrics.Mean(name="on_policy_fraction"),
+                keras.metrics.Mean(name="generated_tokens")]
 
     def _build_views(self, feature_losses):
         """Makes the one-forward tap views and builds the objectives' adapters."""
@@ -273,6 +307,17 @@ class Distiller(keras.Model):
         """
         if y_pred is None:
             y_pred = self(x, training=training)
+        on_policy = self._kd.on_policy
+        if training and on_policy is not None and on_policy.lmbda > 0:
+            # A λ share of the sequences continued by the current student;
+            # the student and the teacher then run on those tokens.
+            x, y, sample_weight, fraction, generated = on_policy.mix(
+                self.student, self._kd.on_policy_sampler,
+                self._on_policy_seed, x, y, sample_weight)
+            y_pred = self(x, training=training)
+            for metric, value in zip(self._kd.on_policy_metrics,
+                                     (fraction, generated)):
+                metric.update_state(value)
         student_features = self._student_features(x, y_pred, training)
         _, labels = targets.split_targets(y)
         terms = self._kd.composition
@@ -323,9 +368,12 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         """Keras's metrics, then the running means of the loss terms."""
-        composed = self.__dict__.get("_kd")
-        composed = composed and composed.composition
-        return super().metrics + ([composed.tracker] if composed else [])
+        kd_state = self.__dict__.get("_kd")
+        composed = kd_state and kd_state.composition
+        extra = list((kd_state and kd_state.on_policy is not None and
+                      kd_state.on_policy_metrics) or [])
+        return super().metrics + ([composed.tracker] if composed else []) + \
+            extra
 
     def get_metrics_result(self):
         """Keras's logs plus one entry per loss term; without labels, the
@@ -339,7 +387,8 @@ class Distiller(keras.Model):
                 if not labels_seen:
                     values.pop("student_loss")
                 logs.update(values)
-            elif metric.name == "loss" or (labels_seen and metric.built):
+            elif metric.name == "loss" or (labels_seen and getattr(
+                    metric, "built", True)):
                 result = metric.result()
                 logs.update(result if isinstance(result, dict)
                             else {metric.name: result})

@@ -1,0 +1,226 @@
+"""On-policy distillation of causal language models (GKD).
+
+A student distilled only on fixed text learns to continue the teacher's
+prefixes, not its own, and drifts at generation time. On-policy distillation
+(Agarwal et al., "On-Policy Distillation of Language Models: Learning from
+Self-Generated Mistakes", ICLR 2024, arXiv:2306.13649; Gu et al., MiniLLM,
+ICLR 2024) trains the student on its own continuations, scored by the
+teacher:
+
+1. each sequence of a batch is, with probability ``λ`` (``lmbda``), cut to
+   its prompt (the first ``prompt_length`` tokens) and continued by the
+   student *with its current weights*, by sampling (temperature, top-k,
+   top-p) inside the training step;
+2. the teacher and the student both run on the resulting tokens;
+3. the distillation objective (e.g. ``"gkd"``, ``"reverse_kl"``) is computed
+   on the positions that predict a generated token only; those positions
+   carry no label, so the hard-label loss leaves them out;
+4. the other sequences keep the batch's own continuations (off-policy).
+
+``lmbda=0`` is off-policy distillation exactly (no sampling runs);
+``lmbda=1`` is fully on-policy. The per-sequence draw gives each batch, on
+average, a fraction ``λ`` of sampled sequences (GKD draws once per batch;
+the expected mix is the same, with less variance between steps).
+
+Sampling runs inside the compiled training step with keras-hub's
+``CausalLM.generate_step`` (its key/value cache and ``while_loop``) on
+copies of the student's current weights that carry no gradient, so it works
+on JAX, TensorFlow and PyTorch and never samples from a stale copy. A step
+with on-policy sequences costs the generation of ``L − prompt_length``
+tokens plus one more student forward pass.
+"""
+
+import keras
+from keras import ops
+
+from keras_kd.checks import check_alpha, check_temperature
+
+
+def _sampler_class():
+    try:
+        import keras_hub
+    except ImportError as error:  # pragma: no cover - hub extra missing
+        raise ImportError(
+            'On-policy distillation samples with keras-hub: pip install '
+            '"keras-kd[hub]"') from error
+
+    class StudentSampler(keras_hub.samplers.Sampler):
+        """Temperature, top-k and top-p sampling from a given seed generator."""
+
+        def __init__(self, seed_generator, temperature=1.0, top_k=None,
+                     top_p=None):
+            super().__init__(temperature=temperature)
+            self.top_k, self.top_p = top_k, top_p
+            self.seed_generator = seed_generator
+
+        def get_next_token(self, probabilities):
+            vocabulary = ops.shape(probabilities)[-1]
+            k = vocabulary if self.top_k is None else min(self.top_k,
+                                                          vocabulary)
+            probs, indices = ops.top_k(probabilities, k=k, sorted=True)
+            if self.top_p is not None:
+                # Keep the smallest prefix whose mass reaches top_p.
+                before = ops.cumsum(probs, axis=-1) - probs
+                probs = ops.where(before < self.top_p, probs,
+                                  ops.zeros_like(probs))
+            choice = keras.random.categorical(
+                ops.log(ops.maximum(probs, 1e-30)), 1,
+                seed=self.seed_generator, dtype="int32")
+            return ops.squeeze(ops.take_along_axis(indices, choice, axis=-1),
+                               axis=-1)
+
+    return StudentSampler
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class OnPolicy:
+    """Student-generated continuations for distilling a causal LM (GKD).
+
+    Pass it to ``Distiller.compile(on_policy=...)`` with a keras-hub
+    ``CausalLM`` student whose inputs are ``{"token_ids", "padding_mask"}``
+    and integer next-token labels (what its preprocessor gives). The math is
+    in this module's docstring (:mod:`keras_kd.on_policy`).
+
+    Args:
+        lmbda: probability ``λ`` in [0, 1] that a sequence is continued by
+            the student (GKD's λ; 0 is off-policy distillation).
+        prompt_length: number of leading tokens of each sequence kept as the
+            prompt; the student samples the rest, up to the sequence length.
+        temperature: sampling temperature (> 0; 1 samples the student's own
+            distribution, as GKD does).
+        top_k: sample among the ``top_k`` most likely tokens only (None: all).
+        top_p: nucleus sampling: the smallest set of tokens whose mass
+            reaches ``top_p`` (None: all).
+        seed: seed of the sampling (None: random).
+
+    Logged during ``fit``: ``on_policy_fraction`` (the share of sequences
+    sampled, whose mean is ``λ``) and ``generated_tokens`` (tokens sampled per
+    batch).
+
+    Example:
+
+    >>> on_policy = OnPolicy(lmbda=0.5, prompt_length=16, top_k=50)
+    >>> on_policy.get_config()["lmbda"]
+    0.5
+    """
+
+    def __init__(self, lmbda=0.5, prompt_length=1, temperature=1.0,
+                 top_k=None, top_p=None, seed=None):
+        self.lmbda = check_alpha(lmbda, "lmbda")
+        if not isinstance(prompt_length, int) or isinstance(
+                prompt_length, bool) or prompt_length < 1:
+            raise ValueError(
+                f"prompt_length must be an integer >= 1, got "
+                f"{prompt_length!r}: the number of leading tokens of each "
+                "sequence the student continues from, e.g. prompt_length=16.")
+        self.prompt_length = prompt_length
+        self.temperature = check_temperature(temperature, strict=True,
+                                             what="on-policy temperature")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be an integer >= 1 or None, got "
+                             f"{top_k!r}.")
+        if top_p is not None and not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}.")
+        self.top_k = top_k
+        self.top_p = None if top_p is None else float(top_p)
+        self.seed = seed
+
+    def get_config(self):
+        return dict(lmbda=self.lmbda, prompt_length=self.prompt_length,
+                    temperature=self.temperature, top_k=self.top_k,
+                    top_p=self.top_p, seed=self.seed)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def check_student(self, student):
+        """Refuses a student that is not a keras-hub causal LM."""
+        if not hasattr(student, "generate_step"):
+            raise ValueError(
+                f"on_policy needs a keras-hub CausalLM student (it samples "
+                f"with generate_step); '{student.name}' is a "
+                f"{type(student).__name__}. Distil it off-policy "
+                "(on_policy=None).")
+
+    def make_sampler(self, seed_generator):
+        """The keras-hub sampler drawing from ``seed_generator``."""
+        return _sampler_class()(seed_generator, self.temperature, self.top_k,
+                                self.top_p)
+
+    def sample(self, student, sampler, token_ids, prompt_mask):
+        """Tokens of ``token_ids`` continued by ``student`` past ``prompt_mask``.
+
+        The student's variables are read through ``stop_gradient``: the
+        sampled tokens are data, and JAX cannot differentiate through the
+        sampling loop.
+        """
+        previous = getattr(student, "sampler", None)
+        student.sampler = sampler
+        try:
+            if keras.config.backend() != "jax":  # integer tokens: no gradient
+                return student.generate_step(
+                    {"token_ids": token_ids,
+                     "padding_mask": prompt_mask})["token_ids"]
+            mapping = [(v, ops.stop_gradient(v.value))
+                       for v in student.variables + sampler.variables]
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                tokens = student.generate_step(
+                    {"token_ids": token_ids, "padding_mask": prompt_mask}
+                )["token_ids"]
+            for v in sampler.variables:  # the seed moves on
+                v.assign(scope.get_current_value(v))
+            return tokens
+        finally:
+            student.sampler = previous
+
+    def mix(self, student, sampler, seed_generator, x, y, sample_weight):
+        """The batch with a ``λ`` share of its sequences student-generated.
+
+        Returns ``(x, y, sample_weight, fraction, generated)``: inputs whose
+        chosen rows hold the prompt plus sampled tokens (padding mask all
+        true there); labels ``-1`` (unlabeled) on those rows; weights 1 on
+        the positions that predict a sampled token and 0 elsewhere on those
+        rows (the other rows keep their labels and weights); the share of
+        rows sampled and the number of tokens sampled.
+        """
+        if not isinstance(x, dict) or "token_ids" not in x:
+            raise ValueError(
+                "on_policy needs batches of {'token_ids', 'padding_mask'} "
+                "inputs (a keras-hub CausalLM preprocessor's output), got "
+                f"{type(x).__name__}.")
+        token_ids = x["token_ids"]
+        padding_mask = ops.cast(x["padding_mask"], "bool")
+        length = ops.shape(token_ids)[1]
+        if self.prompt_length >= length:
+            raise ValueError(
+                f"prompt_length={self.prompt_length} leaves nothing to sample "
+                f"in sequences of {length} tokens; use a prompt_length below "
+                f"{length}.")
+        position = ops.arange(length)[None, :]
+        prompt_mask = ops.logical_and(padding_mask,
+                                      position < self.prompt_length)
+        sampled = self.sample(student, sampler, token_ids, prompt_mask)
+        rows = keras.random.uniform(ops.shape(token_ids)[:1],
+                                    seed=seed_generator) < self.lmbda
+        rows2d = rows[:, None]
+        new_ids = ops.where(rows2d, ops.cast(sampled, token_ids.dtype),
+                            token_ids)
+        new_mask = ops.logical_or(rows2d, padding_mask)
+        # Position t predicts token t + 1: sampled tokens are predicted from
+        # each row's own prompt end to the second-to-last position.
+        prompt_ends = ops.sum(ops.cast(prompt_mask, "int32"), axis=1)
+        predicts_sampled = ops.logical_and(
+            position >= prompt_ends[:, None] - 1, position < length - 1)
+        on_weights = ops.cast(predicts_sampled, "float32")
+        if sample_weight is None:
+            sample_weight = ops.cast(padding_mask, "float32")
+        new_weights = ops.where(rows2d, on_weights,
+                                ops.cast(sample_weight, "float32"))
+        new_y = None if y is None else ops.where(
+            rows2d, ops.cast(-1, y.dtype), y)
+        generated = ops.sum(on_weights * ops.cast(rows2d, "float32"))
+        fraction = ops.mean(ops.cast(rows, "float32"))
+        new_x = dict(x, token_ids=new_ids,
+                     padding_mask=ops.cast(new_mask, x["padding_mask"].dtype))
+        return new_x, new_y, new_weights, fraction, generated

@@ -1,0 +1,188 @@
+"""On-policy distillation (GKD): the student's own samples, scored by the teacher."""
+
+import keras
+import numpy as np
+import pytest
+
+pytest.importorskip("keras_hub")
+
+import keras_kd as kd  # noqa: E402
+from tests.helpers import to_numpy  # noqa: E402
+from tests.test_keras_hub import LENGTH, SCE, gpt2, lm_batch  # noqa: E402
+from tests.test_sequences import np_token_kd  # noqa: E402
+
+PROMPT = 4
+
+
+class RecordingTeacher(keras.Model):
+    """A teacher that keeps the token ids of every concrete call."""
+
+    def __init__(self, inner, **kwargs):
+        super().__init__(**kwargs)
+        self.inner = inner
+        self.seen = []
+
+    def call(self, x, training=False):
+        try:
+            self.seen.append(to_numpy(keras.ops.stop_gradient(
+                x["token_ids"])))
+        except Exception:  # a symbolic trace: nothing to record
+            pass
+        return self.inner(x, training=training)
+
+
+def greedy_numpy(student, tokens, prompt_ends):
+    """Greedy continuation from full forward passes (no cache, no sampler)."""
+    tokens = tokens.copy()
+    mask = np.ones_like(tokens, dtype=bool)
+    for position in range(int(prompt_ends.min()), LENGTH):
+        logits = to_numpy(student({"token_ids": tokens,
+                                   "padding_mask": mask}))
+        best = logits[:, position - 1].argmax(-1)
+        fill = position >= prompt_ends
+        tokens[fill, position] = best[fill]
+    return tokens
+
+
+def prompt_ends(x):
+    """Each row's prompt length: its first PROMPT tokens, or fewer."""
+    return np.asarray(x["padding_mask"])[:, :PROMPT].sum(axis=1)
+
+
+def test_on_policy_teacher_scores_the_students_own_greedy_continuations():
+    x, labels, weights = lm_batch(8, seed=1)
+    teacher = RecordingTeacher(gpt2("teacher", 32, 2), name="teacher")
+    teacher(x)
+    student = gpt2("student", 16, seed=3)
+    initial = gpt2("student", 16, seed=3)  # the same initial weights
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(
+        keras.optimizers.SGD(0.5), SCE, alpha=0.0, temperature=1.0,
+        distillation_loss="forward_kl", run_eagerly=True,
+        on_policy=kd.OnPolicy(lmbda=1.0, prompt_length=PROMPT, top_k=1))
+    teacher.seen.clear()
+    history = distiller.fit(x, labels, sample_weight=weights, batch_size=8,
+                            epochs=1, shuffle=False, verbose=0)
+    seen = teacher.seen[-1]
+    # Prompts are the data's first tokens (fewer in a row shorter than the
+    # prompt); the rest is the student's greedy continuation with the
+    # weights of that step (the initial ones).
+    ends = prompt_ends(x)
+    assert ends.min() < PROMPT  # a short row is part of the test
+    for row, end in enumerate(ends):
+        np.testing.assert_array_equal(seen[row, :end],
+                                      x["token_ids"][row, :end])
+    expected = greedy_numpy(initial, x["token_ids"], ends)
+    np.testing.assert_array_equal(seen, expected)
+    assert (seen[:, PROMPT:] != x["token_ids"][:, PROMPT:]).any()
+    # The loss runs over the positions that predict a sampled token only.
+    on_weights = np.zeros((8, LENGTH), "float32")
+    for row, end in enumerate(ends):
+        on_weights[row, end - 1:LENGTH - 1] = 1.0
+    batch = {"token_ids": seen, "padding_mask": np.ones_like(seen, bool)}
+    soft = np_token_kd(to_numpy(teacher.inner(batch)),
+                       to_numpy(initial(batch)), 1.0)
+    expected_loss = (soft * on_weights).sum() / on_weights.size
+    np.testing.assert_allclose(history.history["distillation_loss"][0],
+                               expected_loss, rtol=1e-4)
+    assert history.history["on_policy_fraction"] == [1.0]
+    assert history.history["generated_tokens"] == [(LENGTH - ends).sum()]
+
+
+def test_lambda_zero_is_off_policy_distillation_exactly():
+    x, labels, weights = lm_batch(8, seed=2)
+    trained = []
+    for on_policy in (None, kd.OnPolicy(lmbda=0.0, prompt_length=PROMPT)):
+        student = gpt2("student", 16, seed=4)
+        distiller = kd.Distiller(gpt2("teacher", 32, 2), student)
+        distiller.compile(keras.optimizers.SGD(0.5), SCE, alpha=0.5,
+                          temperature=1.0, distillation_loss="gkd",
+                          on_policy=on_policy)
+        distiller.fit(x, labels, sample_weight=weights, batch_size=4,
+                      epochs=2, shuffle=False, verbose=0)
+        trained.append([to_numpy(w) for w in student.weights])
+    for off, zero in zip(*trained):
+        np.testing.assert_array_equal(off, zero)
+
+
+def test_sampling_follows_the_students_current_weights_and_the_mix():
+    x, labels, weights = lm_batch(16, seed=5)
+    teacher = RecordingTeacher(gpt2("teacher", 32, 2), name="teacher")
+    teacher(x)
+    student = gpt2("student", 16, seed=6)
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(
+        keras.optimizers.SGD(2.0), SCE, alpha=0.0, temperature=1.0,
+        distillation_loss="reverse_kl", run_eagerly=True,
+        on_policy=kd.OnPolicy(lmbda=0.5, prompt_length=PROMPT, top_k=1,
+                              seed=7))
+    data = x["token_ids"]
+    initial = gpt2("student", 16, seed=6)
+    for step in range(2):
+        current = gpt2("student", 16, seed=6)
+        current.set_weights(student.get_weights())  # what this step sees
+        teacher.seen.clear()
+        history = distiller.fit(x, labels, sample_weight=weights,
+                                batch_size=16, epochs=1, shuffle=False,
+                                verbose=0)
+        seen = teacher.seen[-1]
+        chosen = round(history.history["on_policy_fraction"][0] * 16)
+        sampled = (seen != data).any(axis=1)
+        assert 0 < sampled.sum() <= chosen  # the other rows: the data's own
+        np.testing.assert_array_equal(seen[~sampled], data[~sampled])
+        greedy = greedy_numpy(current, data, prompt_ends(x))
+        np.testing.assert_array_equal(seen[sampled], greedy[sampled])
+    # After a step, the continuations are no longer the initial student's.
+    stale = greedy_numpy(initial, data, prompt_ends(x))
+    assert not np.array_equal(seen[sampled], stale[sampled])
+
+
+def test_on_policy_options_and_models_are_checked():
+    with pytest.raises(ValueError, match=r"lmbda must be in \[0, 1\]"):
+        kd.OnPolicy(lmbda=1.5)
+    with pytest.raises(ValueError, match="prompt_length must be an integer"):
+        kd.OnPolicy(prompt_length=0)
+    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+        kd.OnPolicy(top_p=0.0)
+    from tests.helpers import mlp
+    distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    with pytest.raises(ValueError, match="needs a keras-hub CausalLM student"):
+        distiller.compile("adam", SCE, on_policy=kd.OnPolicy())
+    x, labels, weights = lm_batch(4)
+    distiller = kd.Distiller(gpt2("teacher", 32, 2), gpt2("student", 16))
+    distiller.compile("adam", SCE, on_policy=kd.OnPolicy(
+        prompt_length=LENGTH))
+    with pytest.raises(ValueError, match="leaves nothing to sample"):
+        distiller.fit(x, labels, verbose=0)
+
+
+def test_a_distiller_with_on_policy_saves_and_loads(tmp_path):
+    distiller = kd.Distiller(gpt2("teacher", 32, 2), gpt2("student", 16))
+    distiller.compile("adam", SCE, distillation_loss="gkd",
+                      on_policy=kd.OnPolicy(lmbda=0.25, prompt_length=3,
+                                            top_p=0.9, seed=1))
+    distiller.save(tmp_path / "d.keras")
+    loaded = keras.saving.load_model(tmp_path / "d.keras")
+    assert loaded._kd.on_policy.get_config() == dict(
+        lmbda=0.25, prompt_length=3, temperature=1.0, top_k=None, top_p=0.9,
+        seed=1)
+
+
+def test_compiled_on_policy_steps_train_the_student():
+    # The compiled step (jit / tf.function) samples inside the graph.
+    x, labels, weights = lm_batch(8, seed=8)
+    student = gpt2("student", 16, seed=9)
+    before = [to_numpy(w) for w in student.weights]
+    distiller = kd.Distiller(gpt2("teacher", 32, 2), student)
+    distiller.compile("adam", SCE, alpha=0.1, temperature=1.0,
+                      distillation_loss="gkd",
+                      on_policy=kd.OnPolicy(lmbda=1.0, prompt_length=PROMPT,
+                                            temperature=0.7, top_p=0.95))
+    history = distiller.fit(x, labels, sample_weight=weights, batch_size=4,
+                            epochs=2, verbose=0)
+    logs = history.history
+    assert logs["on_policy_fraction"] == [1.0, 1.0]
+    assert logs["generated_tokens"] == [(LENGTH - prompt_ends(x)).sum() / 2] * 2
+    assert np.isfinite(logs["loss"]).all() and logs["distillation_loss"][0] > 0
+    assert any(not np.array_equal(b, to_numpy(a))
+               for b, a in zip(before, student.weights))
