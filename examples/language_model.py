@@ -38,6 +38,7 @@ import keras_kd as kd  # noqa: E402
 from keras_kd.app.language_models import (  # noqa: E402
     build_causal_lm,
     evaluate_bits_per_byte,
+    greedy_agreement,
 )
 from keras_kd.data import load_python_source  # noqa: E402
 
@@ -54,8 +55,10 @@ def optimizer(steps, peak=3e-3):
     return keras.optimizers.AdamW(schedule, beta_2=0.95, weight_decay=0.01)
 
 
-def train(model, windows, steps, batch_size, teacher=None, objective=None):
-    """Trains ``model`` (alone, or distilled from ``teacher``) for ``steps``."""
+def train(model, windows, steps, batch_size, teacher=None, objective=None,
+          on_policy=None):
+    """Trains ``model`` (alone, or distilled from ``teacher``, on-policy when
+    ``on_policy`` is a ``kd.OnPolicy``) for ``steps``."""
     sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     if teacher is None:
         model.compile(optimizer=optimizer(steps), loss=sce)
@@ -63,7 +66,8 @@ def train(model, windows, steps, batch_size, teacher=None, objective=None):
     else:
         trainer = kd.Distiller(teacher, model)
         trainer.compile(optimizer=optimizer(steps), loss=sce, alpha=0.5,
-                        temperature=1.0, distillation_loss=objective)
+                        temperature=1.0, distillation_loss=objective,
+                        on_policy=on_policy)
     steps = min(steps, windows.num_windows // batch_size)
     trainer.fit(windows.x, windows.labels, sample_weight=windows.sample_weight,
                 batch_size=batch_size, steps_per_epoch=steps, epochs=1,
@@ -95,20 +99,38 @@ def run_seed(seed, data, args, teacher=None):
     keras.utils.set_random_seed(seed)
     train_windows = data.train.shuffled(seed)  # one order for every student
     length = data.sequence_length
-    results = {"teacher": teacher_bits}
-    for name in ("student alone",) + tuple(args.objectives):
+    results = {"teacher": teacher_bits, "agreement": {}, "seconds": {}}
+    prompt = args.prompt_length or length // 2
+    for name in ("student alone",) + tuple(args.objectives) + tuple(
+            on_policy_names(args)):
         start = time.perf_counter()
         student = build_causal_lm(args.student, sequence_length=length,
                                   seed=seed + 1000, name="student")
+        on_policy = None
+        if name in on_policy_names(args):
+            on_policy = kd.OnPolicy(lmbda=args.on_policy, prompt_length=prompt,
+                                    seed=seed)
         train(student, train_windows, args.steps, args.batch_size,
               teacher=None if name == "student alone" else teacher,
-              objective=name)
+              objective="gkd" if on_policy else name, on_policy=on_policy)
+        results["seconds"][name] = time.perf_counter() - start
         results[name] = evaluate_bits_per_byte(student, data.held_out)
-        print(f"seed {seed}: {name} {results[name]:.3f} bits/byte "
-              f"({time.perf_counter() - start:.0f} s)", flush=True)
+        if args.agreement:
+            results["agreement"][name] = greedy_agreement(
+                teacher, student, data.held_out, prompt, args.agreement)
+        agree = (f", greedy agreement {results['agreement'][name]:.3f}"
+                 if args.agreement else "")
+        print(f"seed {seed}: {name} {results[name]:.3f} bits/byte{agree} "
+              f"({results['seconds'][name]:.0f} s of training)", flush=True)
     results["parameters"] = {
         "teacher": teacher.count_params(), "student": student.count_params()}
     return results
+
+
+def on_policy_names(args):
+    """The run name of on-policy GKD, when ``--on-policy`` is given."""
+    return [] if args.on_policy is None else [
+        f"gkd on-policy (λ={args.on_policy:g})"]
 
 
 def summarise(per_seed, names):
@@ -119,6 +141,11 @@ def summarise(per_seed, names):
         values = np.array([r[name] for r in per_seed])
         row = {"mean": float(values.mean()), "std": float(values.std(
             ddof=1)) if len(values) > 1 else 0.0, "values": values.tolist()}
+        for key in ("agreement", "seconds"):
+            if name in per_seed[0].get(key, {}):
+                found = np.array([r[key][name] for r in per_seed])
+                row[key] = {"mean": float(found.mean()), "std": float(
+                    found.std(ddof=1)) if len(found) > 1 else 0.0}
         if name not in ("teacher", "student alone"):
             gain = np.array([r["student alone"] - r[name] for r in per_seed])
             row["gain_vs_alone"] = float(gain.mean())
@@ -144,6 +171,18 @@ def main(argv=None):
         help="train one teacher (with this seed) for every seed, instead of "
         "one teacher per seed")
     parser.add_argument("--student", default="student")
+    parser.add_argument(
+        "--on-policy", type=float, default=None, metavar="LAMBDA",
+        help="also distil with GKD on-policy: this share of the sequences "
+        "continued by the student (kd.OnPolicy)")
+    parser.add_argument(
+        "--prompt-length", type=int, default=None,
+        help="prompt of on-policy sampling and of the greedy agreement "
+        "(default: half the sequence length)")
+    parser.add_argument(
+        "--agreement", type=int, default=0, metavar="N",
+        help="score the greedy continuations of N held-out prompts against "
+        "the teacher's (0: skip)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny models and data: checks that it runs")
     parser.add_argument("--json", default=None, help="write the results here")
@@ -160,19 +199,25 @@ def main(argv=None):
     shared = (None if args.shared_teacher is None
               else trained_teacher(args.shared_teacher, data, args))
     per_seed = [run_seed(seed, data, args, shared) for seed in args.seeds]
-    names = ["teacher", "student alone"] + list(args.objectives)
+    names = (["teacher", "student alone"] + list(args.objectives)
+             + on_policy_names(args))
     table = summarise(per_seed, names)
     print()
     print("| model | held-out bits per byte (mean ± std over "
-          f"{len(args.seeds)} seeds) | gain vs alone | seeds better |")
-    print("|---|---|---|---|")
+          f"{len(args.seeds)} seeds) | gain vs alone | seeds better | "
+          "greedy agreement with the teacher | training time (s) |")
+    print("|---|---|---|---|---|---|")
     for name, row in table.items():
         gain = (f"{row['gain_vs_alone']:+.3f}" if "gain_vs_alone" in row
                 else "")
         better = (f"{row['seeds_better_than_alone']}/{len(args.seeds)}"
                   if "gain_vs_alone" in row else "")
+        agree = ("{mean:.3f} ± {std:.3f}".format(**row["agreement"])
+                 if "agreement" in row else "")
+        seconds = ("{mean:.0f}".format(**row["seconds"])
+                   if "seconds" in row else "")
         print(f"| {name} | {row['mean']:.3f} ± {row['std']:.3f} | {gain} | "
-              f"{better} |")
+              f"{better} | {agree} | {seconds} |")
     result = {"backend": keras.backend.backend(), "args": vars(args),
               "parameters": per_seed[0]["parameters"], "table": table}
     if args.json:

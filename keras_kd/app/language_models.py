@@ -229,3 +229,59 @@ def evaluate_bits_per_byte(model, windows, batch_size=64):
         raise ValueError("windows has no position to score.")
     return total / weight
 
+
+
+def greedy_continuations(model, token_ids, padding_mask, prompt_length):
+    """Greedy continuations of each row's first ``prompt_length`` tokens.
+
+    Runs keras-hub's compiled generation (``make_generate_function``) with a
+    greedy sampler on ``{"token_ids", "padding_mask"}`` batches: every
+    position from the prompt's end to the sequence length is filled with the
+    model's most likely next token. The model's own sampler is restored.
+
+    Returns:
+        An int32 NumPy array shaped like ``token_ids``.
+    """
+    import numpy as np
+
+    _require_keras_hub()
+    token_ids = np.asarray(token_ids)
+    prompt = np.asarray(padding_mask, bool) & (
+        np.arange(token_ids.shape[1])[None, :] < prompt_length)
+    previous = getattr(model, "sampler", None), getattr(
+        model, "generate_function", None)
+    model.sampler = keras_hub.samplers.GreedySampler()
+    model.generate_function = None
+    try:
+        generate = model.make_generate_function()
+        out = generate({"token_ids": np.where(prompt, token_ids, 0),
+                        "padding_mask": prompt})
+    finally:
+        model.sampler, model.generate_function = previous
+    return np.asarray(keras.ops.convert_to_numpy(out["token_ids"]))
+
+
+def greedy_agreement(teacher, student, windows, prompt_length, count=64,
+                     batch_size=32):
+    """Share of generated positions where the student's greedy continuation
+    equals the teacher's, over the first ``count`` windows that are full.
+
+    Both models continue the same prompts (each window's first
+    ``prompt_length`` tokens) to the window's length; 1.0 means the student
+    writes exactly what the teacher writes.
+    """
+    import numpy as np
+
+    full = np.flatnonzero(np.asarray(windows.padding_mask).all(axis=1))
+    rows = full[:count]
+    if not len(rows):
+        raise ValueError("windows has no full-length window to continue.")
+    same = total = 0
+    for start in range(0, len(rows), batch_size):
+        take = rows[start:start + batch_size]
+        ids, mask = windows.token_ids[take], windows.padding_mask[take]
+        t = greedy_continuations(teacher, ids, mask, prompt_length)
+        s = greedy_continuations(student, ids, mask, prompt_length)
+        same += int((t[:, prompt_length:] == s[:, prompt_length:]).sum())
+        total += t[:, prompt_length:].size
+    return same / total
