@@ -184,6 +184,8 @@ def test_bad_arguments_name_the_fix(lm, float32_export, tmp_path):
     mlp = keras.Model(inputs, keras.layers.Dense(3)(inputs))
     with pytest.raises(ValueError, match="kd.export.to_tflite"):
         export.lm_to_tflite(mlp, tmp_path / "m.tflite", 4)
+    with pytest.raises(ValueError, match="kd.export.lm_to_tflite"):
+        export.to_tflite(lm, tmp_path / "m.tflite")  # two inputs
     with pytest.raises(ValueError, match="quantize='dynamic'"):
         export.lm_to_tflite(lm, tmp_path / "m.tflite", L, quantize="int8")
     with pytest.raises(ValueError, match=f"sequence_length <= {L}"):

@@ -113,7 +113,9 @@ def input_spec(model):
             f"'{model.name}' has "
             f"{'an unknown number of' if not inputs else len(inputs)} inputs. "
             "Build the student as a functional model with one keras.Input, "
-            "or export it with model.export(path, format='litert').")
+            "or export it with model.export(path, format='litert'); a "
+            "language model on token_ids and padding_mask exports with "
+            "kd.export.lm_to_tflite.")
     shape = tuple(inputs[0].shape[1:])
     if any(d is None for d in shape):
         raise ValueError(
