@@ -15,6 +15,8 @@ from keras_kd.app.language_models import (  # noqa: E402
     build_causal_lm,
     byte_preprocessor,
     evaluate_bits_per_byte,
+    greedy_agreement,
+    greedy_continuations,
 )
 from keras_kd.data.text import bits_per_byte, load_python_source  # noqa: E402
 from tests.helpers import to_numpy  # noqa: E402
@@ -166,3 +168,27 @@ def test_sizes_are_gpt2_backbone_arguments():
         assert set(shape) == {"num_layers", "num_heads", "hidden_dim",
                               "intermediate_dim"}
         assert shape["hidden_dim"] % shape["num_heads"] == 0
+
+
+def test_greedy_continuations_match_full_forward_argmax(data):
+    model = build_causal_lm("tiny", sequence_length=L, seed=3)
+    _compile(model).fit(data.train.x, data.train.labels,
+                        sample_weight=data.train.sample_weight,
+                        batch_size=16, epochs=1, steps_per_epoch=10,
+                        verbose=0)
+    sampler_before = model.sampler
+    ids = data.held_out.token_ids[:4].copy()
+    mask = data.held_out.padding_mask[:4]
+    prompt = 6
+    out = greedy_continuations(model, ids, mask, prompt)
+    expected = np.where(mask & (np.arange(L) < prompt), ids, 0)
+    full = np.ones_like(mask)
+    for position in range(prompt, L):  # one full forward pass per token
+        logits = to_numpy(model({"token_ids": expected, "padding_mask": full}))
+        expected[:, position] = logits[:, position - 1].argmax(-1)
+    np.testing.assert_array_equal(out, expected)
+    assert model.sampler is sampler_before
+    # A model agrees with itself; an untrained one does not.
+    assert greedy_agreement(model, model, data.held_out, prompt, count=8) == 1.0
+    other = build_causal_lm("tiny", sequence_length=L, seed=4)
+    assert greedy_agreement(model, other, data.held_out, prompt, count=8) < 1.0
