@@ -431,6 +431,13 @@ class Distiller(keras.Model):
         (:func:`keras_kd.soft_labels.guards.check_cached_teacher`).
         """
         x, y, kwargs = self._preprocessed(x, y, kwargs, training=True)
+        if self._kd.on_policy is not None and self._kd.on_policy.lmbda > 0 \
+                and targets.holds_cached_targets(x, y):
+            raise ValueError(
+                "on_policy samples new tokens at each step, so the teacher "
+                "must run live: cached teacher outputs score the data's "
+                "tokens, not the student's. Pass the plain inputs and labels, "
+                "or compile with on_policy=None to train from the cache.")
         if targets.holds_cached_targets(x, y):  # a soft-label cache's teacher?
             from keras_kd.soft_labels.guards import check_cached_teacher
             check_cached_teacher(self, x, y)

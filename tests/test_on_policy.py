@@ -154,6 +154,16 @@ def test_on_policy_options_and_models_are_checked():
         prompt_length=LENGTH))
     with pytest.raises(ValueError, match="leaves nothing to sample"):
         distiller.fit(x, labels, verbose=0)
+    # Cached teacher outputs score the data's tokens, not the student's.
+    from keras_kd.soft_labels import compute_soft_labels
+    teacher = gpt2("teacher", 32, 2)
+    cache = compute_soft_labels(teacher, x, labels, sample_weight=weights,
+                                batch_size=4)
+    distiller = kd.Distiller(teacher, gpt2("student", 16))
+    distiller.compile("adam", SCE, on_policy=kd.OnPolicy(prompt_length=4))
+    with pytest.raises(ValueError, match="teacher must run live.*"
+                       "on_policy=None"):
+        distiller.fit(cache.as_dataset(4), verbose=0)
 
 
 def test_a_distiller_with_on_policy_saves_and_loads(tmp_path):
