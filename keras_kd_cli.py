@@ -299,6 +299,10 @@ def add_run_parser(subparsers):
                        f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--no-export", action="store_true",
                    help="skip the TFLite export")
+    p.add_argument("--calibrate", action="store_true",
+                   help="fold the temperature fitted on the validation split "
+                   "into the exported student: calibrated probabilities, the "
+                   "same predictions (keras_kd.calibration)")
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                    help="Keras fit verbosity (2: one line per epoch); for "
                    "TensorFlow's own log lines use keras-kd --verbose run")

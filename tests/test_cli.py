@@ -317,7 +317,7 @@ def test_run_mnist1d_end_to_end(tmp_path):
     code = cli.main(["run", "--dataset", "mnist1d", "--teacher", "small_cnn",
                      "--student", "tiny_cnn", "--epochs", "1", "--max-train",
                      "64", "--max-test", "32", "--batch-size", "32",
-                     "--no-export", "--latency-runs", "1", "--output",
+                     "--calibrate", "--latency-runs", "1", "--output",
                      str(tmp_path), "--run-name", "m1", "--verbose", "0"])
     assert code == 0
     run_dir = tmp_path / "m1"
@@ -334,6 +334,16 @@ def test_run_mnist1d_end_to_end(tmp_path):
         expected = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
         assert by_key[key]["test_accuracy"] == pytest.approx(expected,
                                                              abs=1e-9)
+    # --calibrate: the TFLite file ships the distilled student's logits
+    # divided by the temperature fitted on the validation split: the same
+    # predictions, the scaled NLL.
+    distilled, tflite = by_key["student_distilled"], by_key["student_tflite"]
+    assert "temperature-scaled" in tflite["label"]
+    assert tflite["test_accuracy"] == pytest.approx(
+        distilled["test_accuracy"], abs=1e-9)
+    assert tflite["test_nll"] == pytest.approx(distilled["test_nll_scaled"],
+                                               rel=1e-4)
+    assert distilled["temperature"] != pytest.approx(1.0, abs=1e-3)
 
 
 def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):

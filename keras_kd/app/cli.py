@@ -302,9 +302,20 @@ def _export(run):
         return
     representative = splits.train.map(lambda x, y: x).unbatch().take(100) \
         .batch(1)
+    student, scaled = run.student, ""
+    if getattr(args, "calibrate", False):
+        from keras_kd import calibration
+
+        distilled = next(r for r in run.records
+                         if r["key"] == "student_distilled")
+        temperature = distilled["temperature"]
+        student = calibration.with_temperature(run.student, temperature)
+        scaled = f", temperature-scaled (T={temperature:.3g})"
+        _stage(f"folding T={temperature:.4g} (fitted on the validation "
+               "split) into the exported student")
     try:
         result = export.to_tflite(
-            run.student, path, quantize=args.quantize,
+            student, path, quantize=args.quantize,
             representative_data=representative, eval_data=splits.test,
             latency_runs=args.latency_runs)
     except Exception as error:  # report, do not lose the trained models
@@ -314,7 +325,7 @@ def _export(run):
     run.export_info = result.as_dict()
     run.records.append(dict(
         key="student_tflite", label=f"distilled student, TFLite "
-        f"{args.quantize}", path=str(result.path), parameters=None,
+        f"{args.quantize}{scaled}", path=str(result.path), parameters=None,
         size_bytes=int(result.size_bytes),
         test_accuracy=result.tflite_accuracy,
         **_tflite_calibration(run, str(result.path),
