@@ -13,7 +13,12 @@
    round by round; the figure is the best round of each. Positions per
    second count every position of a batch (``batch × length``), real or
    padded, the work both engines do.
-2. The soft-label cache's bytes per token (``kd.compute_soft_labels`` over
+2. The cost of on-policy distillation (``kd.OnPolicy``): step time of GKD
+   (β = 0.5) off-policy (λ = 0) and on-policy at λ = 0.5 and 1, the student
+   continuing each sequence's second half (``prompt_length = length / 2``)
+   inside the step; timed the same way, the three alternating round by
+   round. A step with λ > 0 samples every batch and reruns the student.
+3. The soft-label cache's bytes per token (``kd.compute_soft_labels`` over
    token windows, ``SoftLabels.bytes_per_token``) at top-k 8 and 32 and with
    the full vocabulary, measured on a cache of the byte-level teacher and
    given by the formula for the vocabularies of GPT-2 (50,257) and Gemma
@@ -112,6 +117,42 @@ def throughput(args):
             "steps": args.steps, "repeats": args.repeats}
 
 
+ON_POLICY = (0.0, 0.5, 1.0)
+
+
+def on_policy_cost(args):
+    """Seconds per step of GKD at each λ of ``ON_POLICY``, best of rounds."""
+    length, batch_size = args.sequence_length, args.batch_size
+    x, y, w = batches(args.skip + args.steps, batch_size, length)
+    teacher = build_causal_lm("teacher", sequence_length=length, seed=0)
+    sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    models = {}
+    for lmbda in ON_POLICY:
+        model = kd.Distiller(teacher, build_causal_lm(
+            "student", sequence_length=length, seed=1))
+        model.compile(keras.optimizers.Adam(1e-3), sce, alpha=0.0,
+                      temperature=1.0, distillation_loss="gkd",
+                      on_policy=kd.OnPolicy(lmbda=lmbda,
+                                            prompt_length=length // 2,
+                                            seed=0))
+        models[lmbda] = model
+    best = {lmbda: float("inf") for lmbda in ON_POLICY}
+    for round_ in range(args.repeats):
+        order = ON_POLICY if round_ % 2 == 0 else ON_POLICY[::-1]
+        for lmbda in order:
+            clock = _Clock(args.skip)
+            models[lmbda].fit(x, y, sample_weight=w, batch_size=batch_size,
+                              epochs=1, shuffle=False, verbose=0,
+                              callbacks=[clock])
+            best[lmbda] = min(best[lmbda],
+                              (clock.stop - clock.start) / args.steps)
+    return {"seconds_per_step": {str(k): v for k, v in best.items()},
+            "ratio_over_off_policy": {str(k): best[k] / best[0.0]
+                                      for k in ON_POLICY},
+            "sampled_tokens_per_sequence": length - length // 2,
+            "batch_size": batch_size, "sequence_length": length}
+
+
 def cache_bytes(args):
     x, y, w = batches(2, 8, args.sequence_length)
     teacher = build_causal_lm("teacher", sequence_length=args.sequence_length,
@@ -149,12 +190,17 @@ def main(argv=None):
         args.batch_size, args.sequence_length = 4, 32
         args.steps, args.skip, args.repeats = 2, 1, 1
     result = {"backend": keras.backend.backend(),
-              "throughput": throughput(args), "cache": cache_bytes(args)}
+              "throughput": throughput(args),
+              "on_policy": on_policy_cost(args), "cache": cache_bytes(args)}
     rates = result["throughput"]["positions_per_s"]
     print(f"backend {result['backend']}: positions/s keras-kd "
           f"{rates['keras-kd']:.0f}, keras.distillation "
           f"{rates['keras.distillation']:.0f}, ratio "
           f"{result['throughput']['ratio_kd_over_keras']:.3f}")
+    cost = result["on_policy"]
+    print("on-policy GKD, seconds per step by λ:", ", ".join(
+        f"λ={k}: {v:.3f} s ({cost['ratio_over_off_policy'][k]:.2f}x)"
+        for k, v in cost["seconds_per_step"].items()))
     print("cache bytes per token:", json.dumps(result["cache"]))
     if args.json:
         with open(args.json, "w") as f:
