@@ -6,6 +6,7 @@ Public API only; see the README for a tour and docs/ for each capability.
 from keras_kd import calibration, callbacks, data, objectives
 from keras_kd.distiller import Distiller
 from keras_kd.on_policy import OnPolicy
+from keras_kd.search import search
 from keras_kd.objectives import (
     DIST,
     DKD,

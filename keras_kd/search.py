@@ -1,0 +1,432 @@
+"""Choosing the objective and its settings for a teacher–student pair.
+
+Which objective, temperature and alpha distil best depends on the pair and the
+data: on the digits, KD at T=4 trails the student alone while DIST gains
+(docs/benchmarks.md). :func:`search` answers the question for one pair by
+training a fresh student for each setting with keras-tuner
+(https://keras.io/keras_tuner/) and ranking the settings by their validation
+score, next to the student alone.
+
+keras-tuner is an optional dependency: ``pip install "keras-kd[search]"``.
+"""
+
+import dataclasses
+import math
+import numbers
+import shutil
+import tempfile
+import warnings
+
+import keras
+
+from keras_kd import objectives as objectives_lib
+from keras_kd.extras import require
+
+# The value of the "objective" hyperparameter for the baseline: the student
+# trained on the labels alone (alpha = 1).
+STUDENT_ALONE = "student alone"
+# Objectives that ignore the temperature: one trial each, whatever
+# `temperatures` holds (hard distillation uses the teacher's argmax).
+TEMPERATURE_FREE = ("hard",)
+_NO_FEATURES = "none"
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What :func:`search` found.
+
+    Attributes:
+        best: the best row's settings: ``{"objective", "temperature",
+            "alpha", "features"}``; ``objective`` is ``None`` when the student
+            alone won (then distillation did not pay on this validation set).
+        best_score: the best row's validation score.
+        ranking: one dict per trial, best first: the settings, ``"score"``
+            (the best epoch's value of ``metric``, keras-tuner's convention),
+            ``"setting"`` (a readable label) and ``"trial"`` (keras-tuner's
+            trial id). The student alone is one of the rows.
+        baseline_score: the student alone's score.
+        student: the best row's student, with the weights of its best epoch.
+        metric: the name of the score, e.g. ``"val_accuracy"``.
+        direction: ``"max"`` or ``"min"``.
+    """
+
+    best: dict
+    best_score: float
+    ranking: list
+    baseline_score: float
+    student: object
+    metric: str
+    direction: str
+
+    def table(self):
+        """The ranking as a Markdown table (rank, setting, score, gain).
+
+        The gain is the score minus the student alone's.
+        """
+        lines = [f"| rank | setting | {self.metric} | vs student alone |",
+                 "|---:|---|---:|---:|"]
+        for rank, row in enumerate(self.ranking, 1):
+            gain = row["score"] - self.baseline_score
+            gain = "—" if row["objective"] is None else f"{gain:+.4f}"
+            lines.append(f"| {rank} | {row['setting']} | {row['score']:.4f} "
+                         f"| {gain} |")
+        return "\n".join(lines)
+
+    def to_dict(self):
+        """A JSON-ready dict (everything but the student)."""
+        return dict(metric=self.metric, direction=self.direction,
+                    best=self.best, best_score=self.best_score,
+                    baseline_score=self.baseline_score,
+                    ranking=self.ranking)
+
+
+def _keras_tuner():
+    try:
+        return require("keras_tuner")
+    except ImportError as error:
+        raise ImportError(
+            "keras_kd.search needs keras-tuner, which is not installed. "
+            'Install it with: pip install "keras-kd[search]"') from error
+
+
+def _names(objectives):
+    if isinstance(objectives, str) or not objectives:
+        raise ValueError(
+            f"objectives must be a non-empty list of objective names, got "
+            f"{objectives!r}; e.g. objectives=('kd', 'dist').")
+    known = sorted(objectives_lib.LOGIT_OBJECTIVES)
+    names = []
+    for name in objectives:
+        if not isinstance(name, str) or name.lower() not in known:
+            raise ValueError(
+                f"objectives holds {name!r}; search takes objective names, "
+                f"one of {known}, e.g. objectives=('kd', 'dist').")
+        names.append(name.lower())
+    return _unique(names, "objectives")
+
+
+def _unique(values, what):
+    if len(set(values)) != len(values):
+        raise ValueError(f"{what} has repeated values {list(values)}; list "
+                         "each once.")
+    return list(values)
+
+
+def _numbers(values, what, ok, rule, example):
+    if isinstance(values, (str, numbers.Number)) or not values:
+        raise ValueError(f"{what} must be a non-empty list of numbers, got "
+                         f"{values!r}; e.g. {what}={example}.")
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or \
+                not math.isfinite(v) or not ok(v):
+            raise ValueError(f"{what} holds {v!r}, which is not {rule}; e.g. "
+                             f"{what}={example}.")
+        out.append(float(v))
+    return _unique(out, what)
+
+
+def _feature_labels(feature_pairs, teacher, student):
+    if feature_pairs is None:
+        return {}
+    labels = {}
+    for pair in feature_pairs:
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(n, str) for n in pair)):
+            raise ValueError(
+                f"feature_pairs holds {pair!r}; give (teacher_layer, "
+                "student_layer) name pairs, e.g. feature_pairs=[('dense', "
+                "'dense_1')].")
+        for model, name, role in ((teacher, pair[0], "teacher"),
+                                  (student, pair[1], "student")):
+            layer_names = [layer.name for layer in model.layers]
+            if name not in layer_names:
+                raise ValueError(
+                    f"feature_pairs: the {role} has no layer {name!r}; its "
+                    f"layers are {layer_names}.")
+        labels[f"{pair[0]}->{pair[1]}"] = tuple(pair)
+    if len(labels) != len(feature_pairs):
+        raise ValueError(f"feature_pairs has repeated pairs {feature_pairs}; "
+                         "list each once.")
+    return labels
+
+
+def grid_size(objectives, temperatures, alphas, feature_pairs=None):
+    """The number of trials of a full grid, the student alone included.
+
+    One per objective, temperature (not for ``"hard"``), alpha and feature
+    pair (or none), plus one for the student alone.
+
+    >>> grid_size(("kd", "dist", "hard"), (1, 2, 4), (0.1, 0.5))
+    15
+    """
+    features = 1 + len(feature_pairs or ())
+    per_temperature = sum(1 if o.lower() in TEMPERATURE_FREE
+                          else len(temperatures) for o in objectives)
+    return 1 + per_temperature * len(alphas) * features
+
+
+def _hypermodel(kt, teacher, make_student, objectives, temperatures, alphas,
+                feature_labels, feature_objective, loss, metrics,
+                learning_rate, seed):
+    tempered = [o for o in objectives if o not in TEMPERATURE_FREE]
+
+    class DistillationHyperModel(kt.HyperModel):
+        """A fresh student, distilled with the trial's settings."""
+
+        def build(self, hp):
+            from keras_kd.distiller import Distiller
+
+            objective = hp.Choice("objective", [STUDENT_ALONE] + objectives,
+                                  default=STUDENT_ALONE)
+            temperature, alpha, features = None, 1.0, _NO_FEATURES
+            with hp.conditional_scope("objective", objectives):
+                value = hp.Choice("alpha", alphas)
+                if objective != STUDENT_ALONE:
+                    alpha = value
+                if feature_labels:
+                    value = hp.Choice("features",
+                                      [_NO_FEATURES] + list(feature_labels))
+                    if objective != STUDENT_ALONE:
+                        features = value
+            if tempered:
+                with hp.conditional_scope("objective", tempered):
+                    temperature = hp.Choice("temperature", temperatures)
+            # The same seed for every trial: the same initial student and the
+            # same batches, so the settings alone differ.
+            keras.utils.set_random_seed(seed)
+            student = make_student()
+            distiller = Distiller(teacher=teacher, student=student)
+            pairs = ([] if features == _NO_FEATURES
+                     else [feature_objective(*feature_labels[features])])
+            distiller.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss=(keras.losses.SparseCategoricalCrossentropy(
+                    from_logits=True) if loss is None else loss),
+                metrics=list(metrics), alpha=alpha,
+                # The student alone (alpha = 1) gives the distillation loss
+                # weight 0; its objective and temperature do not matter.
+                temperature=temperature or 1.0,
+                distillation_loss=("kd" if objective == STUDENT_ALONE
+                                   else objective),
+                feature_losses=pairs)
+            return distiller
+
+        def fit(self, hp, model, x, y=None, **kwargs):
+            if callable(x):  # a fresh pipeline: the same batch order each trial
+                x = x()
+            return model.fit(x, y, **kwargs)
+
+    return DistillationHyperModel()
+
+
+def _baseline_first(kt):
+    class BaselineFirstRandomSearchOracle(kt.oracles.RandomSearchOracle):
+        """Random search whose first trial is the defaults: the student alone."""
+
+        def populate_space(self, trial_id):
+            if self.start_order:
+                return super().populate_space(trial_id)
+            hps = self.get_space()
+            values = {hp.name: hp.default for hp in hps.space
+                      if hps.is_active(hp)}
+            return {"status": "RUNNING", "values": values}
+
+    return BaselineFirstRandomSearchOracle
+
+
+def _row(trial, feature_labels):
+    values = trial.hyperparameters.values
+    objective = values.get("objective")
+    if objective == STUDENT_ALONE:
+        row = dict(objective=None, temperature=None, alpha=1.0, features=None,
+                   setting=STUDENT_ALONE)
+    else:
+        features = values.get("features", _NO_FEATURES)
+        features = (None if features == _NO_FEATURES
+                    else list(feature_labels[features]))
+        temperature = values.get("temperature")
+        row = dict(objective=objective, temperature=temperature,
+                   alpha=values["alpha"], features=features)
+        row["setting"] = (
+            objective + ("" if temperature is None else f" T={temperature:g}")
+            + f" alpha={values['alpha']:g}"
+            + ("" if features is None else " + features "
+               + "->".join(features)))
+    row["score"] = float(trial.score)
+    row["trial"] = trial.trial_id
+    return row
+
+
+def search(teacher, make_student, x, y=None, validation_data=None, *,
+           objectives=("kd", "dist", "dkd", "ls"), temperatures=(1.0, 2.0, 4.0),
+           alphas=(0.1, 0.5), feature_pairs=None, feature_objective=None,
+           epochs=10, batch_size=32, learning_rate=1e-3, loss=None,
+           metrics=("accuracy",), metric="val_accuracy", max_trials=None,
+           seed=0, directory=None, verbose=0):
+    """Searches the distillation objective and its settings for a pair.
+
+    Trains, with keras-tuner, a fresh student (``make_student()``) distilled
+    from ``teacher`` by a :class:`keras_kd.Distiller` for each combination of
+    objective × temperature × alpha (× feature pair or none), plus the student
+    alone (alpha = 1: the hard-label loss only) as the baseline, and ranks them
+    by ``metric`` on ``validation_data``. Every trial starts from
+    ``keras.utils.set_random_seed(seed)`` before ``make_student()``, so all
+    start from the same weights and see the same batches: a trial equals
+    ``set_random_seed(seed)``, ``make_student()``, ``Distiller(...)``,
+    ``compile(Adam(learning_rate), ..., alpha, temperature,
+    distillation_loss)``, ``fit(...)`` run by hand.
+
+    Temperature: every objective but ``"hard"`` reads the Distiller's
+    temperature, so each is tried at every value of ``temperatures``. DIST
+    (τ = 1 in its paper), LS (τ = 2) and KD and DKD (T = 4) have different
+    usual values (the ones ``keras-kd run`` picks); the default
+    ``temperatures=(1, 2, 4)`` holds all three, so each objective's usual
+    setting is among the trials. ``"hard"`` ignores the temperature and gets
+    one trial per alpha.
+
+    The grid (:func:`grid_size` trials) runs in full with
+    ``keras_tuner.GridSearch`` when ``max_trials`` is None or not smaller;
+    otherwise ``max_trials`` trials run with ``keras_tuner.RandomSearch``
+    (seeded by ``seed``), the first always the student alone.
+
+    The score of a trial is keras-tuner's: ``metric`` at its best epoch; the
+    returned student has that epoch's weights. That is a selection on the
+    validation data: measure the chosen setting on a separate test set.
+
+    Args:
+        teacher: the trained teacher (a Keras model returning logits).
+        make_student: a function of no arguments that builds a new,
+            untrained student (called once per trial).
+        x, y: the training data, as for ``fit``; ``x`` may also be a
+            function of no arguments returning a fresh dataset (so that a
+            reshuffling ``tf.data`` pipeline gives each trial the same order).
+        validation_data: as for ``fit``; required (the scores come from it).
+        objectives: logit objective names (``"kd"``, ``"dist"``, ``"dkd"``,
+            ``"ls"``, ``"hard"``, ...).
+        temperatures: temperatures (> 0) tried for each objective.
+        alphas: hard-label weights in [0, 1); alpha = 1 is the student alone,
+            always included.
+        feature_pairs: ``[(teacher_layer, student_layer), ...]``; each is
+            tried, as ``feature_objective(teacher_layer, student_layer)``,
+            and so is no feature loss. None: logits only.
+        feature_objective: builds the feature loss of a pair; default
+            :class:`keras_kd.FitNet`.
+        epochs, batch_size, learning_rate: of each trial's training (Adam).
+        loss: the hard-label loss; default sparse categorical cross-entropy
+            on logits.
+        metrics: the Distiller's metrics; ``metric`` must be among their
+            logged names.
+        metric: what to rank by, e.g. ``"val_accuracy"`` (maximised) or
+            ``"val_loss"`` (minimised); or a ``keras_tuner.Objective``.
+        max_trials: at most this many trials (the student alone included).
+        seed: the seed of every trial (and of the random search).
+        directory: where keras-tuner keeps its trials (a ``search`` project
+            in it, overwritten); None: a temporary directory, removed at the
+            end, so nothing is written to the working directory.
+        verbose: passed to ``fit`` and keras-tuner (0: silent).
+
+    Returns:
+        A :class:`SearchResult`: ``best`` settings, ``ranking``,
+        ``baseline_score``, the best ``student``; ``table()`` prints the
+        ranking.
+
+    Raises:
+        ImportError: keras-tuner is not installed (``pip install
+            "keras-kd[search]"``).
+        ValueError: bad arguments, with the fix.
+
+    Example:
+
+    >>> import keras, keras_kd as kd
+    >>> (x, y), (x_val, y_val) = kd.data.load_digits()
+    >>> def mlp(width):
+    ...     return keras.Sequential([keras.Input((64,)),
+    ...         keras.layers.Dense(width, activation="relu"),
+    ...         keras.layers.Dense(10)])
+    >>> keras.utils.set_random_seed(0)
+    >>> teacher = mlp(64)
+    >>> teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+    ...     from_logits=True))
+    >>> _ = teacher.fit(x[:200], y[:200], epochs=3, verbose=0)
+    >>> result = kd.search(teacher, lambda: mlp(8), x[:100], y[:100],
+    ...     (x_val[:50], y_val[:50]), objectives=("kd",), temperatures=(4,),
+    ...     alphas=(0.5,), epochs=1)
+    >>> [row["setting"] for row in sorted(result.ranking,
+    ...                                   key=lambda r: r["trial"])]
+    ['student alone', 'kd T=4 alpha=0.5']
+    """
+    kt = _keras_tuner()
+    if isinstance(make_student, keras.Model) or not callable(make_student):
+        raise TypeError(
+            "make_student must be a function that builds a new student (each "
+            "trial trains its own), e.g. make_student=lambda: build_student(); "
+            f"got {type(make_student).__name__}.")
+    if validation_data is None:
+        raise ValueError(
+            "search ranks the settings on validation_data, which is None; "
+            "pass held-out data, e.g. validation_data=(x_val, y_val).")
+    names = _names(objectives)
+    temperatures = _numbers(temperatures, "temperatures", lambda v: v > 0,
+                            "> 0", "(1, 2, 4)")
+    alphas = _numbers(alphas, "alphas", lambda v: 0 <= v < 1, "in [0, 1) "
+                      "(alpha = 1 is the student alone, which the search "
+                      "always includes)", "(0.1, 0.5)")
+    if feature_objective is None:
+        from keras_kd.objectives import FitNet as feature_objective
+    feature_labels = _feature_labels(feature_pairs, teacher,
+                                     make_student() if feature_pairs else None)
+    if max_trials is not None and (isinstance(max_trials, bool) or
+                                   not isinstance(max_trials, int) or
+                                   max_trials < 2):
+        raise ValueError(
+            f"max_trials must be an integer >= 2 (the student alone and at "
+            f"least one setting) or None for the whole grid, got "
+            f"{max_trials!r}; e.g. max_trials=10.")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}; e.g. "
+                         "seed=0.")
+
+    hypermodel = _hypermodel(kt, teacher, make_student, names, temperatures,
+                             alphas, feature_labels, feature_objective, loss,
+                             metrics, learning_rate, seed)
+    size = grid_size(names, temperatures, alphas, list(feature_labels))
+    owned = directory is None
+    root = tempfile.mkdtemp(prefix="keras-kd-search-") if owned else directory
+    try:
+        common = dict(hypermodel=hypermodel, directory=root,
+                      project_name="search", overwrite=True)
+        if max_trials is None or max_trials >= size:
+            tuner = kt.GridSearch(objective=metric, seed=seed,
+                                  max_consecutive_failed_trials=1, **common)
+        else:
+            oracle = _baseline_first(kt)(
+                objective=metric, max_trials=max_trials, seed=seed,
+                max_consecutive_failed_trials=1)
+            tuner = kt.Tuner(oracle=oracle, **common)
+        tuner.search(x, y, validation_data=validation_data, epochs=epochs,
+                     batch_size=batch_size, verbose=verbose)
+        objective = tuner.oracle.objective
+        trials = [t for t in tuner.oracle.trials.values()
+                  if t.score is not None]
+        maximise = objective.direction == "max"
+        ranking = sorted((_row(t, feature_labels) for t in trials),
+                         key=lambda r: -r["score"] if maximise else r["score"])
+        best_trial = tuner.oracle.get_best_trials(1)[0]
+        with warnings.catch_warnings():
+            # The checkpoint holds the optimizer's state too; only the
+            # weights are wanted.
+            warnings.filterwarnings("ignore", "Skipping variable loading for "
+                                    "optimizer", UserWarning)
+            student = tuner.load_model(best_trial).student
+    finally:
+        if owned:
+            shutil.rmtree(root, ignore_errors=True)
+    best_row = next(r for r in ranking if r["trial"] == best_trial.trial_id)
+    baseline = next(r for r in ranking if r["objective"] is None)
+    return SearchResult(
+        best={k: best_row[k] for k in ("objective", "temperature", "alpha",
+                                       "features")},
+        best_score=best_row["score"], ranking=ranking,
+        baseline_score=baseline["score"], student=student,
+        metric=objective.name, direction=objective.direction)
