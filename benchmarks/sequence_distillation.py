@@ -93,22 +93,29 @@ class _Clock(keras.callbacks.Callback):
         self.stop = time.perf_counter()
 
 
+def best_seconds_per_step(models, x, y, w, args):
+    """Seconds per step of each model's ``fit``, best of ``args.repeats``
+    rounds, the models alternating (reversed order every other round)."""
+    names = list(models)
+    best = {name: float("inf") for name in names}
+    for round_ in range(args.repeats):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            clock = _Clock(args.skip)
+            models[name].fit(x, y, sample_weight=w,
+                             batch_size=args.batch_size, epochs=1,
+                             shuffle=False, verbose=0, callbacks=[clock])
+            best[name] = min(best[name],
+                             (clock.stop - clock.start) / args.steps)
+    return best
+
+
 def throughput(args):
     length, batch_size = args.sequence_length, args.batch_size
     x, y, w = batches(args.skip + args.steps, batch_size, length)
     teacher = build_causal_lm("teacher", sequence_length=length, seed=0)
     models = {name: engine(name, teacher, build_causal_lm(
         "student", sequence_length=length, seed=1)) for name in ENGINES}
-    best = {name: float("inf") for name in ENGINES}
-    for round_ in range(args.repeats):
-        order = ENGINES if round_ % 2 == 0 else ENGINES[::-1]
-        for name in order:
-            clock = _Clock(args.skip)
-            models[name].fit(x, y, sample_weight=w, batch_size=batch_size,
-                             epochs=1, shuffle=False, verbose=0,
-                             callbacks=[clock])
-            per_step = (clock.stop - clock.start) / args.steps
-            best[name] = min(best[name], per_step)
+    best = best_seconds_per_step(models, x, y, w, args)
     rates = {name: batch_size * length / best[name] for name in ENGINES}
     return {"positions_per_s": rates,
             "ratio_kd_over_keras": rates["keras-kd"] / rates[
@@ -136,16 +143,7 @@ def on_policy_cost(args):
                                             prompt_length=length // 2,
                                             seed=0))
         models[lmbda] = model
-    best = {lmbda: float("inf") for lmbda in ON_POLICY}
-    for round_ in range(args.repeats):
-        order = ON_POLICY if round_ % 2 == 0 else ON_POLICY[::-1]
-        for lmbda in order:
-            clock = _Clock(args.skip)
-            models[lmbda].fit(x, y, sample_weight=w, batch_size=batch_size,
-                              epochs=1, shuffle=False, verbose=0,
-                              callbacks=[clock])
-            best[lmbda] = min(best[lmbda],
-                              (clock.stop - clock.start) / args.steps)
+    best = best_seconds_per_step(models, x, y, w, args)
     return {"seconds_per_step": {str(k): v for k, v in best.items()},
             "ratio_over_off_policy": {str(k): best[k] / best[0.0]
                                       for k in ON_POLICY},
