@@ -354,8 +354,120 @@ def add_export_parser(subparsers):
     return add_export_arguments(parser)
 
 
+# ----------------------------------------------------------------------
+# keras-kd search
+# ----------------------------------------------------------------------
+# The grid of `keras-kd search` (keras_kd.search's defaults): the
+# temperatures hold each objective's usual value (DIST 1, LS 2, KD and DKD 4).
+SEARCH_DEFAULTS = dict(objectives=("kd", "dist", "dkd", "ls"),
+                       temperatures=(1.0, 2.0, 4.0), alphas=(0.1, 0.5),
+                       epochs=10, teacher_epochs=30, batch_size=64,
+                       learning_rate=1e-3)
+SEARCH_QUICK = dict(epochs=2, teacher_epochs=2, max_train=256, max_test=128,
+                    batch_size=32, max_trials=3)
+
+
+def _comma_list(parse_one, name, example):
+    """A comma-separated list of ``parse_one`` values, each once."""
+    def parse(text):
+        values = [parse_one(part.strip()) for part in text.split(",")
+                  if part.strip()]
+        if not values or len(set(values)) != len(values):
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give distinct values separated by commas, e.g. "
+                f"--{name} {example}")
+        return tuple(values)
+    return parse
+
+
+def _search_alpha(text):
+    value = _alpha(text)
+    if value == 1.0:
+        raise argparse.ArgumentTypeError(
+            "alpha 1 is the student alone, which the search always includes "
+            "as its baseline; list alphas below 1, e.g. --alphas 0.1,0.5")
+    return value
+
+
+def add_search_parser(subparsers):
+    """Registers ``keras-kd search`` on an argparse ``subparsers`` object.
+
+    Example:
+
+    >>> parser = argparse.ArgumentParser(prog="keras-kd")
+    >>> _ = add_search_parser(parser.add_subparsers(dest="command"))
+    >>> parser.parse_args(["search", "--objectives", "kd,dist"]).objectives
+    ('kd', 'dist')
+    """
+    p = subparsers.add_parser(
+        "search", help="rank objectives, temperatures and alphas for a "
+        "teacher-student pair (keras-tuner)",
+        description="Train the teacher once, then a fresh student for each "
+        "objective x temperature x alpha and the student alone "
+        "(keras_kd.search, keras-tuner); print the ranking by validation "
+        "accuracy and write OUTPUT/RUN_NAME/search.json. Needs "
+        'pip install "keras-kd[search]".',
+        formatter_class=_HelpFormatter)
+    d = SEARCH_DEFAULTS
+    p.add_argument("--dataset", type=_dataset_name, default=DEFAULTS["dataset"],
+                   help="as for keras-kd run")
+    p.add_argument("--teacher", type=_model_name, default=DEFAULTS["teacher"],
+                   help="as for keras-kd run")
+    p.add_argument("--student", type=_model_name, default=DEFAULTS["student"],
+                   help="as for keras-kd run")
+    p.add_argument("--image-size", type=_image_size, default=None,
+                   help="as for keras-kd run")
+    p.add_argument("--weights", choices=("auto", "none", "imagenet"),
+                   default="auto", help="as for keras-kd run")
+    p.add_argument("--objectives", type=_comma_list(
+        _objective, "objectives", "kd,dist"), default=d["objectives"],
+        help="comma-separated objectives: " + ", ".join(OBJECTIVES))
+    p.add_argument("--temperatures", type=_comma_list(
+        _positive_float("temperatures", "1,4"), "temperatures", "1,2,4"),
+        default=d["temperatures"],
+        help="comma-separated temperatures, tried with every objective but "
+        "hard")
+    p.add_argument("--alphas", type=_comma_list(
+        _search_alpha, "alphas", "0.1,0.5"), default=d["alphas"],
+        help="comma-separated hard-label weights below 1 (the student alone, "
+        "alpha 1, is always a row)")
+    p.add_argument("--max-trials", type=_positive_int("max-trials", 10),
+                   default=None,
+                   help="at most this many trials, drawn at random, the "
+                   "student alone first (default: the whole grid)")
+    p.add_argument("--epochs", type=_positive_int("epochs", 10),
+                   default=d["epochs"], help="epochs of each trial")
+    p.add_argument("--teacher-epochs", type=_positive_int(
+        "teacher-epochs", 30), default=d["teacher_epochs"])
+    p.add_argument("--batch-size", type=_positive_int("batch-size", 64),
+                   default=d["batch_size"])
+    p.add_argument("--learning-rate", type=_positive_float(
+        "learning-rate", "1e-3"), default=d["learning_rate"])
+    p.add_argument("--max-train", type=_positive_int("max-train", 5000),
+                   default=None, help="use at most this many training examples")
+    p.add_argument("--max-test", type=_positive_int("max-test", 1000),
+                   default=None,
+                   help="use at most this many validation and test examples")
+    p.add_argument("--output", type=_output_dir, default="saved_models",
+                   help="directory under which the run directory is made")
+    p.add_argument("--run-name", default=None,
+                   help="name of the run directory (default: "
+                   "DATASET-TEACHER-STUDENT-search-TIMESTAMP)")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
+                   help="smoke-test size: %s" % ", ".join(
+                       f"{k}={v}" for k, v in SEARCH_QUICK.items()))
+    p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
+                   help="Keras fit verbosity of the teacher and the trials")
+    # What keras-kd run's teacher training reads and search does not offer.
+    p.set_defaults(teacher_finetune=False, finetune_epochs=None,
+                   finetune_lr_factor=0.1)
+    return p
+
+
 def build_parser():
-    """The ``keras-kd`` argument parser (subcommands ``run`` and ``export``).
+    """The ``keras-kd`` argument parser (subcommands ``run``, ``export``,
+    ``search``).
 
     Pure argparse: building it, and ``--help``, import neither Keras nor
     keras_kd.
@@ -378,6 +490,7 @@ def build_parser():
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_run_parser(subparsers)
     add_export_parser(subparsers)
+    add_search_parser(subparsers)
     return parser
 
 

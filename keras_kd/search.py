@@ -215,6 +215,7 @@ def _hypermodel(kt, teacher, make_student, objectives, temperatures, alphas,
         def fit(self, hp, model, x, y=None, **kwargs):
             if callable(x):  # a fresh pipeline: the same batch order each trial
                 x = x()
+                kwargs.setdefault("shuffle", False)  # the pipeline shuffles
             return model.fit(x, y, **kwargs)
 
     return DistillationHyperModel()
@@ -312,7 +313,8 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
             and so is no feature loss. None: logits only.
         feature_objective: builds the feature loss of a pair; default
             :class:`keras_kd.FitNet`.
-        epochs, batch_size, learning_rate: of each trial's training (Adam).
+        epochs, batch_size, learning_rate: of each trial's training (Adam);
+            ``batch_size=None`` when ``x`` is a batched dataset.
         loss: the hard-label loss; default sparse categorical cross-entropy
             on logits.
         metrics: the Distiller's metrics; ``metric`` must be among their
@@ -404,8 +406,11 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
                 objective=metric, max_trials=max_trials, seed=seed,
                 max_consecutive_failed_trials=1)
             tuner = kt.Tuner(oracle=oracle, **common)
-        tuner.search(x, y, validation_data=validation_data, epochs=epochs,
-                     batch_size=batch_size, verbose=verbose)
+        fit_kwargs = dict(validation_data=validation_data, epochs=epochs,
+                          verbose=verbose)
+        if batch_size is not None:  # None: x is a batched dataset
+            fit_kwargs["batch_size"] = batch_size
+        tuner.search(x, y, **fit_kwargs)
         objective = tuner.oracle.objective
         trials = [t for t in tuner.oracle.trials.values()
                   if t.score is not None]

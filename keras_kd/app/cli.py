@@ -427,6 +427,10 @@ def execute(args):
         from keras_kd.app import export_command
 
         return export_command.run_export(args)
+    if args.command == "search":
+        from keras_kd.app import search_command
+
+        return search_command.run_search(args)
     result = run(args)
     return 0 if result is None or isinstance(result, dict) else int(result)
 

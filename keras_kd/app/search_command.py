@@ -1,0 +1,92 @@
+"""``keras-kd search``: which objective, temperature and alpha for this pair.
+
+Loads the data and trains the teacher as ``keras-kd run`` does (the same
+functions of :mod:`keras_kd.app.cli`), then runs :func:`keras_kd.search` over
+the built-in student, prints the ranking as a Markdown table and writes
+``OUTPUT/RUN_NAME/search.json``.
+
+Examples::
+
+    keras-kd search                     # digits, cnn -> small_cnn, 25 trials
+    keras-kd search --quick             # seconds, for tests
+    keras-kd search --objectives kd,dist --temperatures 1,4 --alphas 0.1
+"""
+
+import datetime
+import json
+import os
+import time
+
+from keras_kd_cli import SEARCH_DEFAULTS, SEARCH_QUICK
+
+
+def _apply_quick(args):
+    """--quick: the smoke sizes, for the options left at their defaults."""
+    if not args.quick:
+        return
+    for key, value in SEARCH_QUICK.items():
+        if getattr(args, key) == SEARCH_DEFAULTS.get(key):
+            setattr(args, key, value)
+
+
+def run_search(args):
+    """Runs ``keras-kd search`` for parsed arguments; returns the exit status.
+
+    ``search.json`` holds the configuration, the backend, the teacher's
+    validation accuracy and :meth:`keras_kd.search.SearchResult.to_dict`
+    (``best``, ``best_score``, ``baseline_score``, ``ranking`` best first).
+    """
+    import keras
+
+    from keras_kd.app import cli
+    from keras_kd.search import search
+
+    _apply_quick(args)
+    start = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    if args.run_name is None:
+        args.run_name = "{}-{}-{}-search-{}".format(
+            args.dataset, args.teacher.lower(), args.student.lower(),
+            datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    state = cli._Run(args)
+    try:
+        os.makedirs(state.run_dir, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(
+            f"keras-kd search: cannot make {state.run_dir!r} "
+            f"({error.strerror or error}); pass a directory you can write to, "
+            "e.g. --output ~/keras-kd-runs") from None
+    cli._stage(f"search {state.run_name}: backend {state.backend}")
+    cli._load_data(state)
+    cli._train_teacher(state)
+    teacher_accuracy = max(state.histories["teacher"]["val_accuracy"])
+    cli._stage(f"teacher: best validation accuracy {teacher_accuracy:.4f}; "
+               f"searching objectives {', '.join(args.objectives)}, "
+               f"temperatures {args.temperatures}, alphas {args.alphas}, "
+               f"{args.epochs} epochs a trial")
+    result = search(
+        state.teacher, lambda: cli._build(state, args.student, "student"),
+        # A fresh pipeline for each trial: the same batches in the same order.
+        lambda: cli._same_order_train(state),
+        validation_data=state.splits.validation,
+        objectives=args.objectives, temperatures=args.temperatures,
+        alphas=args.alphas, epochs=args.epochs, batch_size=None,
+        learning_rate=args.learning_rate, max_trials=args.max_trials,
+        seed=args.seed, verbose=args.verbose)
+    print()
+    print(result.table())
+    print()
+    path = os.path.join(state.run_dir, "search.json")
+    config = {k: v for k, v in vars(args).items()
+              if isinstance(v, (str, int, float, bool, tuple, type(None)))}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(dict(config=config, backend=state.backend,
+                       teacher_val_accuracy=teacher_accuracy,
+                       seconds=time.perf_counter() - start,
+                       **result.to_dict()), f, indent=2)
+    best = result.ranking[0]["setting"]
+    gain = result.best_score - result.baseline_score
+    cli._stage(f"best: {best} ({result.metric} {result.best_score:.4f}, "
+               f"{100 * gain:+.2f} points over the student alone); wrote "
+               f"{path}")
+    return 0
