@@ -54,6 +54,55 @@ OFFLINE_DATASETS = ("digits", "mnist1d")
 # The seed feeds NumPy's generator, which takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
 
+# keras-kd run --task: image classification (the default) or the offline
+# language-model run (keras_kd.app.causal_lm_run).
+TASKS = ("image-classification", "causal-lm")
+# The names of keras_kd.app.language_models.SIZES and of
+# keras_kd.objectives.SEQUENCE_OBJECTIVES (the token-level objectives),
+# written out for --help (tests/app/test_causal_lm_run.py checks they agree).
+LM_SIZES = ("tiny", "student", "teacher", "large")
+LM_OBJECTIVES = ("forward_kl", "gkd", "reverse_kl", "skew_kl",
+                 "skew_reverse_kl")
+# The options --task causal-lm reads, by default: examples/language_model.py's
+# settings (AdamW, cosine decay to a peak learning rate of 3e-3, alpha 0.5,
+# T=1; forward KL, which gained most in docs/benchmarks.md). A teacher of 600
+# steps and students of 400 steps of 32 x 128 bytes.
+LM_DEFAULTS = dict(lm_teacher="teacher", lm_student="student",
+                   objective="forward_kl", alpha=0.5, temperature=1.0,
+                   teacher_steps=600, steps=400, batch_size=32,
+                   learning_rate=3e-3, sequence_length=128,
+                   max_bytes=4_000_000)
+LM_QUICK = dict(lm_teacher="tiny", lm_student="tiny", teacher_steps=30,
+                steps=20, batch_size=8, sequence_length=32, max_bytes=60_000,
+                latency_runs=5)
+# Options whose default depends on --task (None in the parser, filled by
+# apply_task_defaults from DEFAULTS or LM_DEFAULTS).
+TASK_DEFAULTED = ("objective", "alpha", "batch_size", "learning_rate")
+# The options of one task only: (the other task's way to say it).
+IMAGE_ONLY = {
+    "dataset": "the language model trains on the Python standard library's "
+    "source (offline); size it with --max-bytes",
+    "teacher": "choose the language model sizes with --lm-teacher and "
+    "--lm-student (" + ", ".join(LM_SIZES) + ")",
+    "student": "choose the language model sizes with --lm-teacher and "
+    "--lm-student (" + ", ".join(LM_SIZES) + ")",
+    "epochs": "count language model training in steps: --steps",
+    "teacher_epochs": "count language model training in steps: "
+    "--teacher-steps",
+    "max_train": "size the text with --max-bytes",
+    "max_test": "size the text with --max-bytes",
+    "image_size": "leave it out", "weights": "leave it out",
+    "teacher_finetune": "leave it out", "finetune_epochs": "leave it out",
+    "finetune_lr_factor": "leave it out", "calibrate": "leave it out",
+}
+LM_ONLY = {
+    "lm_teacher": "for images use --teacher", "lm_student":
+    "for images use --student", "steps": "for images use --epochs",
+    "teacher_steps": "for images use --teacher-epochs",
+    "sequence_length": "leave it out", "max_bytes":
+    "for images use --max-train", "on_policy": "leave it out",
+}
+
 # What TensorFlow's libraries print while they load, before absl's logging is
 # initialised (TF_CPP_MIN_LOG_LEVEL does not reach those): absl/glog lines
 # ("I0000 00:00:17.. 123 port.cc:153] ...") of severity I, W or E, the older
@@ -72,12 +121,18 @@ QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3",
 # ----------------------------------------------------------------------
 # Argument types: each error names the fix.
 # ----------------------------------------------------------------------
-def _alpha(text):
+def _unit_interval(text):
+    """``float(text)`` when it is in [0, 1], else None."""
     try:
         value = float(text)
     except ValueError:
-        value = None
-    if value is None or not 0.0 <= value <= 1.0:
+        return None
+    return value if 0.0 <= value <= 1.0 else None
+
+
+def _alpha(text):
+    value = _unit_interval(text)
+    if value is None:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not in [0, 1]; alpha weighs the hard-label loss "
             "(1 - alpha the distillation loss), e.g. --alpha 0.1")
@@ -107,6 +162,16 @@ def _positive_int(name, example):
         if value is None or value < 1:
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not a positive integer; e.g. --{name} {example}")
+        return value
+    return parse
+
+
+def _fraction(name, example):
+    def parse(text):
+        value = _unit_interval(text)
+        if value is None:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not in [0, 1]; e.g. --{name} {example}")
         return value
     return parse
 
@@ -257,27 +322,36 @@ def add_run_parser(subparsers):
         help="fine-tuning epochs (default: half of --epochs, at least 1)")
     p.add_argument("--finetune-lr-factor", type=_positive_float(
         "finetune-lr-factor", 0.1), default=0.1)
-    p.add_argument("--objective", type=_objective, default=d["objective"],
+    lm = LM_DEFAULTS
+    p.add_argument("--objective", type=_objective, default=None,
                    help="logit distillation objective: one of "
-                   + ", ".join(OBJECTIVES))
-    p.add_argument("--alpha", type=_alpha, default=d["alpha"],
+                   + ", ".join(OBJECTIVES) + f" (default: {d['objective']}; "
+                   f"{lm['objective']} for --task causal-lm, which takes "
+                   "the token-level ones: " + ", ".join(LM_OBJECTIVES) + ")")
+    p.add_argument("--alpha", type=_alpha, default=None,
                    help="weight of the hard-label loss; 1 - alpha on the "
-                   "distillation loss")
+                   f"distillation loss (default: {d['alpha']}; "
+                   f"{lm['alpha']} for --task causal-lm)")
     p.add_argument("--temperature", type=_positive_float("temperature", 4),
                    default=d["temperature"],
                    help="softening temperature (default: the objective's "
                    "usual value, " + ", ".join(
                        f"{k} {v:g}" for k, v in USUAL_TEMPERATURE.items())
-                   + f", {DEFAULT_TEMPERATURE:g} for the others)")
+                   + f", {DEFAULT_TEMPERATURE:g} for the others; "
+                   f"{lm['temperature']:g} for --task causal-lm)")
     p.add_argument("--epochs", type=_positive_int("epochs", 20),
                    default=d["epochs"],
                    help="epochs for each of teacher, student, distilled student")
     p.add_argument("--teacher-epochs", type=_positive_int("teacher-epochs", 20),
                    default=None, help="teacher epochs (default: --epochs)")
     p.add_argument("--batch-size", type=_positive_int("batch-size", 64),
-                   default=d["batch_size"])
+                   default=None, help=f"default: {d['batch_size']}; "
+                   f"{lm['batch_size']} sequences for --task causal-lm")
     p.add_argument("--learning-rate", type=_positive_float(
-        "learning-rate", "1e-3"), default=d["learning_rate"])
+        "learning-rate", "1e-3"), default=None,
+        help=f"Adam's (default: {d['learning_rate']:g}); for --task "
+        "causal-lm the peak of AdamW's warm-up and cosine decay (default: "
+        f"{lm['learning_rate']:g})")
     p.add_argument("--quantize", choices=QUANTIZE_MODES,
                    default=d["quantize"],
                    help="TFLite quantization of the exported student")
@@ -306,6 +380,34 @@ def add_run_parser(subparsers):
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=2,
                    help="Keras fit verbosity (2: one line per epoch); for "
                    "TensorFlow's own log lines use keras-kd --verbose run")
+    p.add_argument("--task", choices=TASKS, default=TASKS[0],
+                   help="causal-lm: distil a GPT-2-style byte-level language "
+                   "model on the Python standard library's source (offline) "
+                   "and report bits per byte, greedy agreement with the "
+                   "teacher and sample text; its options are below")
+    g = p.add_argument_group(
+        "language models (--task causal-lm)",
+        "--quick: " + ", ".join(f"{k}={v}" for k, v in LM_QUICK.items()))
+    g.add_argument("--lm-teacher", choices=LM_SIZES, default=None,
+                   help=f"teacher size (default: {lm['lm_teacher']})")
+    g.add_argument("--lm-student", choices=LM_SIZES, default=None,
+                   help=f"student size (default: {lm['lm_student']})")
+    g.add_argument("--teacher-steps", type=_positive_int("teacher-steps", 600),
+                   default=None, help="training steps of the teacher "
+                   f"(default: {lm['teacher_steps']})")
+    g.add_argument("--steps", type=_positive_int("steps", 400), default=None,
+                   help="training steps of each student (default: "
+                   f"{lm['steps']})")
+    g.add_argument("--sequence-length", type=_positive_int(
+        "sequence-length", 128), default=None,
+        help=f"bytes per window (default: {lm['sequence_length']})")
+    g.add_argument("--max-bytes", type=_positive_int("max-bytes", 4000000),
+                   default=None, help="bytes of source read, 10%% of them "
+                   f"held out by file (default: {lm['max_bytes']})")
+    g.add_argument("--on-policy", type=_fraction("on-policy", 0.5),
+                   default=None, metavar="LAMBDA",
+                   help="distil on-policy (kd.OnPolicy): this share of the "
+                   "sequences continued by the student from their first half")
     return p
 
 
@@ -495,6 +597,86 @@ def build_parser():
 
 
 # ----------------------------------------------------------------------
+# keras-kd run --task: the options of each task
+# ----------------------------------------------------------------------
+def _flag(dest):
+    return "--" + dest.replace("_", "-")
+
+
+def run_option_error(args):
+    """The one-line error of ``keras-kd run`` options that do not go with
+    ``--task``, naming the fix; None when they go together.
+
+    Example:
+
+    >>> args = build_parser().parse_args(
+    ...     ["run", "--task", "causal-lm", "--epochs", "3"])
+    >>> run_option_error(args)
+    '--epochs applies to image classification, not --task causal-lm: count language model training in steps: --steps'
+    """
+    defaults = add_run_parser(argparse.ArgumentParser().add_subparsers())
+    if args.task == "causal-lm":
+        for dest, fix in IMAGE_ONLY.items():
+            if getattr(args, dest) != defaults.get_default(dest):
+                return (f"{_flag(dest)} applies to image classification, not "
+                        f"--task causal-lm: {fix}")
+        if args.quantize == "int8":
+            return ("--quantize int8 is not offered for --task causal-lm: use "
+                    "--quantize dynamic (int8 weights, float activations), "
+                    "float16 or float32")
+        if args.objective is not None and args.objective not in LM_OBJECTIVES:
+            return (f"--objective {args.objective} is not a token-level "
+                    "objective; --task causal-lm takes one of "
+                    + ", ".join(LM_OBJECTIVES))
+        if args.sequence_length is not None and args.sequence_length < 4:
+            return (f"--sequence-length {args.sequence_length} is too short "
+                    "for a prompt and its continuation; e.g. "
+                    "--sequence-length 128")
+        return None
+    for dest, fix in LM_ONLY.items():
+        if getattr(args, dest) is not None:
+            return (f"{_flag(dest)} applies to --task causal-lm: add --task "
+                    f"causal-lm, or {fix}")
+    return None
+
+
+def check_run_options(args):
+    """Stops ``keras-kd run`` (exit status 2, one line on stderr) when
+    :func:`run_option_error` finds options that do not go with ``--task``."""
+    if getattr(args, "command", None) != "run":
+        return
+    message = run_option_error(args)
+    if message:
+        sys.stderr.write(f"{PROG} run: error: {message}\n")
+        raise SystemExit(2)
+
+
+def apply_task_defaults(args):
+    """Fills the options left at None whose default depends on ``--task``
+    (:data:`TASK_DEFAULTED`, and for causal-lm the options of
+    :data:`LM_DEFAULTS`); returns ``args``.
+
+    >>> args = build_parser().parse_args(["run", "--task", "causal-lm"])
+    >>> apply_task_defaults(args).objective, args.batch_size, args.steps
+    ('forward_kl', 32, 400)
+    """
+    if args.task != "causal-lm":
+        return _fill(args, {name: DEFAULTS[name] for name in TASK_DEFAULTED})
+    if args.quick:  # smaller sizes; options given explicitly still win
+        if args.latency_runs == DEFAULTS["latency_runs"]:
+            args.latency_runs = LM_QUICK["latency_runs"]
+        _fill(args, LM_QUICK)
+    return _fill(args, LM_DEFAULTS)
+
+
+def _fill(args, values):
+    for name, value in values.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+# ----------------------------------------------------------------------
 # Version, logs, main
 # ----------------------------------------------------------------------
 def version():
@@ -614,6 +796,7 @@ def main(argv=None):
         if args.command is None:
             parser.print_help()
             return 2
+        check_run_options(args)
         _import_tensorflow_if_installed()
         from keras_kd.app import cli
     return cli.execute(args)

@@ -39,6 +39,7 @@ from keras_kd.app.language_models import (  # noqa: E402
     build_causal_lm,
     evaluate_bits_per_byte,
     greedy_agreement,
+    train_causal_lm,
 )
 from keras_kd.data import load_python_source  # noqa: E402
 
@@ -47,41 +48,13 @@ SMOKE = dict(steps=60, teacher_steps=120, max_bytes=60_000, sequence_length=32,
              batch_size=8, seeds=[0], teacher="tiny", student="tiny")
 
 
-def optimizer(steps, peak=3e-3):
-    """AdamW, a short warm-up then cosine decay (stable for these sizes)."""
-    schedule = keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0, decay_steps=max(1, steps),
-        warmup_target=peak, warmup_steps=min(20, max(1, steps // 10)))
-    return keras.optimizers.AdamW(schedule, beta_2=0.95, weight_decay=0.01)
-
-
-def train(model, windows, steps, batch_size, teacher=None, objective=None,
-          on_policy=None):
-    """Trains ``model`` (alone, or distilled from ``teacher``, on-policy when
-    ``on_policy`` is a ``kd.OnPolicy``) for ``steps``."""
-    sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if teacher is None:
-        model.compile(optimizer=optimizer(steps), loss=sce)
-        trainer = model
-    else:
-        trainer = kd.Distiller(teacher, model)
-        trainer.compile(optimizer=optimizer(steps), loss=sce, alpha=0.5,
-                        temperature=1.0, distillation_loss=objective,
-                        on_policy=on_policy)
-    steps = min(steps, windows.num_windows // batch_size)
-    trainer.fit(windows.x, windows.labels, sample_weight=windows.sample_weight,
-                batch_size=batch_size, steps_per_epoch=steps, epochs=1,
-                shuffle=False, verbose=0)
-    return model
-
-
 def trained_teacher(seed, data, args):
     """The teacher, trained on the training windows in ``seed``'s order."""
     keras.utils.set_random_seed(seed)
     start = time.perf_counter()
     teacher = build_causal_lm(args.teacher, sequence_length=data.sequence_length,
                               seed=seed, name="teacher")
-    train(teacher, data.train.shuffled(seed), args.teacher_steps,
+    train_causal_lm(teacher, data.train.shuffled(seed), args.teacher_steps,
           args.batch_size)
     bits = evaluate_bits_per_byte(teacher, data.held_out)
     print(f"teacher (seed {seed}): {bits:.3f} bits/byte "
@@ -110,9 +83,10 @@ def run_seed(seed, data, args, teacher=None):
         if name in on_policy_names(args):
             on_policy = kd.OnPolicy(lmbda=args.on_policy, prompt_length=prompt,
                                     seed=seed)
-        train(student, train_windows, args.steps, args.batch_size,
-              teacher=None if name == "student alone" else teacher,
-              objective="gkd" if on_policy else name, on_policy=on_policy)
+        train_causal_lm(
+            student, train_windows, args.steps, args.batch_size,
+            teacher=None if name == "student alone" else teacher,
+            objective="gkd" if on_policy else name, on_policy=on_policy)
         results["seconds"][name] = time.perf_counter() - start
         results[name] = evaluate_bits_per_byte(student, data.held_out)
         if args.agreement:

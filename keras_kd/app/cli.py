@@ -29,7 +29,7 @@ import numpy as np
 # from here.
 from keras_kd_cli import (  # noqa: F401
     DEFAULT_TEMPERATURE, DEFAULTS, QUICK, USUAL_TEMPERATURE, add_run_parser,
-    build_parser)
+    apply_task_defaults, build_parser, check_run_options)
 
 
 def _stage(message):
@@ -41,6 +41,7 @@ def _stage(message):
 # keras-kd run
 # ----------------------------------------------------------------------
 def _apply_objective_defaults(args):
+    apply_task_defaults(args)
     if args.temperature is None:
         args.temperature = USUAL_TEMPERATURE.get(args.objective,
                                                  DEFAULT_TEMPERATURE)
@@ -391,18 +392,13 @@ def run(args):
     """
     import keras
 
+    apply_task_defaults(args)
     _apply_quick(args)
     _apply_objective_defaults(args)
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
     state = _Run(args)
-    try:  # before any training: a place the results can go
-        os.makedirs(state.run_dir, exist_ok=True)
-    except OSError as error:
-        raise SystemExit(
-            f"keras-kd run: cannot make the run directory {state.run_dir!r} "
-            f"({error.strerror or error}); pass a directory you can write to, "
-            "e.g. --output ~/keras-kd-runs") from None
+    make_run_dir(state.run_dir)
     _stage(f"run {state.run_name}: backend {state.backend}, output "
            f"{state.run_dir}")
     state.export_info = None
@@ -420,6 +416,18 @@ def run(args):
     return result
 
 
+def make_run_dir(run_dir):
+    """Makes the run directory, before any training (a place the results can
+    go), or stops with a message naming the fix."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(
+            f"keras-kd run: cannot make the run directory {run_dir!r} "
+            f"({error.strerror or error}); pass a directory you can write to, "
+            "e.g. --output ~/keras-kd-runs") from None
+
+
 def execute(args):
     """Runs the command of parsed ``keras-kd`` arguments; returns the exit
     status (``args.command`` is ``"run"`` or ``"export"``)."""
@@ -431,7 +439,13 @@ def execute(args):
         from keras_kd.app import search_command
 
         return search_command.run_search(args)
-    result = run(args)
+    check_run_options(args)
+    if args.task == "causal-lm":
+        from keras_kd.app import causal_lm_run
+
+        result = causal_lm_run.run(args)
+    else:
+        result = run(args)
     return 0 if result is None or isinstance(result, dict) else int(result)
 
 

@@ -285,3 +285,120 @@ def greedy_agreement(teacher, student, windows, prompt_length, count=64,
         same += int((t[:, prompt_length:] == s[:, prompt_length:]).sum())
         total += t[:, prompt_length:].size
     return same / total
+
+
+def lm_optimizer(steps, peak=3e-3):
+    """AdamW for the `SIZES` models: a short warm-up, then cosine decay.
+
+    The learning rate rises linearly from 0 to ``peak`` over
+    ``min(20, steps // 10)`` steps (at least 1), then decays along a cosine
+    to 0 at ``steps``; ``beta_2=0.95`` and weight decay 0.01. These settings
+    train the `SIZES` models stably (see `build_causal_lm`).
+
+    Args:
+        steps: the training steps the schedule spans.
+        peak: the learning rate after the warm-up.
+
+    Returns:
+        A ``keras.optimizers.AdamW``.
+    """
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=0.0, decay_steps=max(1, steps),
+        warmup_target=peak, warmup_steps=min(20, max(1, steps // 10)))
+    return keras.optimizers.AdamW(schedule, beta_2=0.95, weight_decay=0.01)
+
+
+def train_causal_lm(model, windows, steps, batch_size, teacher=None,
+                    objective="forward_kl", on_policy=None, alpha=0.5,
+                    temperature=1.0, learning_rate=3e-3, callbacks=None,
+                    verbose=0):
+    """Trains a causal LM for ``steps`` batches, alone or distilled.
+
+    Alone (``teacher=None``) the model learns the next-byte labels with
+    sparse cross-entropy; otherwise a `keras_kd.Distiller` trains it on
+    ``alpha`` times that loss plus ``1 - alpha`` times ``objective`` against
+    the teacher at ``temperature``, on-policy when ``on_policy`` is a
+    `keras_kd.OnPolicy`. The batches are ``windows``' in their order (one
+    pass at most: shuffle with ``windows.shuffled(seed)``, and give two
+    students the same windows to train them on the same batches). The
+    optimizer is `lm_optimizer` over the steps trained.
+
+    Args:
+        model: a causal LM from `build_causal_lm` (uncompiled or not).
+        windows: the training `keras_kd.data.text.TokenWindows`.
+        steps: batches to train on; fewer when ``windows`` holds fewer.
+        batch_size: windows per batch.
+        teacher: the teacher, or None to train ``model`` alone.
+        objective: the distillation objective's name (with a teacher).
+        on_policy: a `keras_kd.OnPolicy`, or None.
+        alpha: the weight of the next-byte loss (with a teacher).
+        temperature: the distillation temperature.
+        learning_rate: the peak learning rate.
+        callbacks: Keras callbacks for ``fit``.
+        verbose: ``fit``'s verbosity.
+
+    Returns:
+        ``model``, trained.
+    """
+    import keras_kd as kd
+
+    steps = min(steps, windows.num_windows // batch_size)
+    if steps < 1:
+        raise ValueError(
+            f"{windows.num_windows} training windows make no batch of "
+            f"{batch_size}; read more text (max_bytes) or use a smaller "
+            "batch_size.")
+    sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    optimizer = lm_optimizer(steps, learning_rate)
+    if teacher is None:
+        model.compile(optimizer=optimizer, loss=sce)
+        trainer = model
+    else:
+        trainer = kd.Distiller(teacher, model)
+        trainer.compile(optimizer=optimizer, loss=sce, alpha=alpha,
+                        temperature=temperature, distillation_loss=objective,
+                        on_policy=on_policy)
+    trainer.fit(windows.x, windows.labels, sample_weight=windows.sample_weight,
+                batch_size=batch_size, steps_per_epoch=steps, epochs=1,
+                shuffle=False, verbose=verbose, callbacks=callbacks)
+    return model
+
+
+class BitsPerByteCurve(keras.callbacks.Callback):
+    """A learning curve: a model's bits per byte on some windows during ``fit``.
+
+    Scores ``model`` with `evaluate_bits_per_byte` before the first step,
+    every ``every`` steps and after the last, into ``steps`` and
+    ``bits_per_byte``. ``model`` may be the one being fit or the student of
+    a `keras_kd.Distiller` being fit.
+
+    Args:
+        model: the model to score.
+        windows: a `keras_kd.data.text.TokenWindows` (a few dozen held-out
+            windows keep it cheap).
+        every: steps between two scores.
+    """
+
+    def __init__(self, model, windows, every):
+        super().__init__()
+        self.target, self.windows, self.every = model, windows, max(1, every)
+        self.steps, self.bits_per_byte = [], []
+        self._step = 0
+
+    def _record(self):
+        _ = self.model  # on JAX, writes the training state into the variables
+        self.steps.append(self._step)
+        self.bits_per_byte.append(
+            evaluate_bits_per_byte(self.target, self.windows))
+
+    def on_train_begin(self, logs=None):
+        self._record()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step % self.every == 0:
+            self._record()
+
+    def on_train_end(self, logs=None):
+        if self.steps[-1] != self._step:
+            self._record()

@@ -142,14 +142,16 @@ def rows_of(models):
 
 def markdown_table(models):
     """The comparison table as GitHub Markdown."""
-    rows = rows_of(models)
-    widths = [max(len(str(c)) for c in col)
-              for col in zip(TABLE_COLUMNS, *rows)]
+    return aligned_table(TABLE_COLUMNS, rows_of(models))
+
+
+def aligned_table(columns, rows):
+    """A GitHub Markdown table whose columns are padded to line up as text."""
+    widths = [max(len(str(c)) for c in col) for col in zip(columns, *rows)]
     def line(cells):
         return "| " + " | ".join(str(c).ljust(w) for c, w in
                                  zip(cells, widths)) + " |"
-    out = [line(TABLE_COLUMNS),
-           "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out = [line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out += [line(r) for r in rows]
     return "\n".join(out)
 
@@ -299,9 +301,7 @@ def write_report(run_dir, report):
         report["models"], os.path.join(run_dir, "reliability.png"))
     plots = [p for p in (curves, sizes, diagrams) if p]
     report = dict(report, plots=[os.path.basename(p) for p in plots])
-    json_path = os.path.join(run_dir, "report.json")
-    with open(json_path, "w") as f:
-        json.dump(_jsonable(report), f, indent=2)
+    json_path = _write_json(run_dir, report)
     cfg = report.get("config", {})
     lines = [
         f"# keras-kd run `{os.path.basename(os.path.abspath(run_dir))}`",
@@ -338,6 +338,134 @@ def write_report(run_dir, report):
                   f"{100 * r['test_ece_scaled']:.2f}% |"
                   for r in report["models"] if "temperature" in r]
         lines += ["", "![reliability diagrams](reliability.png)", ""]
+    md_path = os.path.join(run_dir, "report.md")
+    with open(md_path, "w") as f:
+        f.write("\n".join(lines))
+    return {"json": json_path, "markdown": md_path, "plots": plots}
+
+
+def _write_json(run_dir, report):
+    path = os.path.join(run_dir, "report.json")
+    with open(path, "w") as f:
+        json.dump(_jsonable(report), f, indent=2)
+    return path
+
+
+# ----------------------------------------------------------------------
+# keras-kd run --task causal-lm
+# ----------------------------------------------------------------------
+LM_TABLE_COLUMNS = ("Model", "Parameters", "File", "Size",
+                    "Held-out bits per byte", "Greedy agreement",
+                    "Latency (ms)")
+
+
+def lm_markdown_table(models):
+    """The language-model comparison table as GitHub Markdown.
+
+    ``models`` are records with ``label``, ``parameters``, ``path``,
+    ``size_bytes``, ``bits_per_byte``, ``greedy_agreement`` (None for the
+    teacher) and ``latency_ms``; missing figures show as ``-``.
+    """
+    def figure(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    rows = [(
+        r["label"],
+        f"{r['parameters']:,}" if r.get("parameters") else "-",
+        os.path.basename(r["path"]) if r.get("path") else "-",
+        format_bytes(r.get("size_bytes")),
+        figure(r.get("bits_per_byte"), ".4f"),
+        figure(r.get("greedy_agreement"), ".3f"),
+        figure(r.get("latency_ms"), ".3f"),
+    ) for r in models]
+    return aligned_table(LM_TABLE_COLUMNS, rows)
+
+
+def plot_bits_per_byte_curves(curves, path):
+    """Held-out bits per byte against training step, one line per model.
+
+    Args:
+        curves: ``{label: {"steps": [...], "bits_per_byte": [...]}}``.
+        path: the PNG to write.
+    """
+    matplotlib = require("matplotlib")
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (label, curve) in enumerate(curves.items()):
+        ax.plot(curve["steps"], curve["bits_per_byte"], "o-", markersize=3,
+                color=f"C{i}", label=label)
+    ax.set(xlabel="training step", ylabel="bits per byte (held-out windows)",
+           title="Learning curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_lm_report(run_dir, report):
+    """Writes the language-model run's ``report.json``, ``report.md`` and
+    ``learning_curves.png`` into ``run_dir``.
+
+    Args:
+        run_dir: the run's output directory.
+        report: a dict with ``models`` (records for
+            :func:`lm_markdown_table`, each with its ``sample`` text),
+            ``prompt`` (the text the samples continue), ``curves`` (for
+            :func:`plot_bits_per_byte_curves`), ``config`` and anything else
+            worth keeping (saved as JSON).
+
+    Returns:
+        ``{"json": path, "markdown": path, "plots": [paths]}``.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    plots = [plot_bits_per_byte_curves(
+        report.get("curves", {}), os.path.join(run_dir, "learning_curves.png"))]
+    report = dict(report, plots=[os.path.basename(p) for p in plots])
+    json_path = _write_json(run_dir, report)
+    cfg = report.get("config", {})
+    lines = [
+        f"# keras-kd run `{os.path.basename(os.path.abspath(run_dir))}`",
+        "",
+        f"Causal language models on the Python standard library's source "
+        f"(byte tokens, windows of {cfg.get('sequence_length')}): teacher "
+        f"**{cfg.get('lm_teacher')}** ({cfg.get('teacher_steps')} steps), "
+        f"student **{cfg.get('lm_student')}** ({cfg.get('steps')} steps, "
+        f"batches of {cfg.get('batch_size')}), objective "
+        f"**{cfg.get('objective')}** (alpha={cfg.get('alpha')}, "
+        f"T={cfg.get('temperature')}"
+        + (f", on-policy λ={cfg['on_policy']}" if cfg.get("on_policy")
+           is not None else "")
+        + f"), Keras backend **{report.get('backend')}**.",
+        "",
+        lm_markdown_table(report["models"]),
+        "",
+        "Bits per byte: the mean of -log2 p(next byte) over the held-out "
+        "files (lower is better; 8 is a uniform guess). Greedy agreement: "
+        "the share of greedily generated bytes equal to the teacher's, "
+        "continuing the same held-out prompts. Latency: median milliseconds "
+        "on this machine's CPU, for one sequence (Keras `predict_on_batch`) "
+        "or for one generated token (the LiteRT interpreter; the file has "
+        "no KV cache, so a token costs a full forward pass).",
+        "",
+        "Greedy samples: each model continues the same held-out prompt.",
+        "",
+        "Prompt:",
+        "",
+        "```text",
+        report.get("prompt", ""),
+        "```",
+        "",
+    ]
+    for record in report["models"]:
+        if record.get("sample") is not None:
+            lines += [f"{record['label']}:", "", "```text", record["sample"],
+                      "```", ""]
+    lines += ["![learning curves](learning_curves.png)", ""]
     md_path = os.path.join(run_dir, "report.md")
     with open(md_path, "w") as f:
         f.write("\n".join(lines))

@@ -1,0 +1,334 @@
+"""``keras-kd run --task causal-lm``: the offline language-model run.
+
+Trains a GPT-2-style byte-level teacher
+(:func:`keras_kd.app.language_models.build_causal_lm`) on the Python standard
+library's source (:func:`keras_kd.data.load_python_source`, split by file),
+then the same initial student twice on the same batches in the same order:
+alone on the next-byte labels, and distilled with :class:`keras_kd.Distiller`
+(on-policy with ``--on-policy LAMBDA``). It saves the three models, exports
+the distilled student to LiteRT (:func:`keras_kd.export.lm_to_tflite`) and
+writes ``report.json``, ``report.md`` and ``learning_curves.png``: per model
+the held-out bits per byte, parameters, file size, latency, greedy agreement
+with the teacher and the greedy continuation of one held-out prompt.
+
+The training is that of ``examples/language_model.py``
+(:func:`~keras_kd.app.language_models.train_causal_lm`).
+"""
+
+import dataclasses
+import datetime
+import os
+import time
+
+import numpy as np
+
+from keras_kd.app.cli import _stage, make_run_dir
+
+# Held-out windows scored along training for the learning curves, and
+# points per curve.
+CURVE_WINDOWS = 32
+CURVE_POINTS = 10
+# Held-out prompts whose greedy continuations are compared with the
+# teacher's.
+AGREEMENT_PROMPTS = 64
+
+
+def _first(windows, count):
+    """The first ``count`` windows of a ``TokenWindows``."""
+    rows = slice(0, count)
+    return dataclasses.replace(
+        windows, token_ids=windows.token_ids[rows],
+        padding_mask=windows.padding_mask[rows], labels=windows.labels[rows],
+        sample_weight=windows.sample_weight[rows],
+        file_index=windows.file_index[rows])
+
+
+def decode(token_ids):
+    """Byte ids as text (UTF-8; undecodable bytes become U+FFFD)."""
+    return bytes(np.asarray(token_ids, np.uint8).tolist()).decode(
+        "utf-8", errors="replace")
+
+
+def prompt_rows(windows, count):
+    """The first ``count`` full-length windows: the prompts of the greedy
+    agreement and (the first) of the samples."""
+    return np.flatnonzero(np.asarray(windows.padding_mask).all(axis=1))[:count]
+
+
+def litert_continuations(lm, token_ids, prompt_length):
+    """Greedy continuations with a :class:`keras_kd.export.LiteRTCausalLM`:
+    each row's first ``prompt_length`` ids continued to the file's length."""
+    return np.stack([
+        lm.generate(ids[:prompt_length], lm.sequence_length - prompt_length)
+        for ids in np.asarray(token_ids)])
+
+
+def litert_bits_per_byte(lm, windows):
+    """Bits per byte of a :class:`keras_kd.export.LiteRTCausalLM` on
+    ``TokenWindows``: the file's own logits, one window at a time."""
+    from keras_kd.data.text import bits_per_byte
+
+    total = weight = 0.0
+    for ids, mask, labels, w in zip(windows.token_ids, windows.padding_mask,
+                                    windows.labels, windows.sample_weight):
+        n = int(mask.sum())
+        if not w[:n].any():
+            continue
+        total += bits_per_byte(lm.logits(ids[:n]), labels[:n], w[:n]) * float(
+            w[:n].sum())
+        weight += float(w[:n].sum())
+    return total / weight
+
+
+class _LMRun:
+    """The state one ``keras-kd run --task causal-lm`` builds up."""
+
+    def __init__(self, args):
+        import keras
+
+        self.args = args
+        self.backend = keras.backend.backend()
+        self.run_name = args.run_name or "causal-lm-{}-{}-{}".format(
+            args.lm_teacher, args.lm_student,
+            datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        self.run_dir = os.path.join(args.output, self.run_name)
+        self.timings, self.curves, self.models = {}, {}, {}
+        self.export_info = None
+
+    def timed(self, key, stage):
+        start = time.perf_counter()
+        stage(self)
+        self.timings[key] = time.perf_counter() - start
+
+
+def _load_data(run):
+    from keras_kd.data import load_python_source
+
+    args = run.args
+    run.data = load_python_source(sequence_length=args.sequence_length,
+                                  max_bytes=args.max_bytes)
+    train, held = run.data.train, run.data.held_out
+    _stage(f"data: the Python standard library's source, {train.num_files} "
+           f"training files ({train.num_bytes:,} bytes, {train.num_windows} "
+           f"windows of {args.sequence_length}), {held.num_files} held-out "
+           f"files ({held.num_bytes:,} bytes)")
+    run.prompt_length = args.sequence_length // 2
+    run.rows = prompt_rows(held, AGREEMENT_PROMPTS)
+    if not len(run.rows):
+        raise SystemExit(
+            "keras-kd run: the held-out text has no full window of "
+            f"{args.sequence_length} bytes to prompt with; raise --max-bytes "
+            "or lower --sequence-length")
+    run.curve_windows = _first(held, CURVE_WINDOWS)
+
+
+def _train(run, key, size, steps, seed, teacher=None, on_policy=None):
+    """Builds a model of ``size`` (initial weights from ``seed``) and trains
+    it; records its learning curve under ``key``."""
+    from keras_kd.app.language_models import (
+        BitsPerByteCurve, build_causal_lm, train_causal_lm)
+
+    args = run.args
+    model = build_causal_lm(size, sequence_length=args.sequence_length,
+                            seed=seed, name="teacher" if key == "teacher"
+                            else "student")
+    curve = BitsPerByteCurve(model, run.curve_windows,
+                             max(1, steps // CURVE_POINTS))
+    try:
+        train_causal_lm(
+            model, run.train_windows, steps, args.batch_size, teacher=teacher,
+            objective=args.objective, on_policy=on_policy, alpha=args.alpha,
+            temperature=args.temperature, learning_rate=args.learning_rate,
+            callbacks=[curve], verbose=args.verbose)
+    except ValueError as error:
+        raise SystemExit(f"keras-kd run: {error}") from None
+    run.curves[key] = {"steps": curve.steps,
+                       "bits_per_byte": curve.bits_per_byte}
+    run.models[key] = model
+    return model
+
+
+def _train_teacher(run):
+    import keras
+
+    args = run.args
+    keras.utils.set_random_seed(args.seed)
+    run.train_windows = run.data.train.shuffled(args.seed)
+    _stage(f"teacher ({args.lm_teacher}): training {args.teacher_steps} "
+           f"steps of {args.batch_size} windows")
+    _train(run, "teacher", args.lm_teacher, args.teacher_steps, args.seed)
+
+
+def _train_students(run):
+    """The student alone, then the same initial student distilled; both on
+    the same batches in the same order (examples/language_model.py)."""
+    import keras
+
+    import keras_kd as kd
+
+    args = run.args
+    on_policy = None
+    if args.on_policy is not None:
+        on_policy = kd.OnPolicy(lmbda=args.on_policy,
+                                prompt_length=run.prompt_length,
+                                seed=args.seed)
+    for key, teacher in (("student alone", None),
+                         ("distilled student", run.models["teacher"])):
+        keras.utils.set_random_seed(args.seed)
+        _stage(f"{key} ({args.lm_student}): training {args.steps} steps"
+               + ("" if teacher is None else
+                  f", objective {args.objective}, alpha {args.alpha}, T "
+                  f"{args.temperature:g}" + (
+                      f", on-policy λ={args.on_policy:g}" if on_policy
+                      else "")))
+        start = time.perf_counter()
+        _train(run, key, args.lm_student, args.steps, args.seed + 1000,
+               teacher=teacher, on_policy=on_policy if teacher else None)
+        run.timings[key.replace(" ", "_") + "_s"] = (time.perf_counter()
+                                                    - start)
+
+
+def _measure(run):
+    """Saves the three models; measures bits per byte, latency, greedy
+    agreement with the teacher and one greedy sample each."""
+    from keras_kd import saving
+    from keras_kd.app import report
+    from keras_kd.app.language_models import (
+        evaluate_bits_per_byte, greedy_continuations)
+
+    args, held = run.args, run.data.held_out
+    p = run.prompt_length
+    _stage("saving the models; measuring held-out bits per byte, latency, "
+           "greedy agreement with the teacher and samples")
+    ids, mask = held.token_ids[run.rows], held.padding_mask[run.rows]
+    example = {"token_ids": ids[:1], "padding_mask": mask[:1]}
+    run.prompt = decode(ids[0, :p])
+    run.records = []
+    for key, label, size in (
+            ("teacher", "teacher", args.lm_teacher),
+            ("student_alone", "student alone", args.lm_student),
+            ("student_distilled", "distilled student", args.lm_student)):
+        model = run.models[label]
+        path = os.path.join(run.run_dir, f"{key}.keras")
+        # What greedy_agreement compares, with one generation per model.
+        generated = greedy_continuations(model, ids, mask, p)
+        if key == "teacher":
+            run.teacher_continuations = generated
+        run.records.append(dict(
+            key=key, label=f"{label} ({size})", path=path,
+            parameters=report.count_params(model),
+            size_bytes=saving.save_model_only(model, path),
+            bits_per_byte=evaluate_bits_per_byte(model, held),
+            greedy_agreement=None if key == "teacher" else _agreement(
+                run, generated),
+            latency_ms=report.keras_latency_ms(model, example,
+                                               runs=args.latency_runs),
+            sample=decode(generated[0, p:]),
+            runtime=f"keras ({run.backend})"))
+
+
+def _agreement(run, generated):
+    """The share of generated positions equal to the teacher's."""
+    p = run.prompt_length
+    return float(np.mean(generated[:, p:] == run.teacher_continuations[:, p:]))
+
+
+def _export(run):
+    """Exports the distilled student with ``lm_to_tflite`` and measures the
+    file as the Keras models; a failure is reported, the models kept."""
+    args, held = run.args, run.data.held_out
+    p = run.prompt_length
+    path = os.path.join(run.run_dir,
+                        f"student_distilled_{args.quantize}.tflite")
+    _stage(f"exporting the distilled student to LiteRT ({args.quantize}): "
+           f"{path}")
+    try:
+        from keras_kd.export import LiteRTCausalLM, lm_to_tflite
+
+        result = lm_to_tflite(run.models["distilled student"], path,
+                              args.sequence_length, quantize=args.quantize,
+                              latency_runs=args.latency_runs)
+        lm = LiteRTCausalLM(result.path)
+        generated = litert_continuations(lm, held.token_ids[run.rows], p)
+        bits = litert_bits_per_byte(lm, held)
+    except Exception as error:  # report, do not lose the trained models
+        _stage(f"LiteRT export failed: {type(error).__name__}: {error}")
+        run.export_info = {"error": f"{type(error).__name__}: {error}"}
+        return
+    run.export_info = result.as_dict()
+    run.records.append(dict(
+        key="student_tflite",
+        label=f"distilled student, LiteRT {args.quantize}",
+        path=str(result.path), parameters=None,
+        size_bytes=int(result.size_bytes), bits_per_byte=bits,
+        greedy_agreement=_agreement(run, generated),
+        latency_ms=result.latency_ms_median, latency_unit="ms per token",
+        sample=decode(generated[0, p:]), runtime="litert"))
+
+
+def _write_report(run):
+    import keras
+
+    from keras_kd.app import report
+
+    data = run.data
+    result = dict(
+        task="causal-lm", backend=run.backend,
+        keras_version=keras.__version__,
+        config={k: v for k, v in vars(run.args).items()
+                if k not in ("command", "native_logs")},
+        data=dict(source="Python standard library", root=data.root,
+                  sequence_length=data.sequence_length,
+                  train_files=data.train.num_files,
+                  train_bytes=data.train.num_bytes,
+                  held_out_files=data.held_out.num_files,
+                  held_out_bytes=data.held_out.num_bytes,
+                  held_out_targets=data.held_out.num_targets),
+        prompt=run.prompt, prompt_length=run.prompt_length,
+        agreement_prompts=len(run.rows), models=run.records,
+        curves=run.curves, export=run.export_info, timings=run.timings,
+        run_dir=run.run_dir)
+    result["paths"] = report.write_lm_report(run.run_dir, result)
+    print()
+    print(report.lm_markdown_table(run.records))
+    print()
+    gain = run.records[1]["bits_per_byte"] - run.records[2]["bits_per_byte"]
+    _stage(f"distillation changed the student's held-out bits per byte by "
+           f"{-gain:+.4f} ({data.held_out.num_targets:,} held-out bytes; "
+           "lower is better)")
+    return result
+
+
+def run(args):
+    """Runs ``keras-kd run --task causal-lm`` for parsed arguments; returns
+    the report (a dict, also written as ``report.json``).
+
+    Stages: load the text; train the teacher; train the student alone and
+    the same initial student distilled, on the same batches; save the three
+    models (``.keras``); export the distilled student to LiteRT
+    (``--quantize float32``, ``float16`` or ``dynamic``; ``--no-export``
+    skips it); measure; write ``report.json``, ``report.md`` and
+    ``learning_curves.png`` under ``OUTPUT/RUN_NAME/``.
+    """
+    import keras
+
+    from keras_kd_cli import apply_task_defaults
+
+    apply_task_defaults(args)
+    start = time.perf_counter()
+    keras.utils.set_random_seed(args.seed)
+    state = _LMRun(args)
+    make_run_dir(state.run_dir)
+    _stage(f"run {state.run_name} (causal-lm): backend {state.backend}, "
+           f"output {state.run_dir}")
+    state.timed("data_s", _load_data)
+    state.timed("teacher_s", _train_teacher)
+    _train_students(state)
+    state.timed("measure_s", _measure)
+    if not args.no_export:
+        state.timed("export_s", _export)
+    state.timings["total_s"] = time.perf_counter() - start
+    result = _write_report(state)
+    _stage(f"done in {state.timings['total_s']:.0f} s; report: "
+           f"{result['paths']['markdown']}")
+    return result

@@ -1,0 +1,200 @@
+"""keras-kd run --task causal-lm: the offline language-model run and its report."""
+
+import json
+import os
+
+import pytest
+
+keras_hub = pytest.importorskip("keras_hub")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_kd_cli  # noqa: E402
+from keras_kd.app import causal_lm_run, cli  # noqa: E402
+from keras_kd.app.language_models import (  # noqa: E402
+    SIZES,
+    evaluate_bits_per_byte,
+    greedy_agreement,
+    greedy_continuations,
+)
+from keras_kd.data.text import load_python_source  # noqa: E402
+from keras_kd.objectives.sequences import SEQUENCE_OBJECTIVES  # noqa: E402
+from tests.conftest import BACKEND  # noqa: E402
+
+KEYS = ["teacher", "student_alone", "student_distilled", "student_tflite"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lm_runs")
+    code = cli.main(["run", "--task", "causal-lm", "--quick", "--output",
+                     str(out), "--run-name", "q", "--verbose", "0"])
+    run_dir = out / "q"
+    report = json.loads((run_dir / "report.json").read_text())
+    cfg = report["config"]
+    data = load_python_source(sequence_length=cfg["sequence_length"],
+                              max_bytes=cfg["max_bytes"])
+    return code, run_dir, report, data
+
+
+def _load(record):
+    return keras.saving.load_model(record["path"])
+
+
+def test_quick_run_writes_models_and_report(quick_run):
+    code, run_dir, report, _ = quick_run
+    assert code == 0
+    for name in ("teacher.keras", "student_alone.keras",
+                 "student_distilled.keras", "student_distilled_float32.tflite",
+                 "report.json", "report.md"):
+        assert (run_dir / name).is_file(), name
+    assert (run_dir / "learning_curves.png").read_bytes()[:8] == \
+        b"\x89PNG\r\n\x1a\n"
+    assert report["backend"] == BACKEND and report["task"] == "causal-lm"
+    cfg = report["config"]
+    for name, value in keras_kd_cli.LM_QUICK.items():
+        assert cfg[name] == value, name
+    assert [m["key"] for m in report["models"]] == KEYS
+    md = (run_dir / "report.md").read_text()
+    assert report["prompt"] in md
+    for m in report["models"]:
+        assert m["label"] in md and m["sample"] in md
+        assert m["size_bytes"] == os.path.getsize(m["path"])
+        assert m["latency_ms"] > 0
+        # learned something (8 bits per byte is a uniform guess), not more
+        # than the data allows
+        assert 0.5 < m["bits_per_byte"] < 7.8, m
+        # a greedy continuation of the prompt, to the window's end
+        assert len(m["sample"].encode("utf-8", "surrogatepass")) >= len(
+            m["sample"]) > 0
+    # the teacher (a tiny model trained longer) beats the student alone
+    by_key = {m["key"]: m for m in report["models"]}
+    assert by_key["teacher"]["bits_per_byte"] < \
+        by_key["student_alone"]["bits_per_byte"]
+    # learning curves: from the first step to the last, and falling
+    for label, steps in (("teacher", cfg["teacher_steps"]),
+                         ("distilled student", cfg["steps"])):
+        curve = report["curves"][label]
+        assert curve["steps"][0] == 0 and curve["steps"][-1] == steps
+        assert curve["bits_per_byte"][0] > 7.9  # random init: ~8
+        assert curve["bits_per_byte"][-1] < curve["bits_per_byte"][0] - 0.5
+
+
+def test_report_figures_equal_a_recomputation_from_the_saved_files(quick_run):
+    _, _, report, data = quick_run
+    by_key = {m["key"]: m for m in report["models"]}
+    p, count = report["prompt_length"], report["agreement_prompts"]
+    teacher = _load(by_key["teacher"])
+    for key in ("teacher", "student_alone", "student_distilled"):
+        model = _load(by_key[key])
+        assert evaluate_bits_per_byte(model, data.held_out) == pytest.approx(
+            by_key[key]["bits_per_byte"], abs=1e-6), key
+        if key != "teacher":
+            assert greedy_agreement(teacher, model, data.held_out, p, count) \
+                == pytest.approx(by_key[key]["greedy_agreement"]), key
+    # the sample: the first full held-out window's first half, continued
+    rows = causal_lm_run.prompt_rows(data.held_out, count)
+    ids = data.held_out.token_ids[rows[:1]]
+    assert causal_lm_run.decode(ids[0, :p]) == report["prompt"]
+    student = _load(by_key["student_distilled"])
+    out = greedy_continuations(student, ids, data.held_out.padding_mask[
+        rows[:1]], p)
+    assert causal_lm_run.decode(out[0, p:]) == \
+        by_key["student_distilled"]["sample"]
+
+
+def test_litert_file_generates_what_the_keras_student_generates(quick_run):
+    _, _, report, _ = quick_run
+    by_key = {m["key"]: m for m in report["models"]}
+    keras_student, litert = by_key["student_distilled"], by_key[
+        "student_tflite"]
+    # float32: the same greedy bytes and agreement, the same likelihood
+    assert litert["sample"] == keras_student["sample"]
+    assert litert["greedy_agreement"] == keras_student["greedy_agreement"]
+    assert litert["bits_per_byte"] == pytest.approx(
+        keras_student["bits_per_byte"], abs=1e-4)
+    assert report["export"]["max_abs_diff"] < 1e-3
+    assert 0 < litert["latency_ms"] == report["export"]["latency_ms_median"]
+
+
+def test_litert_helpers_against_the_keras_model(tmp_path):
+    # On a small untrained model: the LiteRT file's bits per byte and greedy
+    # continuations equal the Keras model's.
+    from keras_kd.app.language_models import build_causal_lm
+    from keras_kd.export import LiteRTCausalLM, lm_to_tflite
+
+    data = load_python_source(sequence_length=16, max_bytes=3_000)
+    model = build_causal_lm("tiny", sequence_length=16, seed=3)
+    path = str(tmp_path / "lm.tflite")
+    lm_to_tflite(model, path, 16, latency_runs=0)
+    lm = LiteRTCausalLM(path)
+    held = data.held_out
+    assert causal_lm_run.litert_bits_per_byte(lm, held) == pytest.approx(
+        evaluate_bits_per_byte(model, held), abs=1e-4)
+    rows = causal_lm_run.prompt_rows(held, 4)
+    ids = held.token_ids[rows]
+    np.testing.assert_array_equal(
+        causal_lm_run.litert_continuations(lm, ids, 5),
+        greedy_continuations(model, ids, held.padding_mask[rows], 5))
+
+
+def test_decode_replaces_bytes_that_are_not_utf8():
+    assert causal_lm_run.decode([104, 105, 0xFF]) == "hi\ufffd"
+    assert causal_lm_run.decode(list("é".encode())) == "é"
+
+
+@pytest.mark.parametrize("argv, fix", [
+    (["--task", "causal-lm", "--epochs", "3"], "--steps"),
+    (["--task", "causal-lm", "--teacher", "mlp"], "--lm-teacher"),
+    (["--task", "causal-lm", "--dataset", "mnist1d"], "--max-bytes"),
+    (["--task", "causal-lm", "--max-train", "100"], "--max-bytes"),
+    (["--task", "causal-lm", "--quantize", "int8"], "--quantize dynamic"),
+    (["--task", "causal-lm", "--objective", "dist"], "forward_kl, gkd"),
+    (["--task", "causal-lm", "--sequence-length", "2"],
+     "--sequence-length 128"),
+    (["--lm-student", "tiny"], "add --task causal-lm"),
+    (["--steps", "5"], "--epochs"),
+    (["--on-policy", "0.5"], "add --task causal-lm"),
+])
+def test_options_of_the_other_task_stop_with_one_line(argv, fix, tmp_path,
+                                                      capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["run", "--output", str(tmp_path)] + argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("keras-kd run: error: ")
+    assert fix in err
+    assert os.listdir(tmp_path) == []  # stopped before anything ran
+
+
+def test_bad_on_policy_value_names_the_range(capsys):
+    with pytest.raises(SystemExit):
+        keras_kd_cli.build_parser().parse_args(
+            ["run", "--task", "causal-lm", "--on-policy", "2"])
+    assert "is not in [0, 1]; e.g. --on-policy 0.5" in capsys.readouterr().err
+
+
+def test_task_defaults():
+    parse = keras_kd_cli.build_parser().parse_args
+    image = keras_kd_cli.apply_task_defaults(parse(["run"]))
+    assert (image.objective, image.alpha, image.batch_size,
+            image.learning_rate) == ("dist", 0.1, 64, 1e-3)
+    lm = keras_kd_cli.apply_task_defaults(parse(["run", "--task",
+                                                 "causal-lm"]))
+    for name, value in keras_kd_cli.LM_DEFAULTS.items():
+        assert getattr(lm, name) == value, name
+    # --quick shrinks what was not given
+    quick = keras_kd_cli.apply_task_defaults(parse(
+        ["run", "--task", "causal-lm", "--quick", "--steps", "7",
+         "--objective", "gkd"]))
+    assert (quick.steps, quick.objective) == (7, "gkd")
+    assert (quick.teacher_steps, quick.lm_student, quick.latency_runs) == (
+        keras_kd_cli.LM_QUICK["teacher_steps"], "tiny",
+        keras_kd_cli.LM_QUICK["latency_runs"])
+
+
+def test_written_out_names_match_keras_kd():
+    assert sorted(keras_kd_cli.LM_SIZES) == sorted(SIZES)
+    assert sorted(keras_kd_cli.LM_OBJECTIVES) == sorted(SEQUENCE_OBJECTIVES)
+    assert set(keras_kd_cli.LM_OBJECTIVES) <= set(keras_kd_cli.OBJECTIVES)
