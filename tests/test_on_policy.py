@@ -1,4 +1,8 @@
-"""On-policy distillation (GKD): the student's own samples, scored by the teacher."""
+"""On-policy distillation (GKD): the student's own samples, scored by the teacher.
+
+The steps run compiled (jit / tf.function) as in any fit; a recording teacher
+keeps the tokens it was given in a variable.
+"""
 
 import keras
 import numpy as np
@@ -15,19 +19,20 @@ PROMPT = 4
 
 
 class RecordingTeacher(keras.Model):
-    """A teacher that keeps the token ids of every concrete call."""
+    """A teacher that keeps, in a variable, the token ids of its last call on
+    a batch of ``batch`` rows (so the record survives compiled steps)."""
 
-    def __init__(self, inner, **kwargs):
+    def __init__(self, inner, batch, **kwargs):
         super().__init__(**kwargs)
         self.inner = inner
-        self.seen = []
+        self.seen = self.add_weight(shape=(batch, LENGTH), dtype="int32",
+                                    initializer="zeros", trainable=False,
+                                    name="seen")
 
     def call(self, x, training=False):
-        try:
-            self.seen.append(to_numpy(keras.ops.stop_gradient(
-                x["token_ids"])))
-        except Exception:  # a symbolic trace: nothing to record
-            pass
+        ids = x["token_ids"]
+        if tuple(ids.shape) == tuple(self.seen.shape):
+            self.seen.assign(keras.ops.cast(ids, "int32"))
         return self.inner(x, training=training)
 
 
@@ -51,19 +56,18 @@ def prompt_ends(x):
 
 def test_on_policy_teacher_scores_the_students_own_greedy_continuations():
     x, labels, weights = lm_batch(8, seed=1)
-    teacher = RecordingTeacher(gpt2("teacher", 32, 2), name="teacher")
+    teacher = RecordingTeacher(gpt2("teacher", 32, 2), 8, name="teacher")
     teacher(x)
     student = gpt2("student", 16, seed=3)
     initial = gpt2("student", 16, seed=3)  # the same initial weights
     distiller = kd.Distiller(teacher, student)
     distiller.compile(
         keras.optimizers.SGD(0.5), SCE, alpha=0.0, temperature=1.0,
-        distillation_loss="forward_kl", run_eagerly=True,
+        distillation_loss="forward_kl",
         on_policy=kd.OnPolicy(lmbda=1.0, prompt_length=PROMPT, top_k=1))
-    teacher.seen.clear()
     history = distiller.fit(x, labels, sample_weight=weights, batch_size=8,
                             epochs=1, shuffle=False, verbose=0)
-    seen = teacher.seen[-1]
+    seen = to_numpy(teacher.seen)
     # Prompts are the data's first tokens (fewer in a row shorter than the
     # prompt); the rest is the student's greedy continuation with the
     # weights of that step (the initial ones).
@@ -107,13 +111,13 @@ def test_lambda_zero_is_off_policy_distillation_exactly():
 
 def test_sampling_follows_the_students_current_weights_and_the_mix():
     x, labels, weights = lm_batch(16, seed=5)
-    teacher = RecordingTeacher(gpt2("teacher", 32, 2), name="teacher")
+    teacher = RecordingTeacher(gpt2("teacher", 32, 2), 16, name="teacher")
     teacher(x)
     student = gpt2("student", 16, seed=6)
     distiller = kd.Distiller(teacher, student)
     distiller.compile(
         keras.optimizers.SGD(2.0), SCE, alpha=0.0, temperature=1.0,
-        distillation_loss="reverse_kl", run_eagerly=True,
+        distillation_loss="reverse_kl",
         on_policy=kd.OnPolicy(lmbda=0.5, prompt_length=PROMPT, top_k=1,
                               seed=7))
     data = x["token_ids"]
@@ -121,11 +125,10 @@ def test_sampling_follows_the_students_current_weights_and_the_mix():
     for step in range(2):
         current = gpt2("student", 16, seed=6)
         current.set_weights(student.get_weights())  # what this step sees
-        teacher.seen.clear()
         history = distiller.fit(x, labels, sample_weight=weights,
                                 batch_size=16, epochs=1, shuffle=False,
                                 verbose=0)
-        seen = teacher.seen[-1]
+        seen = to_numpy(teacher.seen)
         chosen = round(history.history["on_policy_fraction"][0] * 16)
         sampled = (seen != data).any(axis=1)
         assert 0 < sampled.sum() <= chosen  # the other rows: the data's own
