@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from keras_kd.app.cli import _stage, make_run_dir
+from keras_kd.app.cli import _stage, export_failed, make_run_dir
 
 # Held-out windows scored along training for the learning curves, and
 # points per curve.
@@ -35,12 +35,10 @@ AGREEMENT_PROMPTS = 64
 
 def _first(windows, count):
     """The first ``count`` windows of a ``TokenWindows``."""
-    rows = slice(0, count)
-    return dataclasses.replace(
-        windows, token_ids=windows.token_ids[rows],
-        padding_mask=windows.padding_mask[rows], labels=windows.labels[rows],
-        sample_weight=windows.sample_weight[rows],
-        file_index=windows.file_index[rows])
+    per_window = ("token_ids", "padding_mask", "labels", "sample_weight",
+                  "file_index")
+    return dataclasses.replace(windows, **{
+        name: getattr(windows, name)[:count] for name in per_window})
 
 
 def decode(token_ids):
@@ -86,6 +84,7 @@ class _LMRun:
     def __init__(self, args):
         import keras
 
+        self.start = time.perf_counter()
         self.args = args
         self.backend = keras.backend.backend()
         self.run_name = args.run_name or "causal-lm-{}-{}-{}".format(
@@ -94,11 +93,8 @@ class _LMRun:
         self.run_dir = os.path.join(args.output, self.run_name)
         self.timings, self.curves, self.models = {}, {}, {}
         self.export_info = None
-
-    def timed(self, key, stage):
-        start = time.perf_counter()
-        stage(self)
-        self.timings[key] = time.perf_counter() - start
+        make_run_dir(self.run_dir)  # before any training
+        keras.utils.set_random_seed(args.seed)
 
 
 def _load_data(run):
@@ -252,9 +248,7 @@ def _export(run):
         generated = litert_continuations(lm, held.token_ids[run.rows], p)
         bits = litert_bits_per_byte(lm, held)
     except Exception as error:  # report, do not lose the trained models
-        _stage(f"LiteRT export failed: {type(error).__name__}: {error}")
-        run.export_info = {"error": f"{type(error).__name__}: {error}"}
-        return
+        return export_failed(run, error, "LiteRT")
     run.export_info = result.as_dict()
     run.records.append(dict(
         key="student_tflite",
@@ -289,9 +283,7 @@ def _write_report(run):
         curves=run.curves, export=run.export_info, timings=run.timings,
         run_dir=run.run_dir)
     result["paths"] = report.write_lm_report(run.run_dir, result)
-    print()
-    print(report.lm_markdown_table(run.records))
-    print()
+    print(f"\n{report.lm_markdown_table(run.records)}\n")
     gain = run.records[1]["bits_per_byte"] - run.records[2]["bits_per_byte"]
     _stage(f"distillation changed the student's held-out bits per byte by "
            f"{-gain:+.4f} ({data.held_out.num_targets:,} held-out bytes; "
@@ -310,24 +302,19 @@ def run(args):
     skips it); measure; write ``report.json``, ``report.md`` and
     ``learning_curves.png`` under ``OUTPUT/RUN_NAME/``.
     """
-    import keras
-
     from keras_kd_cli import apply_task_defaults
 
-    apply_task_defaults(args)
-    start = time.perf_counter()
-    keras.utils.set_random_seed(args.seed)
-    state = _LMRun(args)
-    make_run_dir(state.run_dir)
+    state = _LMRun(apply_task_defaults(args))
     _stage(f"run {state.run_name} (causal-lm): backend {state.backend}, "
            f"output {state.run_dir}")
-    state.timed("data_s", _load_data)
-    state.timed("teacher_s", _train_teacher)
-    _train_students(state)
-    state.timed("measure_s", _measure)
-    if not args.no_export:
-        state.timed("export_s", _export)
-    state.timings["total_s"] = time.perf_counter() - start
+    stages = [("data_s", _load_data), ("teacher_s", _train_teacher),
+              ("students_s", _train_students), ("measure_s", _measure)]
+    for key, stage in stages + ([] if args.no_export else [
+            ("export_s", _export)]):
+        begun = time.perf_counter()
+        stage(state)
+        state.timings[key] = time.perf_counter() - begun
+    state.timings["total_s"] = time.perf_counter() - state.start
     result = _write_report(state)
     _stage(f"done in {state.timings['total_s']:.0f} s; report: "
            f"{result['paths']['markdown']}")

@@ -320,9 +320,7 @@ def _export(run):
             representative_data=representative, eval_data=splits.test,
             latency_runs=args.latency_runs)
     except Exception as error:  # report, do not lose the trained models
-        _stage(f"TFLite export failed: {type(error).__name__}: {error}")
-        run.export_info = {"error": f"{type(error).__name__}: {error}"}
-        return
+        return export_failed(run, error)
     run.export_info = result.as_dict()
     run.records.append(dict(
         key="student_tflite", label=f"distilled student, TFLite "
@@ -332,6 +330,13 @@ def _export(run):
         **_tflite_calibration(run, str(result.path),
                               bool(getattr(result, "flex_ops", None))),
         latency_ms=result.latency_ms_median, runtime="tflite"))
+
+
+def export_failed(run, error, runtime="TFLite"):
+    """Reports a failed export (the trained models are kept): a stage line,
+    and the error as the run's ``export_info``."""
+    _stage(f"{runtime} export failed: {type(error).__name__}: {error}")
+    run.export_info = {"error": f"{type(error).__name__}: {error}"}
 
 
 def _tflite_calibration(run, path, flex):

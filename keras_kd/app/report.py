@@ -388,11 +388,7 @@ def plot_bits_per_byte_curves(curves, path):
         curves: ``{label: {"steps": [...], "bits_per_byte": [...]}}``.
         path: the PNG to write.
     """
-    matplotlib = require("matplotlib")
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for i, (label, curve) in enumerate(curves.items()):
         ax.plot(curve["steps"], curve["bits_per_byte"], "o-", markersize=3,
@@ -401,6 +397,19 @@ def plot_bits_per_byte_curves(curves, path):
            title="Learning curves")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save_figure(plt, fig, path)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    require("matplotlib").use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(plt, fig, path):
+    """Writes ``fig`` to ``path`` (PNG), closes it and returns ``path``."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -423,14 +432,14 @@ def write_lm_report(run_dir, report):
         ``{"json": path, "markdown": path, "plots": [paths]}``.
     """
     os.makedirs(run_dir, exist_ok=True)
-    plots = [plot_bits_per_byte_curves(
-        report.get("curves", {}), os.path.join(run_dir, "learning_curves.png"))]
-    report = dict(report, plots=[os.path.basename(p) for p in plots])
-    json_path = _write_json(run_dir, report)
+    curves = os.path.join(run_dir, "learning_curves.png")
+    plots = [plot_bits_per_byte_curves(report.get("curves", {}), curves)]
+    json_path = _write_json(run_dir, dict(
+        report, plots=[os.path.basename(p) for p in plots]))
     cfg = report.get("config", {})
+    title = os.path.basename(os.path.abspath(run_dir))
     lines = [
-        f"# keras-kd run `{os.path.basename(os.path.abspath(run_dir))}`",
-        "",
+        f"# keras-kd run `{title}`", "",
         f"Causal language models on the Python standard library's source "
         f"(byte tokens, windows of {cfg.get('sequence_length')}): teacher "
         f"**{cfg.get('lm_teacher')}** ({cfg.get('teacher_steps')} steps), "
