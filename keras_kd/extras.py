@@ -18,6 +18,7 @@ EXTRAS = {
     "mnist1d": "data",
     "matplotlib": "app",
     "keras_hub": "hub",
+    "keras_tuner": "search",
 }
 
 

@@ -81,12 +81,7 @@ class SearchResult:
 
 
 def _keras_tuner():
-    try:
-        return require("keras_tuner")
-    except ImportError as error:
-        raise ImportError(
-            "keras_kd.search needs keras-tuner, which is not installed. "
-            'Install it with: pip install "keras-kd[search]"') from error
+    return require("keras_tuner")  # names pip install "keras-kd[search]"
 
 
 def _names(objectives):
