@@ -121,71 +121,63 @@ QUIET_ENVIRONMENT = {"TF_CPP_MIN_LOG_LEVEL": "3", "GLOG_minloglevel": "3",
 # ----------------------------------------------------------------------
 # Argument types: each error names the fix.
 # ----------------------------------------------------------------------
-def _unit_interval(text):
-    """``float(text)`` when it is in [0, 1], else None."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if 0.0 <= value <= 1.0 else None
+def _number(convert, accept, fix):
+    """An argparse type: ``convert(text)`` when ``accept`` holds for it,
+    else an error ``'<text>' is not <fix>``."""
+    def parse(text):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {fix}")
+        return value
+    return parse
 
 
-def _alpha(text):
-    value = _unit_interval(text)
-    if value is None:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not in [0, 1]; alpha weighs the hard-label loss "
-            "(1 - alpha the distillation loss), e.g. --alpha 0.1")
-    return value
+def _in_unit_interval(value):
+    return 0.0 <= value <= 1.0
+
+
+_alpha = _number(float, _in_unit_interval,
+                 "in [0, 1]; alpha weighs the hard-label loss (1 - alpha the "
+                 "distillation loss), e.g. --alpha 0.1")
 
 
 def _positive_float(name, example):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            value = None
-        if value is None or not (value > 0 and math.isfinite(value)):
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a positive finite number; e.g. --{name} "
-                f"{example}")
-        return value
-    return parse
+    return _number(float, lambda v: v > 0 and math.isfinite(v),
+                   f"a positive finite number; e.g. --{name} {example}")
 
 
 def _positive_int(name, example):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < 1:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not a positive integer; e.g. --{name} {example}")
-        return value
-    return parse
+    return _number(int, lambda v: v >= 1,
+                   f"a positive integer; e.g. --{name} {example}")
 
 
 def _fraction(name, example):
-    def parse(text):
-        value = _unit_interval(text)
-        if value is None:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not in [0, 1]; e.g. --{name} {example}")
-        return value
-    return parse
+    return _number(float, _in_unit_interval,
+                   f"in [0, 1]; e.g. --{name} {example}")
 
 
-def _seed(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a seed: use an integer from 0 to {MAX_SEED}, "
-            "e.g. --seed 0")
-    return value
+_seed = _number(int, lambda v: 0 <= v <= MAX_SEED,
+                f"a seed: use an integer from 0 to {MAX_SEED}, e.g. --seed 0")
+
+
+def _add_size_and_output_options(p, default_name, quick):
+    """The data-size, output, seed and --quick options of run and search."""
+    p.add_argument("--max-train", type=_positive_int("max-train", 5000),
+                   default=None, help="use at most this many training examples")
+    p.add_argument("--max-test", type=_positive_int("max-test", 1000),
+                   default=None,
+                   help="use at most this many validation and test examples")
+    p.add_argument("--output", type=_output_dir, default="saved_models",
+                   help="directory under which the run directory is made")
+    p.add_argument("--run-name", default=None,
+                   help=f"name of the run directory (default: {default_name})")
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
+                   help="smoke-test size: %s" % ", ".join(
+                       f"{k}={v}" for k, v in quick.items()))
 
 
 def _output_dir(text):
@@ -355,22 +347,10 @@ def add_run_parser(subparsers):
     p.add_argument("--quantize", choices=QUANTIZE_MODES,
                    default=d["quantize"],
                    help="TFLite quantization of the exported student")
-    p.add_argument("--max-train", type=_positive_int("max-train", 5000),
-                   default=None, help="use at most this many training examples")
-    p.add_argument("--max-test", type=_positive_int("max-test", 1000),
-                   default=None,
-                   help="use at most this many validation and test examples")
     p.add_argument("--latency-runs", type=_positive_int("latency-runs", 50),
                    default=d["latency_runs"])
-    p.add_argument("--output", type=_output_dir, default="saved_models",
-                   help="directory under which the run directory is made")
-    p.add_argument("--run-name", default=None,
-                   help="name of the run directory (default: "
-                   "DATASET-TEACHER-STUDENT-TIMESTAMP)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
-                   help="smoke-test size: %s" % ", ".join(
-                       f"{k}={v}" for k, v in QUICK.items()))
+    _add_size_and_output_options(p, "DATASET-TEACHER-STUDENT-TIMESTAMP",
+                                 QUICK)
     p.add_argument("--no-export", action="store_true",
                    help="skip the TFLite export")
     p.add_argument("--calibrate", action="store_true",
@@ -545,20 +525,8 @@ def add_search_parser(subparsers):
                    default=d["batch_size"])
     p.add_argument("--learning-rate", type=_positive_float(
         "learning-rate", "1e-3"), default=d["learning_rate"])
-    p.add_argument("--max-train", type=_positive_int("max-train", 5000),
-                   default=None, help="use at most this many training examples")
-    p.add_argument("--max-test", type=_positive_int("max-test", 1000),
-                   default=None,
-                   help="use at most this many validation and test examples")
-    p.add_argument("--output", type=_output_dir, default="saved_models",
-                   help="directory under which the run directory is made")
-    p.add_argument("--run-name", default=None,
-                   help="name of the run directory (default: "
-                   "DATASET-TEACHER-STUDENT-search-TIMESTAMP)")
-    p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--quick", "--smoke", dest="quick", action="store_true",
-                   help="smoke-test size: %s" % ", ".join(
-                       f"{k}={v}" for k, v in SEARCH_QUICK.items()))
+    _add_size_and_output_options(
+        p, "DATASET-TEACHER-STUDENT-search-TIMESTAMP", SEARCH_QUICK)
     p.add_argument("--verbose", type=int, choices=(0, 1, 2), default=0,
                    help="Keras fit verbosity of the teacher and the trials")
     # What keras-kd run's teacher training reads and search does not offer.
