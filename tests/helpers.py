@@ -132,3 +132,16 @@ def run_scale_script(name, out, backend, timeout):
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(out) as f:
         return json.load(f)
+
+
+def benchmark_module(name):
+    """Imports ``benchmarks/<name>.py`` (the folder is not a package)."""
+    import importlib
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "benchmarks")
+    sys.path.insert(0, folder)
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)

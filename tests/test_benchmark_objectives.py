@@ -1,24 +1,11 @@
 """benchmarks/objectives.py on MNIST-1D: its data and its 1-D conv nets."""
 
-import os
-import sys
-
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _objectives_module():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import objectives
-    finally:
-        sys.path.pop(0)
-    return objectives
-
+from tests.helpers import benchmark_module
 
 def test_mnist1d_benchmark_data_and_nets():
-    objectives = _objectives_module()
+    objectives = benchmark_module("objectives")
     ((x, y), (xt, yt)), described = objectives.load("mnist1d", 200)
     assert x.shape == (160, 40, 1) and xt.shape == (40, 40, 1)
     assert "160 training / 40 test" in described
@@ -32,7 +19,7 @@ def test_mnist1d_benchmark_data_and_nets():
 
 
 def test_kd_grid_leaves_out_the_kd_row():
-    objectives = _objectives_module()
+    objectives = benchmark_module("objectives")
     grid = [(kw["alpha"], kw["temperature"]) for _, _, kw in
             objectives.kd_grid()]
     assert sorted(grid) == [(0.1, 1.0), (0.1, 2.0), (0.5, 1.0), (0.5, 2.0),

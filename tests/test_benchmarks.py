@@ -10,6 +10,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers import benchmark_module
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -49,17 +51,8 @@ def test_step_time_benchmark_refuses_bad_arguments(argv, message):
     assert message in out.stderr
 
 
-def _step_time_module():
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    try:
-        import step_time
-    finally:
-        sys.path.pop(0)
-    return step_time
-
-
 def test_step_timer_starts_once_the_last_untimed_step_has_run():
-    step_time = _step_time_module()
+    step_time = benchmark_module("step_time")
     timer = step_time.StepTimer(keras, skip=2)
     callback = timer.callback
     # Keras may keep dispatching steps asynchronously around it (JAX).
