@@ -156,13 +156,84 @@ def aligned_table(columns, rows):
     return "\n".join(out)
 
 
+def wilson_interval(correct, n, z=1.959964):
+    """The 95% Wilson score interval of an accuracy of ``correct / n``.
+
+    ``(p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n)`` with
+    ``p = correct / n`` (Wilson, 1927): the range of accuracies that
+    ``n`` test examples cannot tell apart from the measured one.
+
+    Example:
+
+    >>> [round(v, 4) for v in wilson_interval(90, 100)]
+    [0.8256, 0.9448]
+    """
+    if n <= 0:
+        raise ValueError(f"n must be > 0, got {n}")
+    p = correct / n
+    centre = p + z * z / (2 * n)
+    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
+    scale = 1 + z * z / n
+    return float((centre - half) / scale), float((centre + half) / scale)
+
+
+def curve_series(histories):
+    """What :func:`plot_learning_curves` draws, like with like.
+
+    ``{"accuracy": [...], "loss": [...]}``, each a list of
+    ``(label, split, values)`` with ``split`` ``"train"`` or ``"val"``. The
+    loss panel shows every model's cross-entropy on the labels: a
+    distilled student's ``student_loss`` / ``val_student_loss`` (its hard
+    term, without the distillation term), the other models' ``loss`` /
+    ``val_loss``.
+
+    Example:
+
+    >>> curve_series({"d": {"loss": [9.0], "student_loss": [1.0]}})["loss"]
+    [('d', 'train', [1.0])]
+    """
+    out = {"accuracy": [], "loss": []}
+    for label, hist in histories.items():
+        for split, prefix in (("train", ""), ("val", "val_")):
+            if hist.get(prefix + "accuracy"):
+                out["accuracy"].append((label, split,
+                                        list(hist[prefix + "accuracy"])))
+            key = (prefix + "student_loss" if hist.get(prefix + "student_loss")
+                   else prefix + "loss")
+            if hist.get(key):
+                out["loss"].append((label, split, list(hist[key])))
+    return out
+
+
+def zoomed_limits(series, margin=0.1, floor=0.0, ceiling=1.0):
+    """y-limits around every value of ``series`` (``curve_series`` rows),
+    padded by ``margin`` of their range and kept inside [floor, ceiling].
+
+    Example:
+
+    >>> zoomed_limits([("a", "val", [0.9, 0.95]), ("b", "val", [0.97])])
+    (0.893, 0.977)
+    """
+    values = [v for _, _, vs in series for v in vs if np.isfinite(v)]
+    if not values:
+        return floor, ceiling
+    lo, hi = min(values), max(values)
+    pad = max(hi - lo, 1e-3) * margin
+    return (round(max(floor, lo - pad), 6), round(min(ceiling, hi + pad), 6))
+
+
 def plot_learning_curves(histories, path):
-    """Training/validation accuracy and loss per epoch for each model.
+    """Accuracy and cross-entropy per epoch for each model (training dashed,
+    validation solid).
+
+    The accuracy panel is zoomed to the models' range; the loss panel shows
+    the cross-entropy on the labels for every model (the distilled
+    student's hard term, not its total loss), so the curves compare like
+    with like (:func:`curve_series`).
 
     Args:
         histories: ``{label: history_dict}`` (``keras.callbacks.History
-            .history``); keys ``accuracy``, ``val_accuracy``, ``loss``,
-            ``val_loss`` are drawn when present.
+            .history``).
         path: the PNG to write.
     """
     matplotlib = require("matplotlib")
@@ -170,22 +241,19 @@ def plot_learning_curves(histories, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = curve_series(histories)
+    colors = {label: f"C{i}" for i, label in enumerate(histories)}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (label, hist) in enumerate(histories.items()):
-        color = f"C{i}"
-        for key, style in (("accuracy", "--"), ("val_accuracy", "-")):
-            if hist.get(key):
-                epochs = np.arange(1, len(hist[key]) + 1)
-                axes[0].plot(epochs, hist[key], style, color=color,
-                             label=f"{label} ({'val' if 'val' in key else 'train'})")
-        for key, style in (("loss", "--"), ("val_loss", "-")):
-            if hist.get(key):
-                epochs = np.arange(1, len(hist[key]) + 1)
-                axes[1].plot(epochs, hist[key], style, color=color,
-                             label=f"{label} ({'val' if 'val' in key else 'train'})")
-    axes[0].set(title="Accuracy", xlabel="epoch", ylabel="accuracy")
-    axes[1].set(title="Loss (the distilled student's includes the KD term)",
-                xlabel="epoch", ylabel="loss")
+    for ax, key in zip(axes, ("accuracy", "loss")):
+        for label, split, values in series[key]:
+            ax.plot(np.arange(1, len(values) + 1), values,
+                    "-" if split == "val" else "--", color=colors[label],
+                    label=f"{label} ({split})")
+    axes[0].set_ylim(*zoomed_limits(series["accuracy"]))
+    axes[0].set(title="Accuracy (zoomed to the models' range)",
+                xlabel="epoch", ylabel="accuracy")
+    axes[1].set(title="Cross-entropy on the labels (every model)",
+                xlabel="epoch", ylabel="cross-entropy")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -195,27 +263,47 @@ def plot_learning_curves(histories, path):
     return path
 
 
-def plot_accuracy_vs_size(models, path):
-    """Test accuracy against file size (log scale), one labelled point each."""
+def plot_accuracy_vs_size(models, path, test_examples=None):
+    """Test accuracy against file size (log scale), one labelled point each.
+
+    Keras files are circles, TFLite files squares. With ``test_examples``
+    (the size of the test set) each point carries its 95% Wilson interval
+    (:func:`wilson_interval`): points whose bars overlap are not told apart
+    by this test set.
+    """
     matplotlib = require("matplotlib")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    shown = set()
     for i, record in enumerate(models):
         if record.get("size_bytes") is None or record.get("test_accuracy") is None:
             continue
         size_kb = record["size_bytes"] / 1024.0
-        ax.scatter(size_kb, 100 * record["test_accuracy"], color=f"C{i}",
-                   s=60, zorder=3)
-        ax.annotate(record["label"], (size_kb, 100 * record["test_accuracy"]),
+        accuracy = record["test_accuracy"]
+        tflite = str(record.get("runtime", "")).startswith("tflite")
+        kind = "TFLite file" if tflite else "Keras file"
+        yerr = None
+        if test_examples:
+            lo, hi = wilson_interval(accuracy * test_examples, test_examples)
+            yerr = [[100 * (accuracy - lo)], [100 * (hi - accuracy)]]
+        ax.errorbar(size_kb, 100 * accuracy, yerr=yerr, fmt="s" if tflite
+                    else "o", color=f"C{i}", markersize=7, capsize=3,
+                    zorder=3, label=None if kind in shown else kind)
+        shown.add(kind)
+        ax.annotate(record["label"], (size_kb, 100 * accuracy),
                     textcoords="offset points", fontsize=8,
                     xytext=(6, 6) if i % 2 == 0 else (6, -13))
     ax.set_xscale("log")
     ax.margins(x=0.35, y=0.15)
+    interval = (f"; bars: 95% interval over {test_examples} test examples"
+                if test_examples else "")
     ax.set(xlabel="file size (KB, log scale)", ylabel="test accuracy (%)",
-           title="Accuracy against size")
+           title="Accuracy against size" + interval)
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -296,7 +384,8 @@ def write_report(run_dir, report):
     curves = plot_learning_curves(
         report.get("histories", {}), os.path.join(run_dir, "learning_curves.png"))
     sizes = plot_accuracy_vs_size(
-        report["models"], os.path.join(run_dir, "accuracy_vs_size.png"))
+        report["models"], os.path.join(run_dir, "accuracy_vs_size.png"),
+        report.get("dataset", {}).get("counts", {}).get("test"))
     diagrams = plot_reliability(
         report["models"], os.path.join(run_dir, "reliability.png"))
     plots = [p for p in (curves, sizes, diagrams) if p]
