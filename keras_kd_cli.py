@@ -94,6 +94,7 @@ IMAGE_ONLY = {
     "image_size": "leave it out", "weights": "leave it out",
     "teacher_finetune": "leave it out", "finetune_epochs": "leave it out",
     "finetune_lr_factor": "leave it out", "calibrate": "leave it out",
+    "mnist1d_samples": "leave it out",
 }
 LM_ONLY = {
     "lm_teacher": "for images use --teacher", "lm_student":
@@ -248,6 +249,12 @@ def _dataset_name(text):
         "print(tfds.list_builders())').")
 
 
+_mnist1d_samples = _number(
+    int, lambda v: v >= 20 and v % 10 == 0,
+    "a multiple of 10 (one tenth per digit) of at least 20; e.g. "
+    "--mnist1d-samples 5000")
+
+
 def _objective(text):
     if text.lower() in OBJECTIVES:
         return text.lower()
@@ -291,6 +298,11 @@ def add_run_parser(subparsers):
                    "generated offline: 40-point signals, 1-D CNNs) or a "
                    "tensorflow-datasets name: cifar10, fashion_mnist, mnist, "
                    "...")
+    p.add_argument("--mnist1d-samples", type=_mnist1d_samples, default=None,
+                   metavar="N",
+                   help="--dataset mnist1d: generate N signals, a multiple "
+                   "of 10 (one tenth per digit), 80%% for training "
+                   "(default: the package's 5000)")
     p.add_argument("--teacher", type=_model_name, default=d["teacher"],
                    help="built-in (cnn, small_cnn, tiny_cnn, mlp, small_mlp) "
                    "or keras.applications name (ResNet50, MobileNetV2, ...)")
@@ -605,6 +617,10 @@ def run_option_error(args):
         if getattr(args, dest) is not None:
             return (f"{_flag(dest)} applies to --task causal-lm: add --task "
                     f"causal-lm, or {fix}")
+    if args.mnist1d_samples is not None and args.dataset != "mnist1d":
+        return (f"--mnist1d-samples sizes the generated MNIST-1D, not "
+                f"--dataset {args.dataset}: add --dataset mnist1d, or size "
+                "the data with --max-train and --max-test")
     return None
 
 

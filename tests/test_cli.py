@@ -357,6 +357,53 @@ def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):
     assert args.dataset == "mnist1d"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "mnist1d", "--mnist1d-samples", "25"],
+     "'25' is not a multiple of 10 (one tenth per digit) of at least 20; "
+     "e.g. --mnist1d-samples 5000"),
+    (["--dataset", "mnist1d", "--mnist1d-samples", "10"],
+     "'10' is not a multiple of 10"),
+    (["--mnist1d-samples", "200"],
+     "--mnist1d-samples sizes the generated MNIST-1D, not --dataset digits: "
+     "add --dataset mnist1d"),
+    (["--task", "causal-lm", "--mnist1d-samples", "200"],
+     "--mnist1d-samples applies to image classification, not --task "
+     "causal-lm"),
+])
+def test_run_refuses_bad_mnist1d_samples_in_one_line(argv, message, capsys):
+    import keras_kd_cli
+
+    with pytest.raises(SystemExit) as raised:
+        keras_kd_cli.main(["run", *argv])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+
+
+def test_mnist1d_samples_reaches_the_loader_and_sizes_the_splits():
+    import keras_kd_cli
+
+    args = cli.build_parser().parse_args(
+        ["run", "--dataset", "mnist1d", "--mnist1d-samples", "200"])
+    assert args.mnist1d_samples == 200
+    assert keras_kd_cli.run_option_error(args) is None
+    assert cli.build_parser().parse_args(
+        ["run", "--dataset", "mnist1d"]).mnist1d_samples is None
+    cli.apply_task_defaults(args)
+    run = cli._Run(args)
+    cli._load_data(run)
+    # 200 signals: 160 for training (16 of them, the last 10%, held out for
+    # validation) and 40 for testing.
+    assert run.splits.counts == {"train": 144, "validation": 16, "test": 40}
+    assert len(run.test_labels) == 40
+    again = load_dataset("mnist1d", num_samples=200)
+    assert again.counts == run.splits.counts
+    x = np.concatenate([b[0] for b in again.train.as_numpy_iterator()])
+    assert x.shape == (144, 40, 1)
+    with pytest.raises(ValueError, match="leave it out"):
+        load_dataset("digits", num_samples=200)
+
+
 # ----------------------------------------------------------------------
 # Calibration in the report: test NLL, 15-bin ECE, fitted temperature
 # ----------------------------------------------------------------------

@@ -140,12 +140,18 @@ def _load_data(run):
         _stage(f"{', '.join(needs_32)} need images of at least 32x32: "
                "resizing digits to 32x32 (set --image-size to change)")
 
+    # --mnist1d-samples (keras-kd run only; the parser refuses it for other
+    # datasets): the size of the generated MNIST-1D.
+    sized = {}
+    if getattr(args, "mnist1d_samples", None) is not None:
+        sized["num_samples"] = args.mnist1d_samples
+
     def load():
         try:
             return data.load_dataset(
                 args.dataset, image_size=size, batch_size=args.batch_size,
                 max_train=args.max_train, max_test=args.max_test,
-                seed=args.seed)
+                seed=args.seed, **sized)
         except ValueError as error:
             raise SystemExit(f"keras-kd run: {error}") from None
 

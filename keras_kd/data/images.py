@@ -149,14 +149,15 @@ def _parse_image_size(image_size):
 
 def load_dataset(name="digits", image_size=None, batch_size=64,
                  validation_fraction=0.1, max_train=None, max_test=None,
-                 seed=0, data_dir=None, download=True):
+                 seed=0, data_dir=None, download=True, num_samples=None):
     """Loads an image classification dataset as train/validation/test pipelines.
 
     ``"digits"`` is the bundled offline default (scikit-learn's 8×8 digits as
     ``(8, 8, 1)`` images, no download); ``"mnist1d"`` is MNIST-1D as
     generated offline by :func:`keras_kd.data.load_mnist1d` with the
     package's defaults (5,000 signals of shape ``(40, 1)``, seed 42, 1,000 of
-    them for testing; ``seed`` does not change the data); any other name is
+    them for testing; ``seed`` does not change the data; ``num_samples``
+    changes the number of signals); any other name is
     loaded with
     tensorflow-datasets (its ``train`` split, the last ``validation_fraction``
     of which is held out for validation, and its ``test`` split). Images are
@@ -176,6 +177,10 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
         seed: seed of the shuffles and of the digits split.
         data_dir: tensorflow-datasets' data directory (its default if None).
         download: let tensorflow-datasets download missing data.
+        num_samples: ``"mnist1d"`` only: the number of signals to generate, a
+            multiple of 10 of at least 20, 80% of them for training (the
+            last ``validation_fraction`` of those held out) and 20% for
+            testing; None: the package's 5,000.
 
     Returns:
         A :class:`Splits`.
@@ -205,6 +210,11 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
             ds = ds.shuffle(4096, seed=seed, reshuffle_each_iteration=True)
         return ds.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
 
+    if num_samples is not None and name != "mnist1d":
+        raise ValueError(
+            f"num_samples sets the size of the generated 'mnist1d', not of "
+            f"{name!r}: leave it out (size {name!r} with max_train and "
+            "max_test, --max-train and --max-test).")
     if name in ("digits", "mnist1d"):
         if name == "digits":
             (x_train, y_train), (x_test, y_test) = load_digits(
@@ -216,7 +226,9 @@ def load_dataset(name="digits", image_size=None, batch_size=64,
                     "leave image_size (--image-size) unset.")
             from keras_kd.data.mnist1d import load_mnist1d
 
-            (x_train, y_train), (x_test, y_test) = load_mnist1d()
+            sized = {} if num_samples is None else dict(
+                num_samples=num_samples)
+            (x_train, y_train), (x_test, y_test) = load_mnist1d(**sized)
         n_val = max(1, int(round(len(x_train) * validation_fraction)))
         x_val, y_val = x_train[-n_val:], y_train[-n_val:]
         x_train, y_train = x_train[:-n_val], y_train[:-n_val]
