@@ -18,6 +18,7 @@ import tempfile
 import warnings
 
 import keras
+import numpy as np
 
 from keras_kd import objectives as objectives_lib
 from keras_kd.extras import require
@@ -29,6 +30,77 @@ STUDENT_ALONE = "student alone"
 # `temperatures` holds (hard distillation uses the teacher's argmax).
 TEMPERATURE_FREE = ("hard",)
 _NO_FEATURES = "none"
+# The 97.5% quantile of the standard normal: a two-sided 95% interval.
+Z_95 = 1.959963984540054
+
+
+def wilson_interval(successes, n, z=Z_95):
+    """The Wilson score interval of a binomial proportion (95% by default).
+
+    The interval of one trial's accuracy measured on ``n`` examples, of
+    which ``successes`` are right: how far that accuracy may sit from the
+    model's accuracy on the distribution the ``n`` examples are drawn from.
+    It is not an interval over seeds or over retraining (each trial of
+    :func:`search` trains once), and the score it is computed for is the best
+    epoch's, picked on the same examples, so it is, if anything, optimistic.
+
+    With ``p = successes / n``::
+
+        centre = (p + z² / 2n) / (1 + z² / n)
+        half   = z / (1 + z² / n) · sqrt(p (1 - p) / n + z² / 4n²)
+
+    Args:
+        successes: the number of correct examples, 0 <= successes <= n
+            (NumPy arrays work element-wise).
+        n: the number of examples, >= 1.
+        z: the normal quantile; the default gives a two-sided 95% interval.
+
+    Returns:
+        ``(low, high)``, floats (arrays for array input) in [0, 1].
+
+    Raises:
+        ValueError: ``n < 1`` or ``successes`` outside ``[0, n]``.
+
+    >>> [round(v, 4) for v in wilson_interval(90, 100)]
+    [0.8256, 0.9448]
+    """
+    successes = np.asarray(successes, dtype="float64")
+    n = np.asarray(n, dtype="float64")
+    if np.any(n < 1) or np.any(successes < 0) or np.any(successes > n):
+        raise ValueError(
+            f"wilson_interval needs n >= 1 examples and 0 <= successes <= n, "
+            f"got successes={successes.tolist()!r}, n={n.tolist()!r}; pass "
+            "counts, e.g. wilson_interval(90, 100).")
+    p = successes / n
+    z2 = z * z
+    denominator = 1.0 + z2 / n
+    centre = (p + z2 / (2.0 * n)) / denominator
+    half = z / denominator * np.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
+    low = np.clip(centre - half, 0.0, 1.0)
+    high = np.clip(centre + half, 0.0, 1.0)
+    if low.ndim == 0:
+        return float(low), float(high)
+    return low, high
+
+
+def _count_examples(data):
+    """The number of examples of ``validation_data``: an ``(x, y)`` tuple of
+    arrays or a (batched) ``tf.data.Dataset``; None for anything else (a
+    generator would be used up by counting)."""
+    def first_len(tree):
+        leaves = keras.tree.flatten(tree)
+        return int(np.shape(leaves[0])[0]) if leaves else None
+
+    if isinstance(data, (tuple, list)):
+        return first_len(data[0]) if data else None
+    if type(data).__module__.startswith("tensorflow") and \
+            hasattr(data, "element_spec"):
+        total = 0
+        for batch in data:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            total += first_len(x)
+        return total
+    return None
 
 
 @dataclasses.dataclass
@@ -48,6 +120,17 @@ class SearchResult:
         student: the best row's student, with the weights of its best epoch.
         metric: the name of the score, e.g. ``"val_accuracy"``.
         direction: ``"max"`` or ``"min"``.
+        validation_examples: the number of validation examples the scores
+            were measured on (None when it could not be counted).
+        feature_objective: the class that built the feature losses (what
+            :meth:`compile_kwargs` uses for a feature pair).
+
+    Each ranking row of an accuracy metric also holds ``"interval"``: the 95%
+    Wilson interval ``[low, high]`` of that trial's accuracy on the
+    ``validation_examples`` examples (:func:`wilson_interval`): the
+    uncertainty of one trial's measurement on a finite validation set, not a
+    spread over seeds. Rows whose intervals overlap are not told apart by
+    this validation set. It is None for other metrics or an unknown count.
     """
 
     best: dict
@@ -57,27 +140,102 @@ class SearchResult:
     student: object
     metric: str
     direction: str
+    validation_examples: int = None
+    feature_objective: object = None
 
     def table(self):
-        """The ranking as a Markdown table (rank, setting, score, gain).
+        """The ranking as a Markdown table (rank, setting, score, its 95%
+        interval, gain).
 
-        The gain is the score minus the student alone's.
+        The gain is the score minus the student alone's; the interval is the
+        row's ``"interval"`` (— when there is none).
         """
-        lines = [f"| rank | setting | {self.metric} | vs student alone |",
-                 "|---:|---|---:|---:|"]
+        n = self.validation_examples
+        lines = [f"| rank | setting | {self.metric} | 95% interval"
+                 + (f" (n={n})" if n else "") + " | vs student alone |",
+                 "|---:|---|---:|---|---:|"]
         for rank, row in enumerate(self.ranking, 1):
             gain = row["score"] - self.baseline_score
             gain = "—" if row["objective"] is None else f"{gain:+.4f}"
+            interval = row.get("interval")
+            interval = ("—" if interval is None
+                        else f"[{interval[0]:.4f}, {interval[1]:.4f}]")
             lines.append(f"| {rank} | {row['setting']} | {row['score']:.4f} "
-                         f"| {gain} |")
+                         f"| {interval} | {gain} |")
         return "\n".join(lines)
 
+    def compile_kwargs(self):
+        """The best setting as keyword arguments of
+        :meth:`keras_kd.Distiller.compile`.
+
+        ``alpha``, ``temperature``, ``distillation_loss`` and
+        ``feature_losses`` (a new ``feature_objective(teacher_layer,
+        student_layer)`` when the best row used a feature pair, else ``[]``);
+        add the optimizer, loss and metrics. ``"hard"`` ignores the
+        temperature (1.0 is given). When the student alone won, they train it
+        alone: ``alpha=1.0`` (the hard-label loss only; the distillation
+        loss, ``"kd"`` at T=1, gets weight 0), as the search's baseline did.
+
+        >>> result = SearchResult(
+        ...     best=dict(objective="dist", temperature=1.0, alpha=0.1,
+        ...               features=None), best_score=0.9, ranking=[],
+        ...     baseline_score=0.8, student=None, metric="val_accuracy",
+        ...     direction="max")
+        >>> result.compile_kwargs()
+        {'alpha': 0.1, 'temperature': 1.0, 'distillation_loss': 'dist', 'feature_losses': []}
+        """
+        best = self.best
+        if best["objective"] is None:
+            return dict(alpha=1.0, temperature=1.0, distillation_loss="kd",
+                        feature_losses=[])
+        features = []
+        if best.get("features"):
+            make = self.feature_objective
+            if make is None:
+                from keras_kd.objectives import FitNet as make
+            features = [make(*best["features"])]
+        return dict(alpha=float(best["alpha"]),
+                    temperature=float(best["temperature"] or 1.0),
+                    distillation_loss=best["objective"],
+                    feature_losses=features)
+
+    def run_args(self):
+        """The best setting as ``keras-kd run`` options: ``["--objective",
+        NAME, "--alpha", A, "--temperature", T]``, the values of
+        :meth:`compile_kwargs` (the student alone: ``--alpha 1``, whose
+        distilled student is trained on the labels alone).
+
+        Add the dataset, models and sizes the search used.
+
+        Raises:
+            ValueError: the best setting has a feature loss, which
+                ``keras-kd run`` does not offer; use :meth:`compile_kwargs`
+                with a :class:`keras_kd.Distiller` instead.
+        """
+        if self.best["objective"] is not None and self.best.get("features"):
+            raise ValueError(
+                "the best setting adds a feature loss ("
+                + "->".join(self.best["features"]) + "), which keras-kd run "
+                "does not offer (it distils logits only); train it in Python: "
+                "distiller.compile(..., **result.compile_kwargs()).")
+        kwargs = self.compile_kwargs()
+        return ["--objective", kwargs["distillation_loss"],
+                "--alpha", f"{kwargs['alpha']:.10g}",
+                "--temperature", f"{kwargs['temperature']:.10g}"]
+
     def to_dict(self):
-        """A JSON-ready dict (everything but the student)."""
+        """A JSON-ready dict (everything but the student and the feature
+        objective); ``run_args`` is :meth:`run_args` (None when the best
+        setting has a feature loss)."""
+        try:
+            run_args = self.run_args()
+        except ValueError:
+            run_args = None
         return dict(metric=self.metric, direction=self.direction,
                     best=self.best, best_score=self.best_score,
                     baseline_score=self.baseline_score,
-                    ranking=self.ranking)
+                    validation_examples=self.validation_examples,
+                    run_args=run_args, ranking=self.ranking)
 
 
 def _keras_tuner():
@@ -324,9 +482,11 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
         verbose: passed to ``fit`` and keras-tuner (0: silent).
 
     Returns:
-        A :class:`SearchResult`: ``best`` settings, ``ranking``,
+        A :class:`SearchResult`: ``best`` settings, ``ranking`` (with each
+        accuracy's 95% Wilson interval on the validation examples),
         ``baseline_score``, the best ``student``; ``table()`` prints the
-        ranking.
+        ranking, ``compile_kwargs()`` gives the best setting as arguments of
+        ``Distiller.compile`` and ``run_args()`` as ``keras-kd run`` options.
 
     Raises:
         ImportError: keras-tuner is not installed (``pip install
@@ -422,6 +582,16 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
     finally:
         if owned:
             shutil.rmtree(root, ignore_errors=True)
+    validation_examples = _count_examples(validation_data)
+    accuracy = objective.name.endswith("accuracy")
+    for row in ranking:
+        row["interval"] = None
+        if accuracy and validation_examples and 0 <= row["score"] <= 1:
+            # The score is a share of the validation examples: back to the
+            # count of right ones (rounding off float32 noise).
+            right = round(row["score"] * validation_examples)
+            row["interval"] = list(wilson_interval(right,
+                                                   validation_examples))
     best_row = next(r for r in ranking if r["trial"] == best_trial.trial_id)
     baseline = next(r for r in ranking if r["objective"] is None)
     return SearchResult(
@@ -429,4 +599,6 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
                                        "features")},
         best_score=best_row["score"], ranking=ranking,
         baseline_score=baseline["score"], student=student,
-        metric=objective.name, direction=objective.direction)
+        metric=objective.name, direction=objective.direction,
+        validation_examples=validation_examples,
+        feature_objective=feature_objective)

@@ -1,8 +1,10 @@
 """keras_kd.search and `keras-kd search`: the grid, the ranking, determinism."""
 
+import dataclasses
 import glob
 import json
 import os
+import shlex
 import sys
 import tempfile
 
@@ -11,7 +13,7 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
-from keras_kd.search import STUDENT_ALONE, grid_size
+from keras_kd.search import STUDENT_ALONE, grid_size, wilson_interval
 
 pytest.importorskip("keras_tuner")
 
@@ -138,6 +140,114 @@ def test_a_score_equals_retraining_the_setting_by_hand(
     assert row["score"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_wilson_interval_equals_the_hand_computation():
+    # 90 of 100: p = 0.9, z = 1.959964, z^2 = 3.841459;
+    # centre = (0.9 + 0.019207) / 1.038415 = 0.885203,
+    # half = 1.959964 / 1.038415 * sqrt(0.0009 + 0.000096036) = 0.059568.
+    low, high = wilson_interval(90, 100)
+    assert (round(low, 4), round(high, 4)) == (0.8256, 0.9448)
+    # 0 of 10: centre = half = (z^2 / 20) / (1 + z^2 / 10) = 0.138766.
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.277533, abs=1e-6)
+    # Element-wise on arrays; symmetric about 1/2.
+    lows, highs = wilson_interval(np.array([10, 90]), 100)
+    assert lows[0] == pytest.approx(1 - highs[1], abs=1e-12)
+    with pytest.raises(ValueError, match=r"wilson_interval\(90, 100\)"):
+        wilson_interval(101, 100)
+
+
+def test_each_row_holds_the_wilson_interval_of_its_accuracy(grid):
+    result, _, _ = grid
+    n = result.validation_examples
+    assert n == 48  # the digits fixture's validation examples
+    table = result.table()
+    assert "95% interval (n=48)" in table
+    for row in result.ranking:
+        right = round(row["score"] * n)
+        assert right == pytest.approx(row["score"] * n, abs=1e-4)
+        low, high = row["interval"]
+        assert (low, high) == pytest.approx(wilson_interval(right, n))
+        assert low < row["score"] < high or row["score"] in (0.0, 1.0)
+        assert (f"| {row['score']:.4f} | [{low:.4f}, {high:.4f}] |"
+                in table)
+    assert json.loads(json.dumps(result.to_dict()))["ranking"][0][
+        "interval"] == result.ranking[0]["interval"]
+
+
+def _trains_one_step(teacher, digits, compile_kwargs):
+    (x, y), _, _ = digits
+    keras.utils.set_random_seed(SEED)
+    distiller = kd.Distiller(teacher, _student())
+    distiller.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"], **compile_kwargs)
+    before = [np.array(w) for w in distiller.student.get_weights()]
+    history = distiller.fit(x[:16], y[:16], epochs=1, batch_size=16,
+                            verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    after = distiller.student.get_weights()
+    assert any(not np.allclose(a, b) for a, b in zip(before, after))
+    return distiller
+
+
+def _with_best(result, **best):
+    full = dict(objective=None, temperature=None, alpha=1.0, features=None)
+    full.update(best)
+    return dataclasses.replace(result, best=full)
+
+
+@pytest.mark.parametrize("best, expected", [
+    (dict(objective="kd", temperature=4.0, alpha=0.5),
+     dict(alpha=0.5, temperature=4.0, distillation_loss="kd")),
+    # "hard" ignores the temperature: 1.0 is given.
+    (dict(objective="hard", alpha=0.1),
+     dict(alpha=0.1, temperature=1.0, distillation_loss="hard")),
+    # The student alone: the hard-label loss only.
+    (dict(), dict(alpha=1.0, temperature=1.0, distillation_loss="kd")),
+])
+def test_compile_kwargs_and_run_args_give_the_best_setting(
+        grid, teacher, digits, best, expected):
+    import keras_kd_cli
+
+    result = _with_best(grid[0], **best)
+    kwargs = result.compile_kwargs()
+    assert kwargs == dict(expected, feature_losses=[])
+    distiller = _trains_one_step(teacher, digits, kwargs)
+    assert distiller.alpha == pytest.approx(expected["alpha"])
+    args = keras_kd_cli.build_parser().parse_args(["run",
+                                                   *result.run_args()])
+    assert (args.objective, args.alpha, args.temperature) == (
+        expected["distillation_loss"], expected["alpha"],
+        expected["temperature"])
+    assert keras_kd_cli.run_option_error(args) is None
+
+
+def test_the_grid_best_compiles_as_found(grid, teacher, digits):
+    result, _, _ = grid
+    kwargs = result.compile_kwargs()
+    if result.best["objective"] is None:
+        assert kwargs["alpha"] == 1.0
+    else:
+        assert (kwargs["distillation_loss"], kwargs["alpha"]) == (
+            result.best["objective"], result.best["alpha"])
+    _trains_one_step(teacher, digits, kwargs)
+
+
+def test_compile_kwargs_build_the_feature_loss_and_run_args_refuse_it(
+        grid, teacher, digits):
+    pair = ["teacher_hidden", "student_hidden"]
+    result = _with_best(grid[0], objective="kd", temperature=4.0, alpha=0.5,
+                        features=pair)
+    kwargs = result.compile_kwargs()
+    (feature,) = kwargs["feature_losses"]
+    assert isinstance(feature, kd.FitNet)
+    _trains_one_step(teacher, digits, kwargs)
+    with pytest.raises(ValueError, match=r"\*\*result.compile_kwargs\(\)"):
+        result.run_args()
+    assert result.to_dict()["run_args"] is None
+
+
 def test_nothing_is_left_in_the_working_directory_or_tmp(grid):
     _, workdir, left_in_tmp = grid
     assert os.listdir(workdir) == []
@@ -204,7 +314,7 @@ def test_a_missing_keras_tuner_names_the_extra(monkeypatch, teacher, digits):
 
 
 def test_keras_kd_search_quick_writes_a_sorted_ranking(tmp_path, capsys):
-    from keras_kd_cli import main
+    from keras_kd_cli import build_parser, main
 
     code = main(["search", "--quick", "--teacher", "small_mlp", "--student",
                  "small_mlp", "--objectives", "kd,dist", "--temperatures",
@@ -218,9 +328,31 @@ def test_keras_kd_search_quick_writes_a_sorted_ranking(tmp_path, capsys):
     assert report["best_score"] == scores[0]
     assert STUDENT_ALONE in [r["setting"] for r in report["ranking"]]
     assert report["config"]["objectives"] == ["kd", "dist"]
-    table = capsys.readouterr().out
+    out = capsys.readouterr().out
     for row in report["ranking"]:
-        assert f"| {row['setting']} | {row['score']:.4f} |" in table
+        assert f"| {row['setting']} | {row['score']:.4f} |" in out
+        low, high = row["interval"]
+        assert low <= row["score"] <= high
+    assert report["validation_examples"] == 128  # --quick: --max-test 128
+    # The keras-kd run line of the best setting: printed, in search.json,
+    # and it parses to the best setting and the search's sizes.
+    command = report["run_command"]
+    assert f"To train it: {command}" in out
+    argv = shlex.split(command)
+    assert argv[:2] == ["keras-kd", "run"]
+    args = build_parser().parse_args(argv[1:])
+    best = report["best"]
+    if best["objective"] is None:
+        assert args.alpha == 1.0
+    else:
+        assert (args.objective, args.alpha, args.temperature) == (
+            best["objective"], best["alpha"], best["temperature"])
+    assert argv[2:] == ["--dataset", "digits", "--teacher", "small_mlp",
+                        "--student", "small_mlp", "--epochs", "2",
+                        "--teacher-epochs", "2", "--batch-size", "32",
+                        "--learning-rate", "0.001", "--max-train", "256",
+                        "--max-test", "128", "--seed", "0",
+                        *report["run_args"]]
 
 
 @pytest.mark.parametrize("argv, match", [

@@ -3,7 +3,8 @@
 Loads the data and trains the teacher as ``keras-kd run`` does (the same
 functions of :mod:`keras_kd.app.cli`), then runs :func:`keras_kd.search` over
 the built-in student, prints the ranking as a Markdown table and writes
-``OUTPUT/RUN_NAME/search.json``.
+``OUTPUT/RUN_NAME/search.json``, and prints the ``keras-kd run`` command that
+trains the best setting with the same data, models and sizes.
 
 Examples::
 
@@ -15,6 +16,7 @@ Examples::
 import datetime
 import json
 import os
+import shlex
 import time
 
 from keras_kd_cli import SEARCH_DEFAULTS, SEARCH_QUICK
@@ -29,12 +31,43 @@ def _apply_quick(args):
             setattr(args, key, value)
 
 
+def run_command(args, result):
+    """The ``keras-kd run`` argument list that trains ``result``'s best setting
+    with the search's data, models, sizes and seed.
+
+    ``["run", "--dataset", ..., "--teacher", ..., "--student", ...,
+    "--epochs", ..., "--teacher-epochs", ..., "--batch-size", ...,
+    "--learning-rate", ..., "--seed", ..., *result.run_args()]``, plus
+    ``--image-size``, ``--weights``, ``--max-train`` and ``--max-test`` when
+    the search set them. ``args`` are the parsed search options (after
+    ``--quick`` was applied).
+    """
+    argv = ["run", "--dataset", args.dataset, "--teacher", args.teacher,
+            "--student", args.student]
+    if args.image_size is not None:
+        argv += ["--image-size", "{}x{}".format(*args.image_size)]
+    if args.weights != "auto":
+        argv += ["--weights", args.weights]
+    argv += ["--epochs", str(args.epochs),
+             "--teacher-epochs", str(args.teacher_epochs),
+             "--batch-size", str(args.batch_size),
+             "--learning-rate", str(args.learning_rate)]
+    for flag, value in (("--max-train", args.max_train),
+                        ("--max-test", args.max_test)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv + ["--seed", str(args.seed), *result.run_args()]
+
+
 def run_search(args):
     """Runs ``keras-kd search`` for parsed arguments; returns the exit status.
 
     ``search.json`` holds the configuration, the backend, the teacher's
-    validation accuracy and :meth:`keras_kd.search.SearchResult.to_dict`
-    (``best``, ``best_score``, ``baseline_score``, ``ranking`` best first).
+    validation accuracy, :meth:`keras_kd.search.SearchResult.to_dict`
+    (``best``, ``best_score``, ``baseline_score``, ``validation_examples``,
+    ``run_args``, ``ranking`` best first, each row with its 95% interval) and
+    ``run_command``: the ``keras-kd run`` line of the best setting
+    (:func:`run_command`), which is also printed.
     """
     import keras
 
@@ -79,14 +112,16 @@ def run_search(args):
     path = os.path.join(state.run_dir, "search.json")
     config = {k: v for k, v in vars(args).items()
               if isinstance(v, (str, int, float, bool, tuple, type(None)))}
+    command = shlex.join(["keras-kd", *run_command(args, result)])
     with open(path, "w", encoding="utf-8") as f:
         json.dump(dict(config=config, backend=state.backend,
                        teacher_val_accuracy=teacher_accuracy,
                        seconds=time.perf_counter() - start,
-                       **result.to_dict()), f, indent=2)
+                       run_command=command, **result.to_dict()), f, indent=2)
     best = result.ranking[0]["setting"]
     gain = result.best_score - result.baseline_score
     cli._stage(f"best: {best} ({result.metric} {result.best_score:.4f}, "
                f"{100 * gain:+.2f} points over the student alone); wrote "
                f"{path}")
+    print(f"To train it: {command}")
     return 0
