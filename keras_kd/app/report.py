@@ -15,6 +15,7 @@ import numpy as np
 
 from keras_kd import calibration
 from keras_kd.extras import require
+from keras_kd.search import wilson_interval  # noqa: F401  (the plots' intervals)
 
 
 def count_params(model):
@@ -156,27 +157,6 @@ def aligned_table(columns, rows):
     return "\n".join(out)
 
 
-def wilson_interval(correct, n, z=1.959964):
-    """The 95% Wilson score interval of an accuracy of ``correct / n``.
-
-    ``(p + z²/2n ± z·sqrt(p(1−p)/n + z²/4n²)) / (1 + z²/n)`` with
-    ``p = correct / n`` (Wilson, 1927): the range of accuracies that
-    ``n`` test examples cannot tell apart from the measured one.
-
-    Example:
-
-    >>> [round(v, 4) for v in wilson_interval(90, 100)]
-    [0.8256, 0.9448]
-    """
-    if n <= 0:
-        raise ValueError(f"n must be > 0, got {n}")
-    p = correct / n
-    centre = p + z * z / (2 * n)
-    half = z * float(np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)))
-    scale = 1 + z * z / n
-    return float((centre - half) / scale), float((centre + half) / scale)
-
-
 def curve_series(histories):
     """What :func:`plot_learning_curves` draws, like with like.
 
@@ -287,7 +267,8 @@ def plot_accuracy_vs_size(models, path, test_examples=None):
         kind = "TFLite file" if tflite else "Keras file"
         yerr = None
         if test_examples:
-            lo, hi = wilson_interval(accuracy * test_examples, test_examples)
+            lo, hi = wilson_interval(round(accuracy * test_examples),
+                                     test_examples)
             yerr = [[100 * (accuracy - lo)], [100 * (hi - accuracy)]]
         ax.errorbar(size_kb, 100 * accuracy, yerr=yerr, fmt="s" if tflite
                     else "o", color=f"C{i}", markersize=7, capsize=3,

@@ -17,7 +17,7 @@ def test_wilson_interval_is_the_set_of_accuracies_the_test_cannot_reject():
         lo, hi = report.wilson_interval(correct, n)
         assert lo == pytest.approx(inside.min(), abs=1e-6)
         assert hi == pytest.approx(inside.max(), abs=1e-6)
-    with pytest.raises(ValueError, match="n must be > 0"):
+    with pytest.raises(ValueError, match="n >= 1"):
         report.wilson_interval(0, 0)
 
 
