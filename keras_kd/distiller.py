@@ -370,8 +370,8 @@ class Distiller(keras.Model):
         """Keras's metrics, then the running means of the loss terms."""
         kd_state = self.__dict__.get("_kd")
         composed = kd_state and kd_state.composition
-        extra = list((kd_state and kd_state.on_policy is not None and
-                      kd_state.on_policy_metrics) or [])
+        extra = (kd_state.on_policy_metrics
+                 if kd_state and kd_state.on_policy is not None else [])
         return super().metrics + ([composed.tracker] if composed else []) + \
             extra
 
@@ -431,14 +431,15 @@ class Distiller(keras.Model):
         (:func:`keras_kd.soft_labels.guards.check_cached_teacher`).
         """
         x, y, kwargs = self._preprocessed(x, y, kwargs, training=True)
+        cached = targets.holds_cached_targets(x, y)
         if self._kd.on_policy is not None and self._kd.on_policy.lmbda > 0 \
-                and targets.holds_cached_targets(x, y):
+                and cached:
             raise ValueError(
                 "on_policy samples new tokens at each step, so the teacher "
                 "must run live: cached teacher outputs score the data's "
                 "tokens, not the student's. Pass the plain inputs and labels, "
                 "or compile with on_policy=None to train from the cache.")
-        if targets.holds_cached_targets(x, y):  # a soft-label cache's teacher?
+        if cached:  # a soft-label cache's teacher?
             from keras_kd.soft_labels.guards import check_cached_teacher
             check_cached_teacher(self, x, y)
         if not self._kd.teacher_checked:
@@ -455,7 +456,7 @@ class Distiller(keras.Model):
         callbacks.append(_NonFiniteLossGuard(
             self.teachers, x, y, kwargs.get("batch_size") or 32))
         return self._detach_teachers_while(
-            targets.holds_cached_targets(x, y), super().fit, x, y, *args,
+            cached, super().fit, x, y, *args,
             callbacks=callbacks, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):

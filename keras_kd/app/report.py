@@ -15,7 +15,7 @@ import numpy as np
 
 from keras_kd import calibration
 from keras_kd.extras import require
-from keras_kd.search import wilson_interval  # noqa: F401  (the plots' intervals)
+from keras_kd.search import wilson_interval
 
 
 def count_params(model):
