@@ -95,11 +95,23 @@ def test_run_report_values_match_independent_measurements(quick_run):
     y = np.concatenate([b[1] for b in splits.test.as_numpy_iterator()])
     assert len(y) == cli.QUICK["max_test"]
     by_key = {m["key"]: m for m in rep["models"]}
+    right = {}
     for key in ("teacher", "student_alone", "student_distilled"):
         model = keras.models.load_model(run_dir / f"{key}.keras")
         assert by_key[key]["parameters"] == _n_weights(model)
-        expected = np.mean(np.argmax(model.predict(x, verbose=0), -1) == y)
+        right[key] = np.argmax(model.predict(x, verbose=0), -1) == y
+        expected = np.mean(right[key])
         assert by_key[key]["test_accuracy"] == pytest.approx(expected, abs=1e-9)
+    # The gain and its paired interval come from these examples' correctness.
+    gain = rep["gain"]
+    only_d = int(np.sum(right["student_distilled"] & ~right["student_alone"]))
+    only_a = int(np.sum(~right["student_distilled"] & right["student_alone"]))
+    assert (gain["only_distilled_right"], gain["only_alone_right"],
+            gain["test_examples"]) == (only_d, only_a, len(y))
+    assert gain["difference"] == pytest.approx((only_d - only_a) / len(y))
+    assert gain["low"] <= gain["difference"] <= gain["high"]
+    assert gain["beyond_interval"] == (gain["low"] > 0 or gain["high"] < 0)
+    assert "95% interval" in (run_dir / "report.md").read_text()
     # student alone and distilled student share the architecture
     assert by_key["student_alone"]["parameters"] == by_key[
         "student_distilled"]["parameters"] < by_key["teacher"]["parameters"]

@@ -270,7 +270,7 @@ def _measure(run):
     example = next(iter(test.map(lambda x, y: x).unbatch().batch(1)
                         .as_numpy_iterator()))
     run.validation_labels = report.labels_of(run.splits.validation)
-    run.records = []
+    run.records, run.correct = [], {}
     for key, label, model, arch in (
             ("teacher", "teacher", run.teacher, args.teacher),
             ("student_alone", "student alone", run.alone, args.student),
@@ -280,8 +280,11 @@ def _measure(run):
         size = saving.save_model_only(model, path)
         # Accuracy, test NLL and ECE from one pass; a temperature fitted on
         # the validation split (what post-hoc scaling would ship).
+        logits = report.logits_of(model, test)
+        # Per-example correctness: the paired interval of the gain.
+        run.correct[key] = np.argmax(logits, axis=-1) == run.test_labels
         metrics = report.classification_metrics(
-            report.logits_of(model, test), run.test_labels,
+            logits, run.test_labels,
             validation=(report.logits_of(model, run.splits.validation),
                         run.validation_labels))
         run.records.append(dict(
@@ -372,6 +375,8 @@ def _write_report(run):
     from keras_kd.app import report
 
     splits = run.splits
+    gain = report.distillation_gain(run.correct["student_distilled"],
+                                    run.correct["student_alone"])
     result = dict(
         backend=run.backend, keras_version=keras.__version__,
         config={k: (list(v) if isinstance(v, tuple) else v)
@@ -379,15 +384,13 @@ def _write_report(run):
                 if k not in ("command", "native_logs")},
         dataset=dict(name=splits.name, input_shape=list(splits.input_shape),
                      num_classes=splits.num_classes, counts=splits.counts),
-        models=run.records, histories=run.histories,
+        models=run.records, gain=gain, histories=run.histories,
         export=run.export_info, timings=run.timings, run_dir=run.run_dir)
     result["paths"] = report.write_report(run.run_dir, result)
     print()
     print(report.markdown_table(run.records))
     print()
-    gain = run.records[2]["test_accuracy"] - run.records[1]["test_accuracy"]
-    _stage(f"distillation changed the student's test accuracy by "
-           f"{100 * gain:+.2f} points ({len(run.test_labels)} test examples)")
+    _stage(report.gain_sentence(gain))
     return result
 
 

@@ -50,3 +50,114 @@ def test_plots_are_written(tmp_path):
     report.plot_accuracy_vs_size(models, tmp_path / "s.png", test_examples=450)
     for name in ("c.png", "s.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _paired(both, only_a, only_b, neither):
+    """Per-example correctness of two models from a paired 2x2 table."""
+    a = [1] * both + [1] * only_a + [0] * only_b + [0] * neither
+    b = [1] * both + [0] * only_a + [1] * only_b + [0] * neither
+    return np.array(a, bool), np.array(b, bool)
+
+
+def _newcombe_by_hand(both, only_a, only_b, neither, z=1.959963984540054):
+    # Independent of keras_kd: each Wilson bound is a root of the score
+    # test's quadratic (p_hat - p)^2 = z^2 p (1 - p) / n, found by np.roots;
+    # then Newcombe's (1998) method 10 with his corrected phi.
+    n = both + only_a + only_b + neither
+
+    def wilson(k):
+        p_hat = k / n
+        roots = np.sort(np.roots([1 + z * z / n, -(2 * p_hat + z * z / n),
+                                  p_hat * p_hat]).real)
+        return max(roots[0], 0.0), min(roots[1], 1.0)
+
+    p1, p2 = (both + only_a) / n, (both + only_b) / n
+    (l1, u1), (l2, u2) = wilson(both + only_a), wilson(both + only_b)
+    margins = (both + only_a) * (only_b + neither) * (both + only_b) * (
+        only_a + neither)
+    cross = both * neither - only_a * only_b
+    phi = 0.0
+    if margins and cross > n / 2:
+        phi = (cross - n / 2) / margins ** 0.5
+    elif margins and cross < 0:
+        phi = cross / margins ** 0.5
+    d = p1 - p2
+    low = d - ((p1 - l1) ** 2 + (u2 - p2) ** 2
+               - 2 * phi * (p1 - l1) * (u2 - p2)) ** 0.5
+    high = d + ((p2 - l2) ** 2 + (u1 - p1) ** 2
+                - 2 * phi * (p2 - l2) * (u1 - p1)) ** 0.5
+    return d, low, high
+
+
+def test_paired_interval_gives_the_published_example():
+    # Fagerland, Lydersen & Laake (Stat. Med. 2014), Cavo et al.'s table
+    # (59, 6, 16, 80): Newcombe square-and-add -0.0621 (-0.1186 to -0.0046).
+    d, low, high = report.paired_difference_interval(*_paired(59, 6, 16, 80))
+    assert (round(d, 4), round(low, 4), round(high, 4)) == (
+        -0.0621, -0.1186, -0.0046)
+
+
+@pytest.mark.parametrize("table", [
+    (59, 6, 16, 80),        # ad - bc > n/2: phi > 0
+    (1, 1, 7, 12),          # small, 0 <= ad - bc <= n/2: phi = 0
+    (875, 75, 50, 0),       # ad - bc < 0: negative phi
+    (904, 46, 21, 29),      # a keras-kd run: 1,000 test examples
+    (500, 0, 0, 500),       # no discordant example
+    (0, 10, 0, 0),          # model B never right: an empty margin
+])
+def test_paired_interval_equals_the_hand_computation(table):
+    expected = _newcombe_by_hand(*table)
+    got = report.paired_difference_interval(*_paired(*table))
+    assert got == pytest.approx(expected, abs=1e-9)
+    # Swapping the models negates the difference and mirrors the interval.
+    a, b = _paired(*table)
+    d, low, high = report.paired_difference_interval(b, a)
+    assert (d, low, high) == pytest.approx((-got[0], -got[2], -got[1]))
+
+
+def test_paired_interval_values():
+    # A keras-kd run (seed 0): 46 right only when distilled, 21 only alone,
+    # of 1,000: +2.5 points, [+0.90, +4.18]. The two accuracies' own Wilson
+    # intervals overlap (95.0% [93.5, 96.2], 92.5% [90.7, 94.0]); the paired
+    # interval excludes 0, since 933 examples agree.
+    d, low, high = report.paired_difference_interval(*_paired(904, 46, 21, 29))
+    assert (round(d, 4), round(low, 4), round(high, 4)) == (
+        0.025, 0.009, 0.0418)
+    assert report.wilson_interval(950, 1000)[0] < report.wilson_interval(
+        925, 1000)[1]
+    # No discordant example: the difference is 0, the interval symmetric.
+    d, low, high = report.paired_difference_interval(*_paired(500, 0, 0, 500))
+    assert d == 0 and low == pytest.approx(-high) and 0 < high < 0.05
+    with pytest.raises(ValueError, match="equally long"):
+        report.paired_difference_interval([1, 0], [1, 0, 1])
+    with pytest.raises(ValueError, match="True/False or 1/0"):
+        report.paired_difference_interval([2, 0], [1, 0])
+
+
+def test_the_report_states_the_gain_with_its_interval(tmp_path):
+    pytest.importorskip("matplotlib")
+    beyond = report.distillation_gain(*_paired(904, 46, 21, 29))
+    assert beyond["beyond_interval"] and beyond["only_distilled_right"] == 46
+    assert (beyond["low"], beyond["high"]) == pytest.approx((0.009, 0.0418),
+                                                            abs=5e-5)
+    noise = report.distillation_gain(*_paired(400, 8, 3, 39))
+    assert not noise["beyond_interval"] and noise["low"] < 0 < noise["high"]
+    assert "the interval holds 0" in report.gain_sentence(noise)
+    models = [dict(label="student alone", parameters=10, path="a.keras",
+                   size_bytes=2048, test_accuracy=0.921, latency_ms=0.1,
+                   runtime="keras (jax)"),
+              dict(label="distilled student", parameters=10, path="d.keras",
+                   size_bytes=2048, test_accuracy=0.946, latency_ms=0.1,
+                   runtime="keras (jax)")]
+    paths = report.write_report(tmp_path, dict(
+        models=models, gain=beyond, dataset={"counts": {"test": 1000}}))
+    markdown = open(paths["markdown"]).read()
+    assert ("Distillation changed the student's test accuracy by +2.50 "
+            "points (95% interval +0.90 to +4.18, paired over 1000 test "
+            "examples") in markdown
+    assert "the interval excludes 0" in markdown
+    import json
+
+    saved = json.load(open(paths["json"]))["gain"]
+    assert saved["beyond_interval"] is True
+    assert saved["difference"] == pytest.approx(0.025)
