@@ -258,7 +258,19 @@ class Distiller(keras.Model):
         if self._kd.on_policy_metrics is None:
             self._kd.on_policy_metrics = [
                 keras.metrics.Mean(name="on_policy_fraction"),
-                keras.metrics.Mean(name="generated_tokens")]
+                keras.metrics.Mean(name="generated_tokens"),
+                keras.metrics.Mean(name="sampling_seconds")]
+
+    def _times_sampling(self):
+        """Whether the step can time its sampling: XLA-compiled TensorFlow
+        steps have no clock op (see :func:`keras_kd.on_policy.timed`)."""
+        return not (keras.config.backend() == "tensorflow"
+                    and getattr(self, "jit_compile", False) is True)
+
+    def _on_policy_logged(self):
+        """The on-policy metrics this step updates, in ``mix``'s order."""
+        logged = self._kd.on_policy_metrics
+        return logged if self._times_sampling() else logged[:2]
 
     def _build_views(self, feature_losses):
         """Makes the one-forward tap views and builds the objectives' adapters."""
@@ -311,12 +323,12 @@ class Distiller(keras.Model):
         if training and on_policy is not None and on_policy.lmbda > 0:
             # A λ share of the sequences continued by the current student;
             # the student and the teacher then run on those tokens.
-            x, y, sample_weight, fraction, generated = on_policy.mix(
+            x, y, sample_weight, *logged = on_policy.mix(
                 self.student, self._kd.on_policy_sampler,
-                self._on_policy_seed, x, y, sample_weight)
+                self._on_policy_seed, x, y, sample_weight,
+                timing=self._times_sampling())
             y_pred = self(x, training=training)
-            for metric, value in zip(self._kd.on_policy_metrics,
-                                     (fraction, generated)):
+            for metric, value in zip(self._on_policy_logged(), logged):
                 metric.update_state(value)
         student_features = self._student_features(x, y_pred, training)
         _, labels = targets.split_targets(y)
@@ -370,7 +382,7 @@ class Distiller(keras.Model):
         """Keras's metrics, then the running means of the loss terms."""
         kd_state = self.__dict__.get("_kd")
         composed = kd_state and kd_state.composition
-        extra = (kd_state.on_policy_metrics
+        extra = (self._on_policy_logged()
                  if kd_state and kd_state.on_policy is not None else [])
         return super().metrics + ([composed.tracker] if composed else []) + \
             extra

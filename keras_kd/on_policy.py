@@ -27,10 +27,15 @@ Sampling runs inside the compiled training step with keras-hub's
 copies of the student's current weights that carry no gradient, so it works
 on JAX, TensorFlow and PyTorch and never samples from a stale copy. A step
 with on-policy sequences costs the generation of ``L − prompt_length``
-tokens plus one more student forward pass.
+tokens plus one more student forward pass. The wall time of the sampling
+is measured inside the step (:func:`timed`) and logged as
+``sampling_seconds``.
 """
 
+import time
+
 import keras
+import numpy as np
 from keras import ops
 
 from keras_kd.checks import check_alpha, check_temperature
@@ -94,8 +99,9 @@ class OnPolicy:
         seed: seed of the sampling (None: random).
 
     Logged during ``fit``: ``on_policy_fraction`` (the share of sequences
-    sampled, whose mean is ``λ``) and ``generated_tokens`` (tokens sampled per
-    batch).
+    sampled, whose mean is ``λ``), ``generated_tokens`` (tokens sampled per
+    batch) and ``sampling_seconds`` (wall time spent sampling per step, see
+    :func:`timed`; not logged on TensorFlow with ``jit_compile=True``).
 
     Example:
 
@@ -174,15 +180,18 @@ class OnPolicy:
         finally:
             student.sampler = previous
 
-    def mix(self, student, sampler, seed_generator, x, y, sample_weight):
+    def mix(self, student, sampler, seed_generator, x, y, sample_weight,
+            timing=True):
         """The batch with a ``λ`` share of its sequences student-generated.
 
-        Returns ``(x, y, sample_weight, fraction, generated)``: inputs whose
+        Returns ``(x, y, sample_weight, fraction, generated, seconds)``:
+        inputs whose
         chosen rows hold the prompt plus sampled tokens (padding mask all
         true there); labels ``-1`` (unlabeled) on those rows; weights 1 on
         the positions that predict a sampled token and 0 elsewhere on those
         rows (the other rows keep their labels and weights); the share of
-        rows sampled and the number of tokens sampled.
+        rows sampled, the number of tokens sampled and the seconds spent
+        sampling (:func:`timed`; None when ``timing=False``).
         """
         if not isinstance(x, dict) or "token_ids" not in x:
             raise ValueError(
@@ -200,7 +209,11 @@ class OnPolicy:
         position = ops.arange(length)[None, :]
         prompt_mask = ops.logical_and(padding_mask,
                                       position < self.prompt_length)
-        sampled = self.sample(student, sampler, token_ids, prompt_mask)
+        def sample(ids):
+            return self.sample(student, sampler, ids, prompt_mask)
+
+        sampled, seconds = (timed(sample, token_ids) if timing
+                            else (sample(token_ids), None))
         rows = keras.random.uniform(ops.shape(token_ids)[:1],
                                     seed=seed_generator) < self.lmbda
         rows2d = rows[:, None]
@@ -223,4 +236,93 @@ class OnPolicy:
         fraction = ops.mean(ops.cast(rows, "float32"))
         new_x = dict(x, token_ids=new_ids,
                      padding_mask=ops.cast(new_mask, x["padding_mask"].dtype))
-        return new_x, new_y, new_weights, fraction, generated
+        return new_x, new_y, new_weights, fraction, generated, seconds
+
+
+class _HostClock:
+    """Host-side stopwatch driven from a compiled JAX program.
+
+    ``start`` and ``stop`` pass their array through unchanged; the program
+    routes its data through them, so ``start`` runs before the timed work
+    begins and ``stop`` once its result exists.
+    """
+
+    def __init__(self):
+        self.started = None
+
+    def start(self, x):
+        self.started = time.perf_counter()
+        return x
+
+    def stop(self, x):
+        return x, np.float32(time.perf_counter() - self.started)
+
+
+def _timed_jax(fn, x):
+    import jax
+    from jax.experimental import io_callback
+
+    clock = _HostClock()
+    spec = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    x = io_callback(clock.start, spec, x)
+    y = fn(x)
+    return io_callback(clock.stop, (jax.ShapeDtypeStruct(y.shape, y.dtype),
+                                    jax.ShapeDtypeStruct((), "float32")), y)
+
+
+def _timed_tensorflow(fn, x):
+    import tensorflow as tf
+
+    started = tf.timestamp()
+    with tf.control_dependencies([started]):
+        x = tf.identity(x)
+    y = fn(x)
+    with tf.control_dependencies([y]):
+        stopped = tf.timestamp()
+    with tf.control_dependencies([stopped]):
+        y = tf.identity(y)
+    return y, tf.cast(stopped - started, "float32")
+
+
+def _timed_eager(fn, x):
+    ops.convert_to_numpy(x[:1])  # waits for queued device work
+    started = time.perf_counter()
+    y = fn(x)
+    ops.convert_to_numpy(y[:1])
+    return y, ops.convert_to_tensor(time.perf_counter() - started, "float32")
+
+
+def timed(fn, x):
+    """``(fn(x), seconds)``: the result and the wall time ``fn`` took.
+
+    Works inside a compiled training step, where Python's clock would read
+    the time of tracing: on JAX the array passes through two host callbacks
+    (``jax.experimental.io_callback``) that bracket ``fn``'s computation
+    (``fn`` cannot start before the first returns, the second runs once
+    ``fn``'s result exists); on TensorFlow two ``tf.timestamp`` ops ordered
+    by control dependencies bracket it (XLA has no clock op, so a step
+    compiled with ``jit_compile=True`` cannot call this); on PyTorch (eager)
+    the device is waited on before and after. Work the program does before
+    or after ``fn`` is not counted; on an accelerator, the two brackets cost
+    one device-to-host round trip each.
+
+    Args:
+        fn: a function of one tensor returning one tensor.
+        x: its input tensor.
+
+    Returns:
+        ``(fn(x), seconds)``, ``seconds`` a float32 scalar tensor.
+
+    Example:
+
+    >>> import keras
+    >>> y, seconds = timed(lambda t: keras.ops.cumsum(t), keras.ops.ones(4))
+    >>> keras.ops.convert_to_numpy(y).tolist(), float(seconds) >= 0
+    ([1.0, 2.0, 3.0, 4.0], True)
+    """
+    backend = keras.config.backend()
+    if backend == "jax":
+        return _timed_jax(fn, x)
+    if backend == "tensorflow":
+        return _timed_tensorflow(fn, x)
+    return _timed_eager(fn, x)

@@ -4,6 +4,8 @@ The steps run compiled (jit / tf.function) as in any fit; a recording teacher
 keeps the tokens it was given in a variable.
 """
 
+import time
+
 import keras
 import numpy as np
 import pytest
@@ -191,11 +193,80 @@ def test_compiled_on_policy_steps_train_the_student():
                       distillation_loss="gkd",
                       on_policy=kd.OnPolicy(lmbda=1.0, prompt_length=PROMPT,
                                             temperature=0.7, top_p=0.95))
+    started = time.perf_counter()
     history = distiller.fit(x, labels, sample_weight=weights, batch_size=4,
                             epochs=2, verbose=0)
+    elapsed = time.perf_counter() - started
     logs = history.history
     assert logs["on_policy_fraction"] == [1.0, 1.0]
     assert logs["generated_tokens"] == [(LENGTH - prompt_ends(x)).sum() / 2] * 2
+    # Seconds per step spent sampling: measured, and a part of the fit's time.
+    assert all(0 < s < elapsed / 4 for s in logs["sampling_seconds"])
     assert np.isfinite(logs["loss"]).all() and logs["distillation_loss"][0] > 0
     assert any(not np.array_equal(b, to_numpy(a))
                for b, a in zip(before, student.weights))
+
+
+def _sleeping(seconds):
+    """A function of a tensor that waits ``seconds`` on the host inside a
+    compiled program, then returns the tensor."""
+    def wait(a):
+        time.sleep(seconds)
+        return a
+
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+        from jax.experimental import io_callback
+        return lambda t: io_callback(
+            wait, jax.ShapeDtypeStruct(t.shape, t.dtype), t)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def sleep(t):
+            out = tf.numpy_function(wait, [t], t.dtype)
+            out.set_shape(t.shape)
+            return out
+        return sleep
+    return wait
+
+
+def _compiled(fn):
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+        return jax.jit(fn)
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.function(fn)
+    return fn  # PyTorch steps run eagerly
+
+
+def test_timed_brackets_the_sampling_only_inside_a_compiled_step():
+    # 0.1 s inside the timed function, 0.3 s before and after it: a bracket
+    # that started early or stopped late would read 0.4 s or more.
+    from keras_kd.on_policy import timed
+
+    inside, outside = _sleeping(0.1), _sleeping(0.3)
+
+    def step(x):
+        x = outside(x)
+        y, seconds = timed(lambda t: inside(t) + 1, x)
+        return outside(y) * 2, seconds
+
+    y, seconds = _compiled(step)(keras.ops.arange(6, dtype="int32"))
+    assert to_numpy(y).tolist() == [2, 4, 6, 8, 10, 12]
+    assert 0.1 <= float(to_numpy(seconds)) < 0.3
+
+
+@pytest.mark.skipif(keras.config.backend() != "tensorflow",
+                    reason="XLA's missing clock op is TensorFlow's case")
+def test_xla_compiled_tensorflow_steps_log_no_sampling_time():
+    x, labels, weights = lm_batch(4, seed=8)
+    distiller = kd.Distiller(gpt2("teacher", 32, 2), gpt2("student", 16))
+    distiller.compile("adam", SCE, distillation_loss="gkd", jit_compile=True,
+                      on_policy=kd.OnPolicy(lmbda=1.0, prompt_length=PROMPT))
+    logs = distiller.fit(x, labels, sample_weight=weights, batch_size=4,
+                         verbose=0).history
+    assert logs["on_policy_fraction"] == [1.0]
+    assert "sampling_seconds" not in logs
