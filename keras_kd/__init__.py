@@ -3,7 +3,7 @@
 Public API only; see the README for a tour and docs/ for each capability.
 """
 
-from keras_kd import calibration, callbacks, data, objectives
+from keras_kd import calibration, callbacks, data, objectives, quantization
 from keras_kd.distiller import Distiller
 from keras_kd.on_policy import OnPolicy
 from keras_kd.search import search
@@ -53,6 +53,7 @@ __all__ = [
     "data",
     "export",
     "objectives",
+    "quantization",
     "soft_labels",
     "SoftLabels",
     "compute_soft_labels",

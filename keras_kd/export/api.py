@@ -329,7 +329,10 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
     * ``"int8"``: full-integer quantization, int8 weights and activations,
       calibrated on ``representative_data``; inputs and outputs stay float32
       (the file quantizes the input and dequantizes the logits itself) so the
-      file takes the same tensors as the Keras student.
+      file takes the same tensors as the Keras student. A
+      quantization-aware student (:func:`keras_kd.quantization.quantize_model`)
+      is converted with the ranges it learned: no ``representative_data``
+      needed (if given, it only supplies verification inputs).
 
     Conversion is done by TensorFlow: in-process on the TensorFlow backend,
     in a ``KERAS_BACKEND=tensorflow`` subprocess (from a temporary ``.keras``
@@ -351,7 +354,8 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
             ``keras_kd.Distiller`` (its student is exported).
         path: the target file, ending in ``.tflite``.
         quantize: ``"float32"``, ``"float16"``, ``"dynamic"`` or ``"int8"``.
-        representative_data: calibration inputs, required for ``"int8"``: a
+        representative_data: calibration inputs, required for ``"int8"``
+            unless the student is quantization-aware: a
             NumPy array of inputs, an ``(x, y)`` tuple, or a ``tf.data``
             dataset of ``x`` or ``(x, y)`` (batched or not). Up to 200
             samples are drawn from it at random (seed 0).
@@ -394,7 +398,13 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
                                          representative_data, np.ndarray)
                                      else 10 * REPRESENTATIVE_SAMPLES)
         representative = _subset(representative, REPRESENTATIVE_SAMPLES)
-    if quantize == "int8" and representative is None:
+    # A quantization-aware student (keras_kd.quantization) carries its int8
+    # ranges: they are converted as learned, never re-calibrated.
+    from keras_kd.quantization import is_quantization_aware
+
+    quantization_aware = is_quantization_aware(model)
+    if quantize == "int8" and representative is None and not \
+            quantization_aware:
         raise ValueError(
             "quantize='int8' calibrates activation ranges on sample inputs: "
             "pass representative_data (e.g. a few hundred training inputs, "
@@ -407,7 +417,8 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
             raise ValueError("eval_data must hold labels: pass (x, y), "
                              "e.g. eval_data=(x_test, y_test).")
 
-    with converted(model, path, quantize, representative,
+    calibration = None if quantization_aware else representative
+    with converted(model, path, quantize, calibration,
                    allow_flex) as (report, tmp):
         if verify or latency_runs or eval_x is not None:
             interpreter = litert.interpreter(tmp, bool(report.flex_ops))

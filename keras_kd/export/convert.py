@@ -41,14 +41,18 @@ def _converter_for(model, saved_model_dir, quantize, representative,
     # SELECT_TF_OPS is always enabled so that a model needing TensorFlow ops
     # converts and the exact Flex ops can be named; without allow_flex the
     # caller then refuses the file (see _flex_ops).
-    base = (tf.lite.OpsSet.TFLITE_BUILTINS_INT8 if quantize == "int8"
+    # A quantization-aware model (int8 without representative data) takes
+    # the builtin op set: the converter's check for TFLITE_BUILTINS_INT8
+    # wants a representative dataset. Its FakeQuant ops carry the ranges.
+    base = (tf.lite.OpsSet.TFLITE_BUILTINS_INT8
+            if quantize == "int8" and representative is not None
             else tf.lite.OpsSet.TFLITE_BUILTINS)
     converter.target_spec.supported_ops = [base, tf.lite.OpsSet.SELECT_TF_OPS]
     if quantize in ("float16", "dynamic", "int8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantize == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if quantize == "int8":
+    if quantize == "int8" and representative is not None:
         samples = representative
 
         def representative_dataset():
@@ -56,6 +60,7 @@ def _converter_for(model, saved_model_dir, quantize, representative,
                 yield [samples[i:i + 1]]
 
         converter.representative_dataset = representative_dataset
+    if quantize == "int8":
         # Float inputs and outputs, int8 everywhere inside: callers feed the
         # same float tensors as to the Keras model (the quantize/dequantize
         # of the boundaries is part of the file).

@@ -1,0 +1,377 @@
+"""Quantization-aware students: the fake-quantized forward pass against a
+NumPy int8 simulation, save/load, QAD with fit(), and the int8 TFLite export
+from the learned ranges (parity with Keras, int8 kernels only).
+
+On JAX and PyTorch the export runs in the TensorFlow worker process, which
+loads the quantization-aware layers from the ``.keras`` copy.
+"""
+
+import keras
+import numpy as np
+import pytest
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
+
+import keras_kd as kd
+from keras_kd import quantization
+from keras_kd.data import load_digits
+from tests.helpers import to_numpy
+
+
+# ----------------------------------------------------------------------
+# NumPy reference: TFLite int8 arithmetic simulated in float64
+# ----------------------------------------------------------------------
+def np_nudged(low, high, quant_min=0, quant_max=255):
+    """TensorFlow's FakeQuant nudging: the range moved so that 0 is a level."""
+    scale = (high - low) / (quant_max - quant_min)
+    zero_from_min = quant_min - low / scale
+    zero = np.clip(np.floor(zero_from_min + 0.5), quant_min, quant_max)
+    return (quant_min - zero) * scale, (quant_max - zero) * scale, scale
+
+
+def np_fake_quant(x, low, high, quant_min=0, quant_max=255):
+    low, high, scale = np_nudged(low, high, quant_min, quant_max)
+    clamped = np.clip(x, low, high)
+    return np.floor((clamped - low) / scale + 0.5) * scale + low
+
+
+def np_quantize_weights(w, per_channel=True):
+    """Symmetric int8, zero point 0, [-127, 127]; scale = max|w| / 127 per
+    output channel (last axis) or per tensor."""
+    bound = (np.abs(w).reshape(-1, w.shape[-1]).max(axis=0) if per_channel
+             else np.abs(w).max())
+    scale = bound / 127.0
+    return np.clip(np.round(w / scale), -127, 127) * scale
+
+
+def np_fold(kernel, bias, bn, channel_axis=-1):
+    """BatchNorm folded into the kernel (output channels on channel_axis)."""
+    gamma, beta, mean, var = [np.asarray(v, "float64") for v in bn]
+    factor = gamma / np.sqrt(var + 1e-3)
+    shape = [1] * kernel.ndim
+    shape[channel_axis] = -1
+    return kernel * factor.reshape(shape), beta + (bias - mean) * factor
+
+
+def np_conv_same(x, kernel):
+    """'same' stride-1 convolution, NHWC x, (kh, kw, cin, cout) kernel."""
+    kh, kw = kernel.shape[:2]
+    padded = np.pad(x, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
+    h, w = x.shape[1:3]
+    out = 0.0
+    for i in range(kh):
+        for j in range(kw):
+            out = out + padded[:, i:i + h, j:j + w, :] @ kernel[i, j]
+    return out
+
+
+def np_depthwise_same(x, kernel):
+    """'same' stride-1 depthwise convolution, multiplier 1."""
+    kh, kw = kernel.shape[:2]
+    padded = np.pad(x, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
+    h, w = x.shape[1:3]
+    out = 0.0
+    for i in range(kh):
+        for j in range(kw):
+            out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, :, 0]
+    return out
+
+
+def ranges(model, name):
+    layer = model.get_layer(f"{name}_quant")
+    return float(to_numpy(layer.range_min)), float(to_numpy(layer.range_max))
+
+
+# ----------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------
+def depthwise_student(classes=5, shape=(8, 8, 2), name="student"):
+    """Conv-BN-ReLU, depthwise-BN-ReLU6, GAP, Dense: TFLite's fused patterns."""
+    inputs = keras.Input(shape, name="image")
+    h = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="conv_bn")(h)
+    h = keras.layers.ReLU(name="conv_relu")(h)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", name="dw")(h)
+    h = keras.layers.BatchNormalization(name="dw_bn")(h)
+    h = keras.layers.ReLU(6.0, name="dw_relu6")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    outputs = keras.layers.Dense(classes, name="logits")(h)
+    model = keras.Model(inputs, outputs, name=name)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:  # non-trivial BatchNorm statistics and biases
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape),
+                               rng.normal(0, 0.2, beta.shape),
+                               rng.normal(0, 0.2, mean.shape),
+                               rng.uniform(0.5, 1.5, var.shape)])
+        elif isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
+            kernel, bias = layer.get_weights()
+            layer.set_weights([kernel, rng.normal(0, 0.1, bias.shape)])
+    return model
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).normal(size=(32, 8, 8, 2)).astype(
+        "float32")
+
+
+# ----------------------------------------------------------------------
+# Forward pass
+# ----------------------------------------------------------------------
+def test_activation_quantizer_is_tensorflows_fake_quant_with_ema_ranges():
+    quantizer = quantization.ActivationQuantizer(ema_decay=0.9)
+    first = np.array([[-1.0, 0.1, 0.37, 3.0]], "float32")
+    out = to_numpy(quantizer(first, training=True))
+    # The first training batch sets the range (it had no calibration).
+    assert float(to_numpy(quantizer.range_min)) == -1.0
+    assert float(to_numpy(quantizer.range_max)) == 3.0
+    np.testing.assert_allclose(out, np_fake_quant(first, -1.0, 3.0),
+                               atol=1e-6)
+    # Only 256 levels: 0.1 and 0.37 are not kept exactly.
+    assert abs(out[0, 1] - 0.1) > 1e-3
+    second = np.array([[0.5, 2.0, 5.0]], "float32")  # min(x, 0) = 0
+    out = to_numpy(quantizer(second, training=True))
+    low, high = 0.9 * -1.0 + 0.1 * 0.0, 0.9 * 3.0 + 0.1 * 5.0
+    np.testing.assert_allclose(
+        [float(to_numpy(quantizer.range_min)),
+         float(to_numpy(quantizer.range_max))], [low, high], rtol=1e-6)
+    np.testing.assert_allclose(out, np_fake_quant(second, low, high),
+                               atol=1e-6)
+    assert out[0, 2] == pytest.approx(np_nudged(low, high)[1], abs=1e-6)
+    # Inference leaves the range as it is.
+    quantizer(np.array([[100.0]], "float32"), training=False)
+    assert float(to_numpy(quantizer.range_max)) == pytest.approx(high)
+
+
+def test_forward_equals_numpy_int8_simulation(images):
+    model = depthwise_student()
+    qat = quantization.quantize_model(model, calibration_data=images)
+    assert [type(layer).__name__ for layer in qat.layers[1:]] == [
+        "ActivationQuantizer", "QuantizedLayer", "ActivationQuantizer",
+        "QuantizedLayer", "ActivationQuantizer", "GlobalAveragePooling2D",
+        "ActivationQuantizer", "QuantizedLayer", "ActivationQuantizer"]
+    x = np.random.default_rng(5).normal(size=(16, 8, 8, 2)).astype("float32")
+    weights = {layer.name: [np.asarray(w, "float64")
+                            for w in layer.get_weights()]
+               for layer in model.layers}
+
+    h = np_fake_quant(x.astype("float64"), *ranges(qat, "image"))
+    kernel, bias = np_fold(*weights["conv"], weights["conv_bn"])
+    h = np.maximum(np_conv_same(h, np_quantize_weights(kernel)) + bias, 0)
+    h = np_fake_quant(h, *ranges(qat, "conv"))
+    kernel, bias = np_fold(*weights["dw"], weights["dw_bn"], channel_axis=2)
+    # Depthwise: one output channel per input channel (axis 2, multiplier 1).
+    kernel_q = np_quantize_weights(kernel.transpose(0, 1, 3, 2)).transpose(
+        0, 1, 3, 2)
+    h = np.clip(np_depthwise_same(h, kernel_q) + bias, 0, 6)
+    h = np_fake_quant(h, *ranges(qat, "dw"))
+    h = np_fake_quant(h.mean(axis=(1, 2)), *ranges(qat, "pool"))
+    kernel, bias = weights["logits"]
+    h = h @ np_quantize_weights(kernel, per_channel=False) + bias
+    expected = np_fake_quant(h, *ranges(qat, "logits"))
+
+    actual = to_numpy(qat(x, training=False))
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    # Quantization changes the function: the float model differs.
+    assert np.max(np.abs(to_numpy(model(x)) - actual)) > 1e-4
+    # Calibration set the ranges to the min/max (with 0) of the activations
+    # computed in float with int8 weights: close to the float model's.
+    pooled = keras.Model(model.input, model.get_layer("pool").output)
+    pooled = to_numpy(pooled(images))
+    assert ranges(qat, "pool")[0] == min(pooled.min(), 0.0)
+    assert ranges(qat, "pool")[1] == pytest.approx(pooled.max(), rel=1e-2)
+    assert ranges(qat, "image") == pytest.approx(
+        (images.min(), images.max()), rel=1e-6)
+
+
+def test_sequential_conv1d_and_an_unfused_activation():
+    model = keras.Sequential([
+        keras.Input((12, 3)),
+        keras.layers.Conv1D(4, 3, padding="causal", activation="swish",
+                            name="conv"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(3, activation="relu", name="head")])
+    x = np.random.default_rng(2).normal(size=(8, 12, 3)).astype("float32")
+    qat = quantization.quantize_model(model, calibration_data=x)
+    names = [layer.name for layer in qat.layers[1:]]
+    # swish is not fused by TFLite: quantized before and after it; Flatten
+    # keeps its input's quantization; Dense's ReLU is fused.
+    assert names[1:] == ["conv", "conv_quant", "conv_activation",
+                         "conv_activation_quant", "flat", "head",
+                         "head_quant"]
+    kernel, bias = [np.asarray(w, "float64")
+                    for w in model.get_layer("conv").get_weights()]
+    h = np_fake_quant(x.astype("float64"), *ranges(qat, names[0][:-6]))
+    padded = np.pad(h, [(0, 0), (2, 0), (0, 0)])
+    kernel_q = np_quantize_weights(kernel)
+    h = sum(padded[:, i:i + 12] @ kernel_q[i] for i in range(3)) + bias
+    h = np_fake_quant(h, *ranges(qat, "conv"))
+    h = np_fake_quant(h / (1 + np.exp(-h)), *ranges(qat, "conv_activation"))
+    kernel, bias = [np.asarray(w, "float64")
+                    for w in model.get_layer("head").get_weights()]
+    h = np.maximum(h.reshape(8, -1) @ np_quantize_weights(
+        kernel, per_channel=False) + bias, 0)
+    expected = np_fake_quant(h, *ranges(qat, "head"))
+    np.testing.assert_allclose(to_numpy(qat(x)), expected, atol=1e-5)
+
+
+def test_refuses_subclassed_and_shared_layers():
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Subclassed()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(TypeError, match="functional API"):
+        quantization.quantize_model(model)
+    shared = keras.layers.Dense(3)
+    inputs = keras.Input((3,))
+    with pytest.raises(ValueError, match="called 2 times"):
+        quantization.quantize_model(
+            keras.Model(inputs, shared(shared(inputs))))
+
+
+# ----------------------------------------------------------------------
+# Saving, training
+# ----------------------------------------------------------------------
+def test_weights_and_ranges_survive_save_and_load(images, tmp_path):
+    qat = quantization.quantize_model(depthwise_student())
+    qat.compile("adam", "mse")
+    qat.fit(images, np.zeros((32, 5), "float32"), epochs=2, batch_size=8,
+            verbose=0)
+    path = tmp_path / "qat.keras"
+    qat.save(path)
+    loaded = keras.models.load_model(path)
+    assert quantization.is_quantization_aware(loaded)
+    assert [type(layer) for layer in loaded.layers] == [
+        type(layer) for layer in qat.layers]
+    for a, b in zip(qat.weights, loaded.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    # The ranges were learned (not the initial (-6, 6)) and kept.
+    assert ranges(loaded, "logits") == ranges(qat, "logits") != (-6.0, 6.0)
+    np.testing.assert_array_equal(to_numpy(loaded(images)),
+                                  to_numpy(qat(images)))
+
+
+def test_qad_fine_tunes_a_distilled_student_and_moves_the_ranges():
+    (x_train, y_train), (x_test, y_test) = load_digits(as_images=True)
+    x_train, y_train = x_train[:512], y_train[:512]
+    teacher = keras.Sequential([
+        keras.Input((8, 8, 1)), keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    teacher.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    teacher.fit(x_train, y_train, epochs=10, batch_size=64, verbose=0)
+    student = depthwise_student(classes=10, shape=(8, 8, 1))
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile("adam", loss=None, temperature=2.0)
+    distiller.fit(x_train, y_train, epochs=2, batch_size=64, verbose=0)
+
+    qat = quantization.quantize_model(student, calibration_data=x_train[:128])
+    before = {name: ranges(qat, name) for name in ("conv", "dw", "logits")}
+    kernel = to_numpy(qat.get_layer("dw").layer.kernel).copy()
+    qad = kd.Distiller(teacher, qat)
+    qad.compile(keras.optimizers.Adam(3e-3), loss=None, temperature=2.0)
+    history = qad.fit(x_train, y_train, epochs=4, batch_size=64, verbose=0)
+    losses = history.history["loss"]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    # Straight-through gradients reach the kernels under the quantizers.
+    assert np.max(np.abs(to_numpy(qat.get_layer("dw").layer.kernel)
+                         - kernel)) > 1e-4
+    # The EMA moved every range during training.
+    for name, old in before.items():
+        assert ranges(qat, name) != pytest.approx(old, abs=1e-6), name
+    # BatchNorm statistics are frozen (folded), the student's are intact.
+    np.testing.assert_array_equal(
+        to_numpy(qat.get_layer("dw").batch_norm.moving_mean),
+        to_numpy(student.get_layer("dw_bn").moving_mean))
+    # The float student was not modified by quantize_model or QAD.
+    assert not any(isinstance(layer, quantization.QuantizedLayer)
+                   for layer in student.layers)
+
+
+# ----------------------------------------------------------------------
+# Export
+# ----------------------------------------------------------------------
+def ops_and_types(data):
+    """[(op name, input tensor types, output tensor types)] of a file."""
+    model = schema.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items()
+             if not key.startswith("_")}
+    types = {value: key for key, value in vars(schema.TensorType).items()
+             if not key.startswith("_")}
+    ops = []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = names[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+        inputs = [types[graph.Tensors(op.Inputs(j)).Type()]
+                  for j in range(op.InputsLength()) if op.Inputs(j) >= 0]
+        outputs = [types[graph.Tensors(op.Outputs(j)).Type()]
+                   for j in range(op.OutputsLength())]
+        ops.append((name, inputs, outputs))
+    return ops
+
+
+def test_int8_export_uses_the_learned_ranges_and_only_int8_kernels(
+        images, tmp_path):
+    qat = quantization.quantize_model(depthwise_student(),
+                                      calibration_data=images)
+    qat.compile("adam", "mse")
+    qat.fit(images, np.zeros((32, 5), "float32"), epochs=1, batch_size=8,
+            verbose=0)
+    path = tmp_path / "qat_int8.tflite"
+    # No representative data: the ranges come from the model.
+    report = kd.export.to_tflite(qat, path, quantize="int8", latency_runs=0)
+    data = path.read_bytes()
+    ops = ops_and_types(data)
+    assert [name for name, _, _ in ops] == [
+        "QUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "MEAN", "FULLY_CONNECTED",
+        "DEQUANTIZE"]
+    for name, inputs, outputs in ops[1:-1]:
+        # int8 activations and weights, int32 biases (and MEAN's int32 axes).
+        assert inputs[0] == "INT8" and outputs == ["INT8"], name
+        if name != "MEAN":
+            assert inputs[1] == "INT8", name
+            assert all(t == "INT32" for t in inputs[2:]), name
+    assert ops[0][1] == ["FLOAT32"] and ops[-1][2] == ["FLOAT32"]
+
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    details = {d["name"]: d for d in interpreter.get_tensor_details()}
+    # Per-channel weight scales for the convolutions: one per output channel.
+    conv_weights = [d for d in details.values() if tuple(d["shape"]) in (
+        (4, 3, 3, 2), (1, 3, 3, 4))]
+    assert len(conv_weights) == 2
+    for d in conv_weights:
+        scales = d["quantization_parameters"]["scales"]
+        assert d["dtype"] == np.int8 and len(scales) == 4
+    # The file's input quantization is the learned input range, nudged.
+    (inp,) = [d for d in details.values()
+              if d["dtype"] == np.int8 and tuple(d["shape"]) == (1, 8, 8, 2)]
+    low, high, scale = np_nudged(*ranges(qat, "image"))
+    assert inp["quantization_parameters"]["scales"][0] == pytest.approx(
+        scale, rel=1e-5)
+
+    # Parity: within one step of the logits quantizer.
+    x = np.random.default_rng(9).normal(size=(64, 8, 8, 2)).astype("float32")
+    (source,), (out,) = (interpreter.get_input_details(),
+                         interpreter.get_output_details())
+    interpreter.resize_tensor_input(source["index"], [64, 8, 8, 2])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source["index"], x)
+    interpreter.invoke()
+    tflite = interpreter.get_tensor(out["index"])
+    expected = to_numpy(qat(x, training=False))
+    step = np_nudged(*ranges(qat, "logits"))[2]
+    diff = np.max(np.abs(tflite - expected))
+    assert diff <= step * 1.001, (diff, step)
+    assert report.max_abs_diff <= step * 1.001
+    assert report.quantize == "int8"
