@@ -31,7 +31,97 @@ def _student_of(model):
     return student if isinstance(student, keras.Model) else model
 
 
-class StudentCheckpoint(keras.callbacks.Callback):
+class _BestStudentCallback(keras.callbacks.Callback):
+    """What the callbacks that keep the best student share: the monitored
+    metric and its best value, and the file name of an epoch."""
+
+    def __init__(self, monitor, mode, initial_value_threshold):
+        super().__init__()
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(
+                f"mode must be 'auto', 'min' or 'max', got {mode!r}."
+            )
+        self.monitor = monitor
+        self.mode = None if monitor is None else self._resolve_mode(monitor,
+                                                                    mode)
+        self.best = (None if initial_value_threshold is None
+                     else float(initial_value_threshold))
+        self.best_epoch = None
+
+    def _resolve_mode(self, monitor, mode):
+        if mode != "auto":
+            return mode
+        name = monitor.lower().removeprefix("val_")
+        if name.endswith(("loss", "error", "crossentropy", "divergence")):
+            return "min"
+        if any(hint in name for hint in _MAX_HINTS):
+            return "max"
+        raise ValueError(
+            f"{type(self).__name__} cannot tell whether {monitor!r} is better "
+            "high or low. Pass mode='max' (e.g. for an accuracy) or "
+            "mode='min' (e.g. for a loss)."
+        )
+
+    def _path(self, epoch, logs):
+        """The file path of ``epoch``: ``{epoch}`` and logged names are
+        filled into the file name only (a directory is used as given, braces
+        and all)."""
+        owner = type(self).__name__
+        directory, name = os.path.split(self.filepath)
+        try:
+            name = name.format(epoch=epoch + 1, **logs)
+        except KeyError as error:
+            missing = error.args[0]
+            hint = (" Validation metrics ('val_*') need validation_data= in "
+                    "fit()." if str(missing).startswith("val_") else "")
+            raise ValueError(
+                f"{owner}'s file name {name!r} uses {{{missing}}}, "
+                f"which epoch {epoch + 1} did not log (it logged "
+                f"{sorted(logs)}).{hint} Use {{epoch}} or a logged name, or "
+                "write a literal brace as '{{' or '}}'.") from None
+        except (ValueError, IndexError) as error:
+            raise ValueError(
+                f"{owner}'s file name {name!r} is not a valid format "
+                f"string ({error}). Write literal braces as '{{{{' and "
+                f"'}}}}', e.g. 'student_{{epoch:02d}}"
+                f"{os.path.splitext(name)[1]}'.") from None
+        return os.path.join(directory, name)
+
+    def _monitored(self, epoch, logs, fix):
+        """``logs[monitor]`` as a float; a missing name raises, naming the
+        logged ones and ``fix`` (the other way to use the callback)."""
+        if self.monitor not in logs:
+            hint = (" Validation metrics ('val_*') need validation_data= "
+                    "in fit()." if self.monitor.startswith("val_") else "")
+            raise ValueError(
+                f"{type(self).__name__} monitors {self.monitor!r}, which is "
+                f"not in the logs of epoch {epoch + 1}: "
+                f"{sorted(logs)}.{hint} Pass one of the logged names as "
+                f"monitor=, or {fix}."
+            )
+        return float(np.asarray(logs[self.monitor]))
+
+    def _is_improvement(self, value):
+        if not np.isfinite(value):  # a diverged epoch is never the best one
+            return False
+        if self.best is None:
+            return True
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def _no_improvement(self, epoch, value, action):
+        if self.verbose:
+            best = "None" if self.best is None else f"{self.best:.5f}"
+            print(f"\nEpoch {epoch + 1}: {self.monitor} is {value:.5f}, "
+                  f"no improvement on {best}; {action}")
+
+    def _improvement(self, epoch, value, action):
+        if self.verbose:
+            before = "None" if self.best is None else f"{self.best:.5f}"
+            print(f"\nEpoch {epoch + 1}: {self.monitor} improved from "
+                  f"{before} to {value:.5f}, {action}")
+
+
+class StudentCheckpoint(_BestStudentCallback):
     """Saves the student alone as a ``.keras`` file, the best by a metric.
 
     At the end of each epoch, when ``logs[monitor]`` improves on the best value
@@ -96,7 +186,6 @@ class StudentCheckpoint(keras.callbacks.Callback):
 
     def __init__(self, filepath, monitor="val_loss", mode="auto",
                  save_best_only=True, verbose=0, initial_value_threshold=None):
-        super().__init__()
         filepath = os.fspath(filepath)
         if not isinstance(filepath, str) or not filepath.endswith(".keras"):
             raise ValueError(
@@ -106,97 +195,28 @@ class StudentCheckpoint(keras.callbacks.Callback):
                 "keras.callbacks.ModelCheckpoint(..., save_weights_only=True) "
                 "with a '.weights.h5' path)."
             )
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(
-                f"mode must be 'auto', 'min' or 'max', got {mode!r}."
-            )
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(
                 f"monitor must be a metric name such as 'val_loss', got "
                 f"{monitor!r}."
             )
+        super().__init__(monitor, mode, initial_value_threshold)
         self.filepath = filepath
-        self.monitor = monitor
         self.save_best_only = bool(save_best_only)
         self.verbose = verbose
-        self.mode = self._resolve_mode(monitor, mode)
-        self.best = (None if initial_value_threshold is None
-                     else float(initial_value_threshold))
-        self.best_epoch = None
-
-    @staticmethod
-    def _resolve_mode(monitor, mode):
-        if mode != "auto":
-            return mode
-        name = monitor.lower().removeprefix("val_")
-        if name.endswith(("loss", "error", "crossentropy", "divergence")):
-            return "min"
-        if any(hint in name for hint in _MAX_HINTS):
-            return "max"
-        raise ValueError(
-            f"StudentCheckpoint cannot tell whether {monitor!r} is better "
-            "high or low. Pass mode='max' (e.g. for an accuracy) or "
-            "mode='min' (e.g. for a loss)."
-        )
-
-    def _path(self, epoch, logs):
-        """The file path of ``epoch``: ``{epoch}`` and logged names are
-        filled into the file name only (a directory is used as given, braces
-        and all)."""
-        directory, name = os.path.split(self.filepath)
-        try:
-            name = name.format(epoch=epoch + 1, **logs)
-        except KeyError as error:
-            missing = error.args[0]
-            hint = (" Validation metrics ('val_*') need validation_data= in "
-                    "fit()." if str(missing).startswith("val_") else "")
-            raise ValueError(
-                f"StudentCheckpoint's file name {name!r} uses {{{missing}}}, "
-                f"which epoch {epoch + 1} did not log (it logged "
-                f"{sorted(logs)}).{hint} Use {{epoch}} or a logged name, or "
-                "write a literal brace as '{{' or '}}'.") from None
-        except (ValueError, IndexError) as error:
-            raise ValueError(
-                f"StudentCheckpoint's file name {name!r} is not a valid "
-                f"format string ({error}). Write literal braces as '{{' and "
-                "'}}', e.g. 'student_{epoch:02d}.keras'.") from None
-        return os.path.join(directory, name)
-
-    def _is_improvement(self, value):
-        if not np.isfinite(value):  # a diverged epoch is never the best one
-            return False
-        if self.best is None:
-            return True
-        return value < self.best if self.mode == "min" else value > self.best
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         path = self._path(epoch, logs)
         if self.save_best_only:
-            if self.monitor not in logs:
-                hint = (" Validation metrics ('val_*') need validation_data= "
-                        "in fit()." if self.monitor.startswith("val_") else "")
-                raise ValueError(
-                    f"StudentCheckpoint monitors {self.monitor!r}, which is "
-                    f"not in the logs of epoch {epoch + 1}: "
-                    f"{sorted(logs)}.{hint} Pass one of the logged names as "
-                    "monitor=, or save_best_only=False to save every epoch."
-                )
-            value = float(np.asarray(logs[self.monitor]))
+            value = self._monitored(
+                epoch, logs, "save_best_only=False to save every epoch")
             if not self._is_improvement(value):
-                if self.verbose:
-                    best = "None" if self.best is None else f"{self.best:.5f}"
-                    print(
-                        f"\nEpoch {epoch + 1}: {self.monitor} is {value:.5f}, "
-                        f"no improvement on {best}; nothing saved")
+                self._no_improvement(epoch, value, "nothing saved")
                 return
-            previous = self.best
+            self._improvement(epoch, value,
+                              f"saving the student to {path}")
             self.best, self.best_epoch = value, epoch
-            if self.verbose:
-                before = "None" if previous is None else f"{previous:.5f}"
-                print(
-                    f"\nEpoch {epoch + 1}: {self.monitor} improved from "
-                    f"{before} to {value:.5f}, saving the student to {path}")
         elif self.verbose:
             print(
                 f"\nEpoch {epoch + 1}: saving the student to {path}")
