@@ -65,6 +65,24 @@ def test_run_temperature_defaults_to_the_objectives_usual(argv, objective,
     assert (args.objective, args.temperature) == (objective, temperature)
 
 
+def test_run_defaults_are_the_measured_mnist1d_run():
+    # docs/benchmarks.md, "keras-kd run": MNIST-1D, cnn -> small_cnn, DIST
+    # at tau = 1, alpha 0.1, 20 epochs, the package's 5,000 signals.
+    args = cli.build_parser().parse_args(["run"])
+    cli._apply_objective_defaults(args)
+    assert (args.dataset, args.teacher, args.student, args.objective,
+            args.alpha, args.temperature, args.epochs, args.mnist1d_samples,
+            args.batch_size, args.learning_rate) == (
+        "mnist1d", "cnn", "small_cnn", "dist", 0.1, 1.0, 20, None, 64, 1e-3)
+    # --quick stays smoke-sized; keras-kd search keeps the digits.
+    quick = cli.build_parser().parse_args(["run", "--quick"])
+    cli._apply_objective_defaults(quick)
+    cli._apply_quick(quick)
+    assert (quick.dataset, quick.epochs, quick.max_train, quick.max_test) == (
+        "mnist1d", 2, 256, 128)
+    assert cli.build_parser().parse_args(["search"]).dataset == "digits"
+
+
 def test_run_compares_students_trained_on_the_same_batches(tmp_path):
     # With alpha = 1 the distilled student's loss is the hard loss alone: fed
     # the same batches in the same order as the student alone, from the same
@@ -89,8 +107,10 @@ def test_run_compares_students_trained_on_the_same_batches(tmp_path):
 def test_run_report_values_match_independent_measurements(quick_run):
     _, run_dir = quick_run
     rep = json.loads((run_dir / "report.json").read_text())
-    splits = load_dataset("digits", max_train=cli.QUICK["max_train"],
-                          max_test=cli.QUICK["max_test"])
+    splits = load_dataset(rep["config"]["dataset"],
+                          max_train=cli.QUICK["max_train"],
+                          max_test=cli.QUICK["max_test"],
+                          seed=rep["config"]["seed"])
     x = np.concatenate([b[0] for b in splits.test.as_numpy_iterator()])
     y = np.concatenate([b[1] for b in splits.test.as_numpy_iterator()])
     assert len(y) == cli.QUICK["max_test"]
@@ -439,8 +459,10 @@ def test_run_report_calibration_matches_numpy(quick_run):
     assert "reliability.png" in rep["plots"]
     assert (run_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert "ECE" in (run_dir / "report.md").read_text()
-    splits = load_dataset("digits", max_train=cli.QUICK["max_train"],
-                          max_test=cli.QUICK["max_test"])
+    splits = load_dataset(rep["config"]["dataset"],
+                          max_train=cli.QUICK["max_train"],
+                          max_test=cli.QUICK["max_test"],
+                          seed=rep["config"]["seed"])
     x, y = (np.concatenate(a) for a in zip(*splits.test.as_numpy_iterator()))
     xv, yv = (np.concatenate(a)
               for a in zip(*splits.validation.as_numpy_iterator()))
