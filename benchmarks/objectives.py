@@ -133,6 +133,11 @@ def main(argv=None):
     parser.add_argument("--kd-grid", action="store_true",
                         help="add Hinton KD at T in {1, 2, 4} x alpha in "
                         "{0.1, 0.5}")
+    parser.add_argument("--student-width", type=int, nargs=3,
+                        default=(4, 8, 16), metavar=("CONV1", "CONV2", "DENSE"),
+                        help="the student's conv filters and embedding width "
+                        "(default: 4 8 16); wider narrows the gap to the "
+                        "teacher (32 32 64)")
     parser.add_argument("--json", default=None,
                         help="also write the per-seed accuracies here")
     args = parser.parse_args(argv)
@@ -149,6 +154,7 @@ def main(argv=None):
         runs = [r for r in runs if r[0].lower() in wanted]
     if args.kd_grid:
         runs += kd_grid()
+    *widths, embed = args.student_width
     results = {"teacher": [], "student alone": []}
     results.update({name: [] for name, _, _ in runs})
     start = time.time()
@@ -161,10 +167,11 @@ def main(argv=None):
         results["teacher"].append(accuracy(teacher, x_test, y_test))
 
         keras.utils.set_random_seed(1000 + seed)
-        init = conv_net("student", (4, 8), 16, input_shape=shape).get_weights()
+        init = conv_net("student", widths, embed,
+                        input_shape=shape).get_weights()
 
         def fresh_student():
-            student = conv_net("student", (4, 8), 16, input_shape=shape)
+            student = conv_net("student", widths, embed, input_shape=shape)
             student.set_weights(init)
             return student
 
@@ -187,7 +194,8 @@ def main(argv=None):
         print(f"seed {seed} done ({time.time() - start:.0f} s)", flush=True)
 
     settings = {"teacher": f"conv 32-32, dense 64; {2 * args.epochs} epochs",
-                "student alone": "conv 4-8, dense 16; CE only"}
+                "student alone": f"conv {widths[0]}-{widths[1]}, dense "
+                f"{embed}; CE only"}
     settings.update({name: s for name, s, _ in runs})
     print()
     print(f"Student test accuracy (%) on {described}, {args.seeds} seed(s), "

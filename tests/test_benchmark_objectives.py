@@ -27,3 +27,22 @@ def test_kd_grid_leaves_out_the_kd_row():
     kd = [kw for name, _, kw in objectives.configs(15) if name == "KD"][0]
     assert (kd["alpha"], kd["temperature"]) == (0.1, 4.0)
     assert np.isclose(kd["temperature"], 4.0)
+
+
+def test_student_width_sizes_the_student(tmp_path, capsys):
+    objectives = benchmark_module("objectives")
+    out = tmp_path / "r.json"
+    objectives.main(["--dataset", "mnist1d", "--num-samples", "200",
+                     "--quick", "--only", "KD", "--student-width", "8", "16",
+                     "32", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "| student alone | conv 8-16, dense 32; CE only |" in printed
+    import json
+
+    result = json.loads(out.read_text())
+    assert sorted(result["accuracy"]) == ["KD", "student alone", "teacher"]
+    assert all(0.0 <= a <= 1.0 for a in result["accuracy"]["KD"])
+    # conv 1->8 and 8->16 (kernel 5), pool 40->20, dense 320->32->10
+    wide = objectives.conv_net("student", (8, 16), 32, input_shape=(40, 1))
+    assert wide.count_params() == (5 * 8 + 8) + (5 * 8 * 16 + 16) + (
+        320 * 32 + 32) + (32 * 10 + 10) == 11_306
