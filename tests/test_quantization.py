@@ -375,3 +375,51 @@ def test_int8_export_uses_the_learned_ranges_and_only_int8_kernels(
     assert diff <= step * 1.001, (diff, step)
     assert report.max_abs_diff <= step * 1.001
     assert report.quantize == "int8"
+
+    # representative_data does not re-calibrate a quantization-aware model.
+    kd.export.to_tflite(qat, tmp_path / "again.tflite", quantize="int8",
+                        representative_data=10 * images, latency_runs=0,
+                        verify=False)
+    again = Interpreter(model_path=str(tmp_path / "again.tflite"))
+    (inp,) = [d for d in again.get_tensor_details()
+              if d["dtype"] == np.int8 and tuple(d["shape"]) == (1, 8, 8, 2)]
+    assert inp["quantization_parameters"]["scales"][0] == pytest.approx(
+        scale, rel=1e-5)
+
+
+def test_residual_add_and_max_pooling_export_as_int8_within_one_step(
+        tmp_path):
+    inputs = keras.Input((6, 6, 3), name="image")
+    h = keras.layers.Conv2D(8, 3, padding="same", use_bias=False,
+                            name="stem")(inputs)
+    h = keras.layers.BatchNormalization(name="stem_bn")(h)
+    h = keras.layers.ReLU(6.0, name="stem_relu")(h)
+    r = keras.layers.Conv2D(8, 1, name="branch")(h)
+    r = keras.layers.BatchNormalization(name="branch_bn")(r)
+    h = keras.layers.Add(name="add")([h, r])
+    h = keras.layers.MaxPooling2D(2, name="pool")(h)
+    h = keras.layers.Flatten(name="flat")(h)
+    model = keras.Model(inputs, keras.layers.Dense(4, name="logits")(h))
+    x = np.random.default_rng(0).normal(size=(64, 6, 6, 3)).astype("float32")
+    qat = quantization.quantize_model(model, calibration_data=x)
+    # The stem's output feeds two layers: its ReLU6 is still fused, the
+    # branch's BatchNorm is folded, Add is quantized, max pooling is not.
+    assert [layer.name for layer in qat.layers[1:]] == [
+        "image_quant", "stem", "stem_quant", "branch", "branch_quant", "add",
+        "add_quant", "pool", "flat", "logits", "logits_quant"]
+    path = tmp_path / "residual.tflite"
+    report = kd.export.to_tflite(qat, path, quantize="int8", latency_runs=0,
+                                 representative_data=x)
+    ops = ops_and_types(path.read_bytes())
+    kernels = [op for op in ops
+               if op[0] in ("CONV_2D", "ADD", "MAX_POOL_2D",
+                            "FULLY_CONNECTED")]
+    assert [op[0] for op in kernels] == [
+        "CONV_2D", "CONV_2D", "ADD", "MAX_POOL_2D", "FULLY_CONNECTED"]
+    for name, inputs_types, outputs_types in kernels:
+        assert inputs_types[:2] == (["INT8", "INT8"] if name != "MAX_POOL_2D"
+                                    else ["INT8"]), name
+        assert outputs_types == ["INT8"], name
+    assert not any(op[0] == "DEQUANTIZE" for op in ops[:-1])
+    step = np_nudged(*ranges(qat, "logits"))[2]
+    assert report.max_abs_diff <= step * 1.001, (report.max_abs_diff, step)
