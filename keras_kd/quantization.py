@@ -358,7 +358,8 @@ def _fusable_activation(op):
 
 
 def _copy(layer):
-    """A new layer with ``layer``'s config and weights."""
+    """A new, unbuilt layer with ``layer``'s config (weights are set after
+    it is called)."""
     clone = layer.__class__.from_config(layer.get_config())
     return clone
 

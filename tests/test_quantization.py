@@ -387,6 +387,17 @@ def test_int8_export_uses_the_learned_ranges_and_only_int8_kernels(
         scale, rel=1e-5)
 
 
+def test_a_quantization_aware_student_exports_as_int8_or_float32_only(
+        images, tmp_path):
+    qat = quantization.quantize_model(depthwise_student(),
+                                      calibration_data=images)
+    for mode in ("float16", "dynamic"):
+        with pytest.raises(ValueError, match="quantization-aware"):
+            kd.export.to_tflite(qat, tmp_path / f"{mode}.tflite",
+                                quantize=mode)
+        assert not (tmp_path / f"{mode}.tflite").exists()
+
+
 def test_residual_add_and_max_pooling_export_as_int8_within_one_step(
         tmp_path):
     inputs = keras.Input((6, 6, 3), name="image")

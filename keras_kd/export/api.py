@@ -332,7 +332,9 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
       file takes the same tensors as the Keras student. A
       quantization-aware student (:func:`keras_kd.quantization.quantize_model`)
       is converted with the ranges it learned: no ``representative_data``
-      needed (if given, it only supplies verification inputs).
+      needed (if given, it only supplies verification inputs). Such a
+      student exports as ``"int8"`` or ``"float32"`` (the simulated
+      arithmetic in float), not ``"float16"`` or ``"dynamic"``.
 
     Conversion is done by TensorFlow: in-process on the TensorFlow backend,
     in a ``KERAS_BACKEND=tensorflow`` subprocess (from a temporary ``.keras``
@@ -403,6 +405,13 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
     from keras_kd.quantization import is_quantization_aware
 
     quantization_aware = is_quantization_aware(model)
+    if quantization_aware and quantize in ("float16", "dynamic"):
+        # The converter would make its FakeQuant ops int8 anyway.
+        raise ValueError(
+            f"'{model.name}' is quantization-aware: it exports as "
+            "quantize='int8' (from its learned ranges) or as 'float32' (its "
+            f"fake-quantized arithmetic in float), not as {quantize!r}. "
+            "Export the float student for float16 or dynamic-range files.")
     if quantize == "int8" and representative is None and not \
             quantization_aware:
         raise ValueError(
