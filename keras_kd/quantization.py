@@ -463,12 +463,16 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99,
     def quantizer(name):
         return ActivationQuantizer(ema_decay=ema_decay, name=f"{name}_quant")
 
+    def input_name(tensor):
+        history = getattr(tensor, "_keras_history", None)
+        return history.operation.name if history else tensor.name
+
     new_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype,
-                              name=t.name) for t in graph.inputs]
+                              name=input_name(t)) for t in graph.inputs]
     tensors = {}
     for original, new in zip(graph.inputs, new_inputs):
         tensors[id(original)] = (
-            quantizer(original.name)(new)
+            quantizer(input_name(original))(new)
             if "float" in str(new.dtype) else new)
     fused = set()
     for depth in sorted(graph._nodes_by_depth, reverse=True):
