@@ -181,8 +181,9 @@ def test_bad_options_name_the_fix(argv, message, capsys, tmp_path):
 
 def test_application_too_small_for_digits_message(tmp_path):
     with pytest.raises(SystemExit, match="--image-size 32"):
-        cli.main(["run", "--quick", "--teacher", "MobileNetV2",
-                  "--image-size", "16", "--output", str(tmp_path)])
+        cli.main(["run", "--quick", "--dataset", "digits", "--teacher",
+                  "MobileNetV2", "--image-size", "16", "--output",
+                  str(tmp_path)])
 
 
 def test_no_command_prints_help(capsys):
@@ -316,8 +317,9 @@ def test_imagenet_download_failure_names_the_fix(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="pass --weights none"):
         models.build_model("MobileNetV2", (32, 32, 3), 10, weights="imagenet")
     with pytest.raises(SystemExit, match="pass --weights none"):
-        cli.main(["run", "--quick", "--teacher", "MobileNetV2", "--weights",
-                  "imagenet", "--output", str(tmp_path)])
+        cli.main(["run", "--quick", "--dataset", "digits", "--teacher",
+                  "MobileNetV2", "--weights", "imagenet", "--output",
+                  str(tmp_path)])
 
 
 # ----------------------------------------------------------------------
@@ -395,7 +397,7 @@ def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):
      "e.g. --mnist1d-samples 5000"),
     (["--dataset", "mnist1d", "--mnist1d-samples", "10"],
      "'10' is not a multiple of 10"),
-    (["--mnist1d-samples", "200"],
+    (["--dataset", "digits", "--mnist1d-samples", "200"],
      "--mnist1d-samples sizes the generated MNIST-1D, not --dataset digits: "
      "add --dataset mnist1d"),
     (["--task", "causal-lm", "--mnist1d-samples", "200"],

@@ -147,7 +147,7 @@ def test_decode_replaces_bytes_that_are_not_utf8():
 @pytest.mark.parametrize("argv, fix", [
     (["--task", "causal-lm", "--epochs", "3"], "--steps"),
     (["--task", "causal-lm", "--teacher", "mlp"], "--lm-teacher"),
-    (["--task", "causal-lm", "--dataset", "mnist1d"], "--max-bytes"),
+    (["--task", "causal-lm", "--dataset", "digits"], "--max-bytes"),
     (["--task", "causal-lm", "--max-train", "100"], "--max-bytes"),
     (["--task", "causal-lm", "--quantize", "int8"], "--quantize dynamic"),
     (["--task", "causal-lm", "--objective", "dist"], "forward_kl, gkd"),
