@@ -77,3 +77,53 @@ def test_step_timer_starts_once_the_last_untimed_step_has_run():
     with pytest.raises(ValueError, match="skip >= 1"):
         step_time.StepTimer(keras, skip=0)
 
+
+
+def test_qat_benchmark_compares_float_ptq_qat_and_qad_files(tmp_path):
+    backend = keras.backend.backend()
+    path = tmp_path / "qat.json"
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "qat.py"),
+           "--smoke", "--no-kd", "--json", str(path), "--output-dir",
+           str(tmp_path)]
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                         timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(path.read_text())
+    assert result["backend"] == backend
+    assert [r["seed"] for r in result["runs"]] == [0]
+    run = result["runs"][0]
+    rows = run["rows"]
+    # --no-kd leaves out the distilled-float rows (the same code paths).
+    assert list(rows) == ["float", "ptq", "qat", "qad"]
+    assert 0.0 <= run["teacher_accuracy"] <= 1.0
+    for name, row in rows.items():
+        assert row["quantize"] == ("float32" if name.endswith("float")
+                                   else "int8"), name
+        assert 0.0 <= row["keras_accuracy"] <= 1.0, name
+        assert 0.0 <= row["tflite_accuracy"] <= 1.0, name
+        assert row["size_bytes"] > 0 and row["latency_ms"] > 0, name
+        assert (tmp_path / f"seed0_{name}.tflite").stat().st_size \
+            == row["size_bytes"], name
+        # The quantization-aware files follow their Keras models.
+        if name != "ptq":
+            assert abs(row["tflite_accuracy"] - row["keras_accuracy"]) \
+                <= 0.02, (name, row)
+    for name in ("ptq", "qat", "qad"):
+        assert rows[name]["size_bytes"] < 0.8 * rows["float"]["size_bytes"], (
+            name, rows[name], rows["float"])
+    # Post-training int8 rounds the same Keras model.
+    assert rows["ptq"]["keras_accuracy"] == rows["float"]["keras_accuracy"]
+    table = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 4
+    assert "| post-training int8 of it | int8 |" in table[2]
+    assert "| QAD fine-tune, float teacher | int8 |" in table[4]
+
+
+def test_qat_benchmark_refuses_zero_epochs():
+    cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "qat.py"),
+           "--qat-epochs", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         check=False)
+    assert out.returncode == 2
+    assert "--qat-epochs must be at least 1, got 0" in out.stderr

@@ -1,0 +1,264 @@
+"""Post-training int8, QAT and QAD of a narrow MobileNetV2-style student, side by side.
+
+For one student on the bundled digits (8x8x1 images, offline), and each seed:
+
+* **float**: the student trained on hard labels, exported as float32 TFLite;
+* **PTQ int8**: that float student, post-training full-integer quantization
+  (``to_tflite(quantize="int8", representative_data=x_train[:calibration])``);
+* **QAT**: ``quantize_model`` of the float student, fine-tuned on hard labels
+  only, exported as int8 from the ranges it learned;
+* **QAD**: the same quantization-aware copy fine-tuned by ``kd.Distiller``
+  against the float teacher (same epochs, optimizer and learning rate as QAT);
+* **KD float**, **KD -> PTQ int8**, **KD -> QAD**: the same three steps from a
+  student distilled in float first (the "short fine-tune of the already
+  distilled student" recipe).
+
+Each row gives the test accuracy of the Keras model and of the TFLite file
+(LiteRT interpreter), the file size and the median batch-1 LiteRT latency on
+one thread. Run from the repository root:
+
+    KERAS_BACKEND=tensorflow python benchmarks/qat.py            # 3 seeds
+    KERAS_BACKEND=tensorflow python benchmarks/qat.py --smoke --json out.json
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_kd as kd  # noqa: E402
+from keras_kd.data import load_digits  # noqa: E402
+
+ROWS = (
+    ("float", "float student (hard labels)", "float32"),
+    ("ptq", "post-training int8 of it", "int8"),
+    ("qat", "QAT fine-tune, hard labels", "int8"),
+    ("qad", "QAD fine-tune, float teacher", "int8"),
+    ("kd_float", "distilled float student", "float32"),
+    ("kd_ptq", "post-training int8 of it", "int8"),
+    ("kd_qad", "QAD fine-tune of it", "int8"),
+)
+
+
+def teacher_model():
+    """The float teacher: a CNN on 8x8x1 digits."""
+    inputs = keras.Input((8, 8, 1), name="image")
+    h = keras.layers.Conv2D(32, 3, padding="same", activation="relu")(inputs)
+    h = keras.layers.Conv2D(64, 3, padding="same", activation="relu")(h)
+    h = keras.layers.MaxPooling2D()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(128, activation="relu")(h)
+    return keras.Model(inputs, keras.layers.Dense(10)(h), name="teacher")
+
+
+def _conv_bn(h, filters, kernel, strides=1, relu6=True, depthwise=False):
+    if depthwise:
+        h = keras.layers.DepthwiseConv2D(kernel, strides=strides,
+                                         padding="same", use_bias=False)(h)
+    else:
+        h = keras.layers.Conv2D(filters, kernel, strides=strides,
+                                padding="same", use_bias=False)(h)
+    h = keras.layers.BatchNormalization(momentum=0.9)(h)
+    return keras.layers.ReLU(6.0)(h) if relu6 else h
+
+
+def student_model(width=8, expansion=6):
+    """A narrow MobileNetV2-style student: a Conv-BN-ReLU6 stem, then two
+    inverted residual blocks (1x1 expand-BN-ReLU6, 3x3 depthwise-BN-ReLU6,
+    1x1 linear projection-BN), the first strided, the second with a
+    residual Add, then global average pooling and a Dense classifier."""
+    inputs = keras.Input((8, 8, 1), name="image")
+    h = _conv_bn(inputs, width, 3)
+    # Block 1: stride 2, no residual.
+    b = _conv_bn(h, width * expansion, 1)
+    b = _conv_bn(b, None, 3, strides=2, depthwise=True)
+    h = _conv_bn(b, 2 * width, 1, relu6=False)
+    # Block 2: stride 1, residual.
+    b = _conv_bn(h, 2 * width * expansion, 1)
+    b = _conv_bn(b, None, 3, depthwise=True)
+    b = _conv_bn(b, 2 * width, 1, relu6=False)
+    h = keras.layers.Add()([h, b])
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10)(h), name="student")
+
+
+def _loss():
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def _fit(model, x, y, epochs, lr, batch_size):
+    model.compile(keras.optimizers.Adam(lr), _loss())
+    model.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    return model
+
+
+def _distil(teacher, student, x, y, epochs, lr, batch_size, alpha, temperature):
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(keras.optimizers.Adam(lr), _loss(), alpha=alpha,
+                      temperature=temperature)
+    distiller.fit(x, y, epochs=epochs, batch_size=batch_size, verbose=0)
+    return student
+
+
+def run_seed(seed, args, out_dir, data):
+    (x_train, y_train), (x_test, y_test) = data
+    calib = x_train[:args.calibration]
+    bs = args.batch_size
+    keras.utils.set_random_seed(seed)
+    teacher = _fit(teacher_model(), x_train, y_train, args.teacher_epochs,
+                   1e-3, bs)
+    teacher_acc = float(np.mean(np.argmax(teacher.predict(
+        x_test, verbose=0), -1) == y_test))
+
+    def export(model, name, quantize):
+        path = os.path.join(out_dir, f"seed{seed}_{name}.tflite")
+        report = kd.export.to_tflite(
+            model, path, quantize=quantize,
+            representative_data=calib if quantize == "int8" else None,
+            eval_data=(x_test, y_test), latency_runs=args.latency_runs)
+        return {"keras_accuracy": report.keras_accuracy,
+                "tflite_accuracy": report.tflite_accuracy,
+                "size_bytes": report.size_bytes,
+                "latency_ms": report.latency_ms_median,
+                "quantize": report.quantize}
+
+    def qat_copy(float_student):
+        return kd.quantization.quantize_model(float_student,
+                                              calibration_data=calib)
+
+    rows = {}
+    student = _fit(student_model(args.width, args.expansion), x_train,
+                   y_train, args.epochs, args.lr, bs)
+    rows["float"] = export(student, "float", "float32")
+    rows["ptq"] = export(student, "ptq", "int8")
+    qat = _fit(qat_copy(student), x_train, y_train, args.qat_epochs,
+               args.qat_lr, bs)
+    rows["qat"] = export(qat, "qat", "int8")
+    qad = _distil(teacher, qat_copy(student), x_train, y_train,
+                  args.qat_epochs, args.qat_lr, bs, args.alpha,
+                  args.temperature)
+    rows["qad"] = export(qad, "qad", "int8")
+    if not args.no_kd:
+        keras.utils.set_random_seed(seed)
+        kd_student = _distil(teacher, student_model(args.width, args.expansion),
+                             x_train, y_train, args.epochs, args.lr, bs,
+                             args.alpha, args.temperature)
+        rows["kd_float"] = export(kd_student, "kd_float", "float32")
+        rows["kd_ptq"] = export(kd_student, "kd_ptq", "int8")
+        kd_qad = _distil(teacher, qat_copy(kd_student), x_train, y_train,
+                         args.qat_epochs, args.qat_lr, bs, args.alpha,
+                         args.temperature)
+        rows["kd_qad"] = export(kd_qad, "kd_qad", "int8")
+    return {"seed": seed, "teacher_accuracy": teacher_acc,
+            "student_parameters": student.count_params(), "rows": rows}
+
+
+def _mean_std(values, scale=1.0, digits=1):
+    values = [v * scale for v in values]
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown(runs, args):
+    first = runs[0]
+    lines = [
+        f"Digits, narrow MobileNetV2-style student (width {args.width}, "
+        f"expansion {args.expansion}, {first['student_parameters']:,} "
+        f"parameters), teacher accuracy "
+        f"{_mean_std([r['teacher_accuracy'] for r in runs], 100)}%, "
+        f"seeds {', '.join(str(r['seed']) for r in runs)}, backend "
+        f"{keras.backend.backend()}, "
+        f"{platform.processor() or platform.machine()}; "
+        f"PTQ calibrated on {args.calibration} training images.",
+        "",
+        "| student | file | test accuracy, Keras (%) | test accuracy, "
+        "TFLite (%) | vs float TFLite (points) | file size | latency "
+        "(batch 1, µs) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for key, label, _ in ROWS:
+        if key not in first["rows"]:
+            continue
+        base = "kd_float" if key.startswith("kd_") else "float"
+        got = [r["rows"][key] for r in runs]
+        delta = [r["rows"][key]["tflite_accuracy"]
+                 - r["rows"][base]["tflite_accuracy"] for r in runs]
+        latency = [g["latency_ms"] * 1000 for g in got
+                   if g["latency_ms"] is not None]
+        lines.append(
+            f"| {label} | {got[0]['quantize']} "
+            f"| {_mean_std([g['keras_accuracy'] for g in got], 100)} "
+            f"| {_mean_std([g['tflite_accuracy'] for g in got], 100)} "
+            f"| {_mean_std(delta, 100)} "
+            f"| {statistics.fmean(g['size_bytes'] for g in got) / 1024:.1f} "
+            f"KiB | {_mean_std(latency, digits=1) if latency else 'n/a'} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--width", type=int, default=8,
+                        help="stem channels; the blocks have 2x")
+    parser.add_argument("--expansion", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=30,
+                        help="float student epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=10)
+    parser.add_argument("--qat-epochs", type=int, default=5,
+                        help="QAT / QAD fine-tune epochs")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--calibration", type=int, default=200,
+                        help="training images given to post-training int8 "
+                        "and to quantize_model (the converter uses up to "
+                        "200)")
+    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--no-kd", action="store_true",
+                        help="skip the distilled-float rows")
+    parser.add_argument("--smoke", action="store_true",
+                        help="one seed, one epoch each, a few latency runs: "
+                        "checks that the benchmark runs, measures nothing")
+    parser.add_argument("--json", default=None,
+                        help="also write the per-seed results here")
+    parser.add_argument("--output-dir", default=None,
+                        help="where the .tflite files go (default: a "
+                        "temporary directory)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.seeds = args.seeds[:1]
+        args.epochs = args.teacher_epochs = args.qat_epochs = 1
+        args.latency_runs = 5
+    for name in ("epochs", "teacher_epochs", "qat_epochs", "calibration",
+                 "width", "expansion", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, "
+                         f"got {getattr(args, name)}")
+
+    start = time.perf_counter()
+    data = load_digits(as_images=True)
+    out_dir = args.output_dir or tempfile.mkdtemp(prefix="keras_kd_qat_")
+    runs = [run_seed(seed, args, out_dir, data) for seed in args.seeds]
+    wall = time.perf_counter() - start
+    print(markdown(runs, args))
+    print(f"\nwall time {wall:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"backend": keras.backend.backend(),
+                       "args": vars(args), "wall_s": wall, "runs": runs},
+                      f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
