@@ -103,10 +103,10 @@ def distillation_gain(correct_distilled, correct_alone):
         correct_alone: the same for the student alone, same order.
 
     Returns:
-        A dict: ``difference``, ``low``, ``high`` (fractions), ``test_examples``,
-        ``only_distilled_right`` and ``only_alone_right`` (the discordant
-        examples, which alone move the difference), ``beyond_interval``
-        (``low > 0`` or ``high < 0``) and ``method``.
+        A dict: ``difference``, ``low``, ``high`` (fractions),
+        ``test_examples``, ``only_distilled_right`` and ``only_alone_right``
+        (the discordant examples, which alone move the difference),
+        ``beyond_interval`` (``low > 0`` or ``high < 0``) and ``method``.
 
     >>> gain = distillation_gain([1, 1, 1, 0], [1, 0, 0, 0])
     >>> gain["difference"], gain["only_distilled_right"], gain["beyond_interval"]
