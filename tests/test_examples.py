@@ -19,8 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 ASSIGNED = {
     "resnet50_mobilenetv2_cifar10": "tensorflow",
-    "keras_io_mnist": "jax",
-    "text_transformer": "jax",
+    "keras_io_mnist": "torch",
+    "text_transformer": "tensorflow",
     "recommender_wide_deep_fm": "torch",
     "transfer_learning": "torch",
     "language_model": "torch",
