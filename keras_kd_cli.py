@@ -432,7 +432,9 @@ def add_export_arguments(parser):
     parser.add_argument(
         "--representative-data", default=None,
         help="'digits' (the bundled dataset's training inputs) or an .npz "
-        "file (array 'x', 'x_train' or its first array); required for int8")
+        "file (array 'x', 'x_train' or its first array); required for int8, "
+        "except for a quantization-aware model (exported from its learned "
+        "ranges)")
     parser.add_argument(
         "--eval-data", default=None,
         help="'digits' (the bundled test split) or an .npz file with 'x' and "
@@ -555,9 +557,9 @@ def add_search_parser(subparsers):
     return p
 
 
-def build_parser():
+def build_parser(run_defaults=None):
     """The ``keras-kd`` argument parser (subcommands ``run``, ``export``,
-    ``search``).
+    ``search``); ``run_defaults`` replaces defaults of ``run`` options.
 
     Pure argparse: building it, and ``--help``, import neither Keras nor
     keras_kd.
@@ -578,7 +580,7 @@ def build_parser():
                         help="show TensorFlow's native log lines (C++, absl), "
                         "silenced by default; goes before the command")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_run_parser(subparsers)
+    add_run_parser(subparsers).set_defaults(**(run_defaults or {}))
     add_export_parser(subparsers)
     add_search_parser(subparsers)
     return parser
@@ -591,9 +593,25 @@ def _flag(dest):
     return "--" + dest.replace("_", "-")
 
 
+def given_run_options(argv):
+    """The image-task options (:data:`IMAGE_ONLY`) that ``argv`` sets
+    itself, even to their default value.
+
+    >>> sorted(given_run_options(["run", "--dataset", "mnist1d", "--seed", "1"]))
+    ['dataset']
+    """
+    unset = object()
+    args = build_parser(dict.fromkeys(IMAGE_ONLY, unset)).parse_args(argv)
+    return {dest for dest in IMAGE_ONLY if getattr(args, dest) is not unset}
+
+
 def run_option_error(args):
     """The one-line error of ``keras-kd run`` options that do not go with
     ``--task``, naming the fix; None when they go together.
+
+    Image options count as given when ``args.given_options`` (set by
+    :func:`main` from :func:`given_run_options`) names them, else when they
+    differ from their default.
 
     Example:
 
@@ -603,9 +621,11 @@ def run_option_error(args):
     '--epochs applies to image classification, not --task causal-lm: count language model training in steps: --steps'
     """
     defaults = add_run_parser(argparse.ArgumentParser().add_subparsers())
+    given = getattr(args, "given_options", None)
     if args.task == "causal-lm":
         for dest, fix in IMAGE_ONLY.items():
-            if getattr(args, dest) != defaults.get_default(dest):
+            if (dest in given if given is not None
+                    else getattr(args, dest) != defaults.get_default(dest)):
                 return (f"{_flag(dest)} applies to image classification, not "
                         f"--task causal-lm: {fix}")
         if args.quantize == "int8":
@@ -788,6 +808,8 @@ def main(argv=None):
         if args.command is None:
             parser.print_help()
             return 2
+        if args.command == "run":
+            args.given_options = given_run_options(argv)
         check_run_options(args)
         _import_tensorflow_if_installed()
         from keras_kd.app import cli

@@ -403,6 +403,9 @@ def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):
     (["--task", "causal-lm", "--mnist1d-samples", "200"],
      "--mnist1d-samples applies to image classification, not --task "
      "causal-lm"),
+    # Given explicitly, even at its default value.
+    (["--task", "causal-lm", "--dataset", "mnist1d"],
+     "--dataset applies to image classification, not --task causal-lm"),
 ])
 def test_run_refuses_bad_mnist1d_samples_in_one_line(argv, message, capsys):
     import keras_kd_cli
