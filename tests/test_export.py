@@ -342,3 +342,33 @@ def test_command_line_exports_a_distiller_file(student, tmp_path, capsys):
     truncated.write_bytes(model_path.read_bytes()[:1000])
     assert export_command.main([str(truncated)]) == 1
     assert "is not a readable .keras archive" in capsys.readouterr().err
+
+
+def test_command_line_exports_a_quantization_aware_file_as_int8(
+        digits, tmp_path, capsys):
+    """keras-kd export -q int8 converts a quantization-aware .keras file
+    from its learned ranges: no --representative-data."""
+    (x_train, _), (x_test, _) = digits
+    qat = kd.quantization.quantize_model(mlp(8, "student"),
+                                         calibration_data=x_train[:256])
+    model_path = tmp_path / "student_qat.keras"
+    qat.save(model_path)
+    assert export_command.main([str(model_path), "-q", "int8",
+                                "--latency-runs", "0"]) == 0
+    assert "student_qat_int8.tflite [int8]" in capsys.readouterr().out
+    path = tmp_path / "student_qat_int8.tflite"
+    tflite, interpreter = run_file(path, x_test[:64])
+    kernels = {tuple(t["shape"]): t["dtype"]
+               for t in interpreter.get_tensor_details()
+               if tuple(t["shape"]) in ((8, 64), (10, 8))}
+    assert kernels == {(8, 64): np.int8, (10, 8): np.int8}  # Dense kernels
+    # The file computes the fake-quantized model: within a few output
+    # quantization steps (the logits' range / 255).
+    expected = keras_outputs(qat, x_test[:64]).astype("float64")
+    step = (expected.max() - min(expected.min(), 0.0)) / 255
+    np.testing.assert_allclose(tflite, expected, atol=3 * step)
+    # A float model still needs calibration inputs for int8.
+    float_path = tmp_path / "float.keras"
+    mlp(8, "student").save(float_path)
+    with pytest.raises(SystemExit, match="needs --representative-data"):
+        export_command.main([str(float_path), "-q", "int8"])

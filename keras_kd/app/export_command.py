@@ -90,9 +90,6 @@ def run_export(args):
     if unknown:
         raise SystemExit(f"keras-kd export: unknown --quantize {unknown}; "
                          f"choose from {', '.join(QUANTIZE_MODES)}.")
-    if "int8" in modes and args.representative_data is None:
-        raise SystemExit("keras-kd export: --quantize int8 needs "
-                         "--representative-data (digits or an .npz file).")
     try:
         _export_files(args, modes)
     except (ValueError, TypeError, OSError, ExportError) as error:
@@ -106,6 +103,16 @@ def _export_files(args, modes):
         raise ValueError(f"No model file at {args.model!r}; pass the path of "
                          "a .keras file saved with model.save(...).")
     model = api.student_of(saving.load_model(args.model, compile=False))
+    # A quantization-aware student (keras_kd.quantization.quantize_model)
+    # exports as int8 from the ranges it learned: no calibration data.
+    from keras_kd.quantization import is_quantization_aware
+
+    if ("int8" in modes and args.representative_data is None
+            and not is_quantization_aware(model)):
+        raise SystemExit("keras-kd export: --quantize int8 needs "
+                         "--representative-data (digits or an .npz file), "
+                         "unless the model is quantization-aware "
+                         "(keras_kd.quantization.quantize_model).")
     representative = eval_data = None
     if args.representative_data:
         representative = _load_array_source(args.representative_data, model,
