@@ -145,3 +145,28 @@ def benchmark_module(name):
         return importlib.import_module(name)
     finally:
         sys.path.pop(0)
+
+
+class ScriptedScores(keras.callbacks.Callback):
+    """Writes ``scores[epoch]`` into ``logs["score"]`` at each epoch's end
+    (place it before the callback that reads the score)."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.scores = scores
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["score"] = self.scores[epoch]
+
+
+class StudentWeightLog(keras.callbacks.Callback):
+    """The student's weights (a Distiller's, or the model's own) at the end
+    of each epoch, as NumPy arrays."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        student = getattr(self.model, "student", self.model)
+        self.weights.append([to_numpy(w) for w in student.weights])

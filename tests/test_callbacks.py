@@ -9,7 +9,7 @@ import pytest
 
 import keras_kd as kd
 from keras_kd import callbacks as kdc
-from tests.helpers import mlp, to_numpy
+from tests.helpers import ScriptedScores, StudentWeightLog, mlp, to_numpy
 from tests.references import kd as np_kd
 from tests.references import sparse_ce as np_sparse_ce
 
@@ -35,26 +35,6 @@ def _distiller(lr=1e-2, **compile_kwargs):
     return distiller
 
 
-class _Scores(keras.callbacks.Callback):
-    """Writes a given sequence into logs["score"] (before the checkpoint)."""
-
-    def __init__(self, scores):
-        super().__init__()
-        self.scores = scores
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.scores[epoch]
-
-
-class _WeightLog(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.weights.append([to_numpy(w) for w in self.model.student.weights])
-
-
 # ----------------------------------------------------------------------
 # StudentCheckpoint
 # ----------------------------------------------------------------------
@@ -63,11 +43,11 @@ def test_checkpoint_keeps_the_best_epoch_student_alone(tmp_path, mode, best):
     x, y = _data()
     distiller = _distiller()
     scores = [3.0, 1.0, 4.0, 0.5, 2.0]
-    weights = _WeightLog()
+    weights = StudentWeightLog()
     path = str(tmp_path / "ckpt" / "student.keras")
     checkpoint = kdc.StudentCheckpoint(path, monitor="score", mode=mode)
     distiller.fit(x, y, epochs=5, verbose=0,
-                  callbacks=[_Scores(scores), weights, checkpoint])
+                  callbacks=[ScriptedScores(scores), weights, checkpoint])
     expected = int(np.argmin(scores) if mode == "min" else np.argmax(scores))
     assert expected == best
     assert checkpoint.best_epoch == best and checkpoint.best == scores[best]
@@ -140,10 +120,11 @@ def test_checkpoint_initial_value_threshold(tmp_path):
     checkpoint = kdc.StudentCheckpoint(path, monitor="score", mode="min",
                                        initial_value_threshold=0.75)
     _distiller().fit(x, y, epochs=4, verbose=0,
-                     callbacks=[_Scores([3.0, 1.0, 0.8, 0.9]), checkpoint])
+                     callbacks=[ScriptedScores([3.0, 1.0, 0.8, 0.9]),
+                                checkpoint])
     assert not os.path.exists(path) and checkpoint.best == 0.75
     _distiller().fit(x, y, epochs=2, verbose=0,
-                     callbacks=[_Scores([0.9, 0.7]), checkpoint])
+                     callbacks=[ScriptedScores([0.9, 0.7]), checkpoint])
     assert os.path.exists(path) and checkpoint.best == 0.7
 
 
@@ -153,7 +134,7 @@ def test_checkpoint_after_a_nan_epoch_saves_the_next_good_one(tmp_path, mode):
     path = str(tmp_path / "student.keras")
     checkpoint = kdc.StudentCheckpoint(path, monitor="score", mode=mode)
     _distiller().fit(x, y, epochs=3, verbose=0, callbacks=[
-        _Scores([float("nan"), float("inf"), 0.8]), checkpoint])
+        ScriptedScores([float("nan"), float("inf"), 0.8]), checkpoint])
     assert os.path.exists(path)
     assert checkpoint.best == 0.8 and checkpoint.best_epoch == 2
 
@@ -165,7 +146,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     distiller = _distiller()
     checkpoint = kdc.StudentCheckpoint(path, monitor="score", mode="min")
     distiller.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[_Scores([1.0]), checkpoint])
+                  callbacks=[ScriptedScores([1.0]), checkpoint])
     with open(path, "rb") as f:
         good = f.read()
 
@@ -177,7 +158,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(keras.saving, "save_model", crashing_save)
     with pytest.raises(OSError, match="disk full"):
         distiller.fit(x, y, epochs=1, verbose=0,
-                      callbacks=[_Scores([0.5]), checkpoint])
+                      callbacks=[ScriptedScores([0.5]), checkpoint])
     monkeypatch.undo()
     with open(path, "rb") as f:
         assert f.read() == good

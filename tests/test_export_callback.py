@@ -19,7 +19,8 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 import keras_kd as kd  # noqa: E402
 from keras_kd import callbacks as kdc  # noqa: E402
 from keras_kd.export import ExportError, convert  # noqa: E402
-from tests.helpers import mlp, to_numpy  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    ScriptedScores, StudentWeightLog, mlp, to_numpy)
 
 N = 16
 
@@ -37,29 +38,6 @@ def _distiller(lr=0.1):
         optimizer=keras.optimizers.SGD(lr), alpha=0.5, temperature=2.0,
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return distiller
-
-
-class _Scores(keras.callbacks.Callback):
-    """Writes a given sequence into logs["score"] (before the export)."""
-
-    def __init__(self, scores):
-        super().__init__()
-        self.scores = scores
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs["score"] = self.scores[epoch]
-
-
-class _WeightLog(keras.callbacks.Callback):
-    """The student's weights at the end of each epoch."""
-
-    def __init__(self):
-        super().__init__()
-        self.weights = []
-
-    def on_epoch_end(self, epoch, logs=None):
-        student = getattr(self.model, "student", self.model)
-        self.weights.append([to_numpy(w) for w in student.weights])
 
 
 def numpy_mlp(weights, x):
@@ -88,11 +66,11 @@ def read_report(path):
 def test_exports_a_verified_file_only_on_improvement(tmp_path):
     x, y = _data()
     scores = [2.0, 3.0, 1.0]            # epochs 1 and 3 improve (mode="min")
-    weights = _WeightLog()
+    weights = StudentWeightLog()
     export = kdc.TFLiteExport(str(tmp_path / "out" / "student_{epoch}.tflite"),
                               monitor="score", mode="min")
     _distiller().fit(x, y, epochs=3, batch_size=8, verbose=0,
-                     callbacks=[_Scores(scores), weights, export])
+                     callbacks=[ScriptedScores(scores), weights, export])
     folder = tmp_path / "out"
     assert sorted(os.listdir(folder)) == [
         "student_1.json", "student_1.tflite",
@@ -124,7 +102,7 @@ def test_without_monitor_exports_once_at_the_end(tmp_path):
     model = mlp(8, "plain")
     model.compile(keras.optimizers.SGD(0.1),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    weights = _WeightLog()
+    weights = StudentWeightLog()
     export = kdc.TFLiteExport(tmp_path / "plain_{epoch}.tflite",
                               quantize="int8", representative_data=x,
                               eval_data=(x[:32], y[:32]))
@@ -159,7 +137,7 @@ def test_a_failed_export_leaves_the_previous_file_and_report(tmp_path,
     path = tmp_path / "student.tflite"
     export = kdc.TFLiteExport(path, monitor="score", mode="min")
     distiller.fit(x, y, epochs=1, verbose=0,
-                  callbacks=[_Scores([1.0]), export])
+                  callbacks=[ScriptedScores([1.0]), export])
     good_file, good_report = path.read_bytes(), (
         tmp_path / "student.json").read_bytes()
 
@@ -177,7 +155,7 @@ def test_a_failed_export_leaves_the_previous_file_and_report(tmp_path,
     monkeypatch.setattr(convert, "tflite_bytes", failing)
     with pytest.raises(RuntimeError, match="converter crashed"):
         distiller.fit(x, y, epochs=1, verbose=0,
-                      callbacks=[_Scores([0.5]), export])
+                      callbacks=[ScriptedScores([0.5]), export])
     unchanged()
 
     # 2. The converted file does not compute the student (the previous
@@ -188,7 +166,7 @@ def test_a_failed_export_leaves_the_previous_file_and_report(tmp_path,
                         lambda *args, **kwargs: (good_file, "process"))
     with pytest.raises(ExportError, match="differs from the Keras") as error:
         distiller.fit(x, y, epochs=1, verbose=0,
-                      callbacks=[_Scores([0.5]), export])
+                      callbacks=[ScriptedScores([0.5]), export])
     assert repr(str(path)) in str(error.value)   # names the target
     unchanged()
     monkeypatch.undo()
@@ -206,7 +184,7 @@ def test_a_failed_export_leaves_the_previous_file_and_report(tmp_path,
     monkeypatch.setattr(kdc, "_write_report", half_written)
     with pytest.raises(OSError, match="disk full"):
         distiller.fit(x, y, epochs=1, verbose=0,
-                      callbacks=[_Scores([0.5]), export])
+                      callbacks=[ScriptedScores([0.5]), export])
     assert len(records) == 1 and records[0]["max_abs_diff"] < 1e-4
     assert records[0]["sha256"] != hashlib.sha256(good_file).hexdigest()
     unchanged()

@@ -53,27 +53,18 @@ def np_fold(kernel, bias, bn, channel_axis=-1):
     return kernel * factor.reshape(shape), beta + (bias - mean) * factor
 
 
-def np_conv_same(x, kernel):
-    """'same' stride-1 convolution, NHWC x, (kh, kw, cin, cout) kernel."""
+def np_conv_same(x, kernel, depthwise=False):
+    """'same' stride-1 convolution, NHWC x, (kh, kw, cin, cout) kernel; with
+    ``depthwise``, a depthwise one of multiplier 1 ((kh, kw, c, 1) kernel)."""
     kh, kw = kernel.shape[:2]
     padded = np.pad(x, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
     h, w = x.shape[1:3]
     out = 0.0
     for i in range(kh):
         for j in range(kw):
-            out = out + padded[:, i:i + h, j:j + w, :] @ kernel[i, j]
-    return out
-
-
-def np_depthwise_same(x, kernel):
-    """'same' stride-1 depthwise convolution, multiplier 1."""
-    kh, kw = kernel.shape[:2]
-    padded = np.pad(x, [(0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)])
-    h, w = x.shape[1:3]
-    out = 0.0
-    for i in range(kh):
-        for j in range(kw):
-            out = out + padded[:, i:i + h, j:j + w, :] * kernel[i, j, :, 0]
+            window = padded[:, i:i + h, j:j + w, :]
+            out = out + (window * kernel[i, j, :, 0] if depthwise
+                         else window @ kernel[i, j])
     return out
 
 
@@ -165,7 +156,7 @@ def test_forward_equals_numpy_int8_simulation(images):
     # Depthwise: one output channel per input channel (axis 2, multiplier 1).
     kernel_q = np_quantize_weights(kernel.transpose(0, 1, 3, 2)).transpose(
         0, 1, 3, 2)
-    h = np.clip(np_depthwise_same(h, kernel_q) + bias, 0, 6)
+    h = np.clip(np_conv_same(h, kernel_q, depthwise=True) + bias, 0, 6)
     h = np_fake_quant(h, *ranges(qat, "dw"))
     h = np_fake_quant(h.mean(axis=(1, 2)), *ranges(qat, "pool"))
     kernel, bias = weights["logits"]
