@@ -98,7 +98,7 @@ IMAGE_ONLY = {
     "image_size": "leave it out", "weights": "leave it out",
     "teacher_finetune": "leave it out", "finetune_epochs": "leave it out",
     "finetune_lr_factor": "leave it out", "calibrate": "leave it out",
-    "mnist1d_samples": "leave it out",
+    "mnist1d_samples": "leave it out", "qat": "leave it out",
 }
 LM_ONLY = {
     "lm_teacher": "for images use --teacher", "lm_student":
@@ -370,6 +370,11 @@ def add_run_parser(subparsers):
                                  QUICK)
     p.add_argument("--no-export", action="store_true",
                    help="skip the TFLite export")
+    p.add_argument("--qat", action="store_true",
+                   help="with --quantize int8: also fine-tune the distilled "
+                   "student quantization-aware, on the labels (QAT) and from "
+                   "the teacher (QAD), and report each int8 file next to the "
+                   "post-training int8 one")
     p.add_argument("--calibrate", action="store_true",
                    help="fold the temperature fitted on the validation split "
                    "into the exported student: calibrated probabilities, the "
@@ -645,6 +650,10 @@ def run_option_error(args):
         if getattr(args, dest) is not None:
             return (f"{_flag(dest)} applies to --task causal-lm: add --task "
                     f"causal-lm, or {fix}")
+    if args.qat and (args.quantize != "int8" or args.no_export):
+        return ("--qat compares quantization-aware students with the "
+                "post-training int8 export: add --quantize int8 (and leave "
+                "out --no-export)")
     if args.mnist1d_samples is not None and args.dataset != "mnist1d":
         return (f"--mnist1d-samples sizes the generated MNIST-1D, not "
                 f"--dataset {args.dataset}: add --dataset mnist1d, or size "

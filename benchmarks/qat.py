@@ -35,6 +35,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import keras_kd as kd  # noqa: E402
+from keras_kd.app.qat import fine_tune as qat_fine_tune  # noqa: E402
 from keras_kd.data import load_digits  # noqa: E402
 
 ROWS = (
@@ -130,22 +131,24 @@ def run_seed(seed, args, out_dir, data):
                 "latency_ms": report.latency_ms_median,
                 "quantize": report.quantize}
 
-    def qat_copy(float_student):
-        return kd.quantization.quantize_model(float_student,
-                                              calibration_data=calib)
+    def fine_tune(float_student, teacher=None):
+        """QAT (teacher None) or QAD: keras_kd.app.qat.fine_tune, the
+        fine-tune of keras-kd run --qat."""
+        options = {} if teacher is None else dict(
+            alpha=args.alpha, temperature=args.temperature)
+        return qat_fine_tune(float_student, x_train, y_train,
+                             calibration_data=calib, teacher=teacher,
+                             epochs=args.qat_epochs,
+                             learning_rate=args.qat_lr, batch_size=bs,
+                             **options)[0]
 
     rows = {}
     student = _fit(student_model(args.width, args.expansion), x_train,
                    y_train, args.epochs, args.lr, bs)
     rows["float"] = export(student, "float", "float32")
     rows["ptq"] = export(student, "ptq", "int8")
-    qat = _fit(qat_copy(student), x_train, y_train, args.qat_epochs,
-               args.qat_lr, bs)
-    rows["qat"] = export(qat, "qat", "int8")
-    qad = _distil(teacher, qat_copy(student), x_train, y_train,
-                  args.qat_epochs, args.qat_lr, bs, args.alpha,
-                  args.temperature)
-    rows["qad"] = export(qad, "qad", "int8")
+    rows["qat"] = export(fine_tune(student), "qat", "int8")
+    rows["qad"] = export(fine_tune(student, teacher), "qad", "int8")
     if not args.no_kd:
         keras.utils.set_random_seed(seed)
         kd_student = _distil(teacher, student_model(args.width, args.expansion),
@@ -153,10 +156,8 @@ def run_seed(seed, args, out_dir, data):
                              args.alpha, args.temperature)
         rows["kd_float"] = export(kd_student, "kd_float", "float32")
         rows["kd_ptq"] = export(kd_student, "kd_ptq", "int8")
-        kd_qad = _distil(teacher, qat_copy(kd_student), x_train, y_train,
-                         args.qat_epochs, args.qat_lr, bs, args.alpha,
-                         args.temperature)
-        rows["kd_qad"] = export(kd_qad, "kd_qad", "int8")
+        rows["kd_qad"] = export(fine_tune(kd_student, teacher), "kd_qad",
+                                "int8")
     return {"seed": seed, "teacher_accuracy": teacher_acc,
             "student_parameters": student.count_params(), "rows": rows}
 

@@ -308,14 +308,25 @@ class QuantizedLayer(keras.layers.Layer):
                 inputs, kernel, strides=layer.strides, padding=layer.padding,
                 data_format=layer.data_format,
                 dilation_rate=layer.dilation_rate)
-        else:
+        elif len(kernel.shape) == 3:
+            # Conv1D as TFLite runs it, a CONV_2D of height 1, with the kernel
+            # quantized in that (1, k, in, out) layout: a per-channel range on
+            # the 3-D kernel does not survive the converter's ExpandDims.
             padding = layer.padding
             if padding == "causal":
                 left = layer.dilation_rate[0] * (layer.kernel_size[0] - 1)
                 inputs = ops.pad(inputs, [[0, 0], [left, 0], [0, 0]])
                 padding = "valid"
+            folded, _ = self.folded_weights()
+            kernel = _fake_quant_weights(ops.expand_dims(folded, 0), 3)
+            outputs = ops.squeeze(ops.conv(
+                ops.expand_dims(inputs, 1), kernel,
+                strides=[1, layer.strides[0]], padding=padding,
+                dilation_rate=[1, layer.dilation_rate[0]],
+                data_format=layer.data_format), 1)
+        else:
             outputs = ops.conv(inputs, kernel, strides=list(layer.strides),
-                               padding=padding,
+                               padding=layer.padding,
                                dilation_rate=layer.dilation_rate,
                                data_format=layer.data_format)
         outputs = outputs + bias

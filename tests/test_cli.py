@@ -153,6 +153,9 @@ def test_run_report_values_match_independent_measurements(quick_run):
     (["--dataset", "cifar11"], "Did you mean: cifar10"),
     (["--objective", "nope"], "kd"),
     (["--quantize", "int4"], "int8"),
+    (["--qat"], "--qat compares quantization-aware students with the "
+     "post-training int8 export: add --quantize int8"),
+    (["--qat", "--quantize", "int8"], "leave out --no-export"),
     (["--seed", "-1"], "e.g. --seed 0"),
     (["--seed", str(2**32)], "e.g. --seed 0"),
     (["--output", "{file}"], "is a file, not a directory"),
@@ -503,3 +506,58 @@ def test_markdown_table_shows_nll_and_ece():
     table = report.markdown_table(records).splitlines()
     assert "Test NLL" in table[0] and "ECE" in table[0]
     assert "0.6931" in table[2] and "1.23%" in table[2]
+
+
+def test_run_qat_reports_qat_and_qad_int8_rows(tmp_path):
+    """--quantize int8 --qat: beside the post-training int8 file, a QAT
+    (labels only) and a QAD (from the teacher) fine-tune of the distilled
+    student, each exported as a fully int8 file with its own report row."""
+    from keras_kd.quantization import is_quantization_aware
+    from tests.test_quantization import ops_and_types
+
+    keras.utils.set_random_seed(0)
+    code = cli.main(["run", "--quick", "--quantize", "int8", "--qat",
+                     "--output", str(tmp_path), "--run-name", "qat",
+                     "--verbose", "0"])
+    assert code == 0
+    run_dir = tmp_path / "qat"
+    rep = json.loads((run_dir / "report.json").read_text())
+    assert [m["key"] for m in rep["models"]] == [
+        "teacher", "student_alone", "student_distilled", "student_tflite",
+        "student_qat_tflite", "student_qad_tflite"]
+    md = (run_dir / "report.md").read_text()
+    splits = load_dataset("mnist1d", max_train=cli.QUICK["max_train"],
+                          max_test=cli.QUICK["max_test"])
+    x = np.concatenate([b[0] for b in splits.test.as_numpy_iterator()])
+    y = np.concatenate([b[1] for b in splits.test.as_numpy_iterator()])
+    for record in rep["models"][3:]:
+        assert record["label"] in md and "int8" in record["label"]
+        assert 0.0 <= record["test_accuracy"] <= 1.0
+        assert record["latency_ms"] > 0
+        assert record["size_bytes"] == os.path.getsize(record["path"])
+        # Fully int8: every convolution and dense kernel takes and gives
+        # int8 tensors (int8 weights), no float fallback.
+        with open(record["path"], "rb") as f:
+            kernels = [op for op in ops_and_types(f.read())
+                       if op[0] in ("CONV_2D", "FULLY_CONNECTED")]
+        assert len(kernels) == 3, record["key"]  # small_cnn: 2 conv, 1 dense
+        for name, inputs_types, outputs_types in kernels:
+            assert inputs_types[:2] == ["INT8", "INT8"], (record["key"], name)
+            assert outputs_types == ["INT8"], (record["key"], name)
+    for key in ("student_qat", "student_qad"):
+        assert (run_dir / f"{key}.keras").is_file()
+        assert (run_dir / f"{key}_int8.tflite").is_file()
+        model = saving.load_model(run_dir / f"{key}.keras", compile=False)
+        assert is_quantization_aware(model)
+        exported = rep["quantization_aware"][key]["export"]
+        assert exported["quantize"] == "int8"
+        # The file's accuracy is that of the quantization-aware Keras model
+        # (one rounding boundary may flip a prediction or two).
+        keras_accuracy = np.mean(np.argmax(
+            keras.ops.convert_to_numpy(model(x, training=False)), -1) == y)
+        assert exported["keras_accuracy"] == pytest.approx(keras_accuracy,
+                                                           abs=1e-9)
+        assert abs(exported["tflite_accuracy"] - keras_accuracy) <= 2 / len(y)
+    assert rep["quantization_aware"]["epochs"] == 1
+    assert len(rep["quantization_aware"]["student_qad"]["history"][
+        "loss"]) == 1

@@ -425,3 +425,30 @@ def test_residual_add_and_max_pooling_export_as_int8_within_one_step(
     assert not any(op[0] == "DEQUANTIZE" for op in ops[:-1])
     step = np_nudged(*ranges(qat, "logits"))[2]
     assert report.max_abs_diff <= step * 1.001, (report.max_abs_diff, step)
+
+
+def test_conv1d_student_exports_fully_int8_within_one_step(tmp_path):
+    """Conv1D runs as TFLite's CONV_2D of height 1: its per-channel kernel
+    ranges survive the conversion (strided, 'same' and 'causal')."""
+    model = keras.Sequential([
+        keras.Input((16, 2)),
+        keras.layers.Conv1D(4, 3, strides=2, padding="same",
+                            activation="relu", name="conv"),
+        keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2,
+                            name="causal"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(3, name="head")])
+    x = np.random.default_rng(3).normal(size=(32, 16, 2)).astype("float32")
+    qat = quantization.quantize_model(model, calibration_data=x)
+    path = tmp_path / "conv1d.tflite"
+    report = kd.export.to_tflite(qat, path, quantize="int8", latency_runs=0,
+                                 representative_data=x)
+    kernels = [op for op in ops_and_types(path.read_bytes())
+               if op[0] in ("CONV_2D", "FULLY_CONNECTED")]
+    assert [op[0] for op in kernels] == ["CONV_2D", "CONV_2D",
+                                         "FULLY_CONNECTED"]
+    for name, inputs_types, outputs_types in kernels:
+        assert inputs_types[:2] == ["INT8", "INT8"], name
+        assert outputs_types == ["INT8"], name
+    step = np_nudged(*ranges(qat, "head"))[2]
+    assert report.max_abs_diff <= step * 1.001, (report.max_abs_diff, step)

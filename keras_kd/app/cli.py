@@ -35,6 +35,13 @@ from keras_kd_cli import (  # noqa: F401
     apply_task_defaults, build_parser, check_run_options)
 
 
+# --qat: the training inputs that calibrate the quantization-aware copies'
+# ranges, and their fine-tune's learning rate as a fraction of
+# --learning-rate (a quarter of --epochs, at least one).
+QAT_CALIBRATION = 256
+QAT_LR_FACTOR = 1 / 3
+
+
 def _stage(message):
     stamp = datetime.datetime.now().strftime("%H:%M:%S")
     print(f"[keras-kd {stamp}] {message}", flush=True)
@@ -344,6 +351,61 @@ def _export(run):
         latency_ms=result.latency_ms_median, runtime="tflite"))
 
 
+def _quantization_aware(run):
+    """``--qat``: two quantization-aware fine-tunes of the distilled float
+    student (:func:`keras_kd.app.qat.fine_tune`), QAT on the labels alone
+    and QAD against the float teacher; each saved (``.keras``) and exported
+    as int8 from its learned ranges, a report row each."""
+    from keras_kd import export, saving
+    from keras_kd.app import qat
+
+    args, splits = run.args, run.splits
+    calibration = np.concatenate([
+        b for b in splits.train.map(lambda x, y: x).unbatch()
+        .take(QAT_CALIBRATION).batch(QAT_CALIBRATION).as_numpy_iterator()])
+    epochs = max(1, args.epochs // 4)
+    lr = args.learning_rate * QAT_LR_FACTOR
+    run.qat_info = {"epochs": epochs, "learning_rate": lr,
+                    "calibration_examples": len(calibration)}
+    for key, label, teacher in (
+            ("student_qat", "distilled student, QAT fine-tune on the labels",
+             None),
+            ("student_qad", "distilled student, QAD fine-tune from the "
+             "teacher", run.teacher)):
+        _stage(f"{label}: {epochs} epochs at learning rate {lr:g}, ranges "
+               f"calibrated on {len(calibration)} training inputs")
+        options = {} if teacher is None else dict(
+            alpha=args.alpha, temperature=args.temperature,
+            distillation_loss=args.objective)
+        model, history = qat.fine_tune(
+            run.student, _same_order_train(run), teacher=teacher,
+            calibration_data=calibration, epochs=epochs, learning_rate=lr,
+            validation_data=splits.validation, verbose=args.verbose,
+            metrics=["accuracy"], **options)
+        run.qat_info[key] = {"history": history}
+        saving.save_model_only(model, os.path.join(run.run_dir,
+                                                   f"{key}.keras"))
+        path = os.path.join(run.run_dir, f"{key}_int8.tflite")
+        try:
+            result = export.to_tflite(model, path, quantize="int8",
+                                      eval_data=splits.test,
+                                      latency_runs=args.latency_runs)
+        except Exception as error:  # keep the run's other results
+            _stage(f"TFLite export of {key} failed: "
+                   f"{type(error).__name__}: {error}")
+            run.qat_info[key]["error"] = f"{type(error).__name__}: {error}"
+            continue
+        run.qat_info[key]["export"] = result.as_dict()
+        run.records.append(dict(
+            key=f"{key}_tflite", label=f"{label}, TFLite int8",
+            path=str(result.path), parameters=None,
+            size_bytes=int(result.size_bytes),
+            test_accuracy=result.tflite_accuracy,
+            **_tflite_calibration(run, str(result.path),
+                                  bool(getattr(result, "flex_ops", None))),
+            latency_ms=result.latency_ms_median, runtime="tflite"))
+
+
 def export_failed(run, error, runtime="TFLite"):
     """Reports a failed export (the trained models are kept): a stage line,
     and the error as the run's ``export_info``."""
@@ -389,6 +451,8 @@ def _write_report(run):
                      num_classes=splits.num_classes, counts=splits.counts),
         models=run.records, gain=gain, histories=run.histories,
         export=run.export_info, timings=run.timings, run_dir=run.run_dir)
+    if getattr(run, "qat_info", None) is not None:
+        result["quantization_aware"] = run.qat_info
     result["paths"] = report.write_report(run.run_dir, result)
     print()
     print(report.markdown_table(run.records))
@@ -426,6 +490,8 @@ def run(args):
     _measure(state)
     if not args.no_export:
         state.timed("export_s", _export)
+    if getattr(args, "qat", False):
+        state.timed("qat_s", _quantization_aware)
     state.timings["total_s"] = time.perf_counter() - start
     result = _write_report(state)
     _stage(f"done in {state.timings['total_s']:.0f} s; report: "
