@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from keras_kd.app import report
+
 # The parser is built by the launcher, keras_kd_cli, with argparse alone (no
 # Keras import, so that --help answers at once); these names stay importable
 # from here.
@@ -233,7 +235,6 @@ def _train_student_alone(run):
     """Builds the student; trains a copy of it alone on the labels."""
     import keras
 
-    from keras_kd.app import report
 
     args = run.args
     run.student = _build(run, args.student, "student")
@@ -272,12 +273,11 @@ def _distil(run):
 def _measure(run):
     """Saves the three models and measures size, accuracy and latency."""
     from keras_kd import saving
-    from keras_kd.app import report
 
     args, test = run.args, run.splits.test
     _stage("saving models and measuring test accuracy, calibration and "
            "latency")
-    example = next(iter(test.map(lambda x, y: x).unbatch().batch(1)
+    example = next(iter(test.map(report.inputs_of).unbatch().batch(1)
                         .as_numpy_iterator()))
     run.validation_labels = report.labels_of(run.splits.validation)
     run.records, run.correct = [], {}
@@ -320,7 +320,7 @@ def _export(run):
         _stage(f"TFLite export unavailable ({error}); skipped")
         run.export_info = {"error": str(error)}
         return
-    representative = splits.train.map(lambda x, y: x).unbatch().take(100) \
+    representative = splits.train.map(report.inputs_of).unbatch().take(100) \
         .batch(1)
     student, scaled = run.student, ""
     if getattr(args, "calibrate", False):
@@ -361,7 +361,7 @@ def _quantization_aware(run):
 
     args, splits = run.args, run.splits
     calibration = np.concatenate([
-        b for b in splits.train.map(lambda x, y: x).unbatch()
+        b for b in splits.train.map(report.inputs_of).unbatch()
         .take(QAT_CALIBRATION).batch(QAT_CALIBRATION).as_numpy_iterator()])
     epochs = max(1, args.epochs // 4)
     lr = args.learning_rate * QAT_LR_FACTOR
@@ -416,10 +416,9 @@ def export_failed(run, error, runtime="TFLite"):
 def _tflite_calibration(run, path, flex):
     """Test NLL and ECE of the TFLite file's own outputs (run by the LiteRT
     interpreter on the test split, as the export measures its accuracy)."""
-    from keras_kd.app import report
     from keras_kd.export import litert
 
-    x = np.concatenate([b for b in run.splits.test.map(lambda x, y: x)
+    x = np.concatenate([b for b in run.splits.test.map(report.inputs_of)
                         .as_numpy_iterator()])
     try:
         interpreter = litert.interpreter(path, flex)
@@ -437,7 +436,6 @@ def _write_report(run):
     """Writes report.json, report.md and the plots; prints the table."""
     import keras
 
-    from keras_kd.app import report
 
     splits = run.splits
     gain = report.distillation_gain(run.correct["student_distilled"],

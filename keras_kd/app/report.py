@@ -28,6 +28,16 @@ def labels_of(dataset):
     return np.concatenate([np.asarray(y) for _, y in dataset.as_numpy_iterator()])
 
 
+def inputs_of(x, y):
+    """The inputs of an ``(x, y)`` element: ``dataset.map(inputs_of)``.
+
+    A named function, not a lambda: tf.data's AutoGraph cannot read the
+    source of lambdas repeated in a file and warns about each one.
+    """
+    del y
+    return x
+
+
 def accuracy(model, dataset, labels=None):
     """Top-1 accuracy of a logits model on a batched ``(x, y)`` dataset.
 
@@ -35,13 +45,13 @@ def accuracy(model, dataset, labels=None):
     already gathered (the dataset must keep its order).
     """
     labels = labels_of(dataset) if labels is None else labels
-    logits = model.predict(dataset.map(lambda x, y: x), verbose=0)
+    logits = model.predict(dataset.map(inputs_of), verbose=0)
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == labels))
 
 
 def logits_of(model, dataset):
     """A Keras model's outputs on the inputs of a batched ``(x, y)`` dataset."""
-    return np.asarray(model.predict(dataset.map(lambda x, y: x), verbose=0))
+    return np.asarray(model.predict(dataset.map(inputs_of), verbose=0))
 
 
 def classification_metrics(logits, labels, validation=None):
