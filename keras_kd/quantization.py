@@ -371,10 +371,15 @@ def _fusable_activation(op):
 def _copy(layer):
     """A new, unbuilt layer with ``layer``'s config (weights are set after
     it is called)."""
-    clone = layer.__class__.from_config(layer.get_config())
-    return clone
+    return layer.__class__.from_config(layer.get_config())
 
 
+# Private Keras API, on purpose: a Functional model's `_nodes_by_depth`,
+# `_inbound_nodes` and `_outputs_struct` are the only way to walk its graph
+# in order and rebuild it with layers fused and quantizers inserted
+# (keras.models.clone_model maps layers one to one and cannot fuse
+# Conv + BatchNorm + ReLU). Keras's own cloning reads the same fields;
+# tests/test_quantization.py fails on every backend if they change.
 def _graph(model):
     if isinstance(model, keras.Sequential):
         if not model.built or not getattr(model, "inputs", None):
