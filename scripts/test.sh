@@ -19,6 +19,7 @@
 #   KERAS_KD_BARE=0 bash scripts/test.sh                # skip the bare backends
 #   KERAS_KD_PACKAGE=0 bash scripts/test.sh             # skip the package check
 #   KERAS_KD_SUITE=0 bash scripts/test.sh               # only the install checks
+#   KERAS_KD_WORKERS=0 bash scripts/test.sh             # one pytest process, not two
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,12 +37,16 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test]"
 
+# pytest-xdist: the suite on two processes, each test file whole on one
+# (module fixtures run once). KERAS_KD_WORKERS=0 runs it in one process.
+WORKERS=${KERAS_KD_WORKERS:-2}
 status=0
 if [ "${KERAS_KD_SUITE:-1}" != "1" ]; then KERAS_KD_BACKENDS=none; fi
 for backend in ${KERAS_KD_BACKENDS:-tensorflow jax torch}; do
   [ "$backend" = none ] && continue
   echo "=== keras-kd tests on the ${backend} backend"
-  KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || status=$?
+  KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider \
+    -n "$WORKERS" --dist loadfile "$@" || status=$?
   if [ "$status" -ne 0 ]; then
     echo "=== tests failed on the ${backend} backend (exit ${status})"
     exit "$status"

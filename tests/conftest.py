@@ -1,6 +1,7 @@
 """Shared test setup: small models, deterministic seeds, the backend in use."""
 
 import os
+import zlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -30,3 +31,42 @@ def sparse_ce():
 # Scripts that tests run in subprocesses (their own backend and device
 # settings at import time): never imported by pytest's doctest collection.
 collect_ignore = ["scale_scripts"]
+
+
+# End-to-end programs (documentation pages, `keras-kd run`, benchmarks'
+# smoke runs) exercise the same library code that the unit tests check on
+# every backend; to keep CI time down, each runs under one backend only and
+# is reported as skipped, not passed, under the other two. The three backend
+# runs together run every one of them once.
+#   @pytest.mark.one_backend            -> a backend chosen from the test's id
+#   @pytest.mark.one_backend("torch")   -> that backend
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def assigned_backend(nodeid):
+    """The backend that runs the one-backend test ``nodeid``: a stable
+    function of the id (the same on every machine and run)."""
+    return BACKENDS[zlib.crc32(nodeid.encode("utf-8")) % len(BACKENDS)]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "one_backend(name=None): an end-to-end test that CI runs "
+        "under one Keras backend only (named, or chosen from the test's id)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        marker = item.get_closest_marker("one_backend")
+        if marker is None:
+            continue
+        backend = (marker.args[0] if marker.args
+                   else assigned_backend(item.nodeid))
+        if backend not in BACKENDS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: one_backend({backend!r}) names no backend; "
+                f"use one of {BACKENDS}")
+        if backend != BACKEND:
+            item.add_marker(pytest.mark.skip(
+                reason=f"runs under KERAS_BACKEND={backend} in CI (one "
+                       "backend per end-to-end program)"))

@@ -15,6 +15,7 @@ from tests.helpers import benchmark_module
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.one_backend("torch")
 def test_step_time_benchmark_reports_every_configuration():
     backend = keras.backend.backend()
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "step_time.py"),
@@ -79,13 +80,11 @@ def test_step_timer_starts_once_the_last_untimed_step_has_run():
 
 
 
+@pytest.mark.one_backend("tensorflow")
 def test_qat_benchmark_compares_float_ptq_qat_and_qad_files(tmp_path):
     # The script's own logic, once: tests/test_quantization.py covers
     # quantization-aware training and its export on every backend.
     backend = keras.backend.backend()
-    if backend != "tensorflow":
-        pytest.skip("benchmarks/qat.py --smoke runs under KERAS_BACKEND="
-                    "tensorflow in CI (its library code is tested on each)")
     path = tmp_path / "qat.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "qat.py"),
            "--smoke", "--no-kd", "--json", str(path), "--output-dir",

@@ -17,6 +17,11 @@ def _n_weights(model):
     return sum(int(np.prod(w.shape)) for w in model.weights)
 
 
+# The tests of one `keras-kd run --quick` share its run: one backend runs them
+# all (scripts/test.sh runs the installed wheel's quick run on JAX).
+QUICK_RUN_BACKEND = "torch"
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
@@ -26,6 +31,7 @@ def quick_run(tmp_path_factory):
     return code, out / "q"
 
 
+@pytest.mark.one_backend(QUICK_RUN_BACKEND)
 def test_run_quick_writes_models_report_and_plots(quick_run, capsys):
     code, run_dir = quick_run
     assert code == 0
@@ -83,6 +89,7 @@ def test_run_defaults_are_the_measured_mnist1d_run():
     assert cli.build_parser().parse_args(["search"]).dataset == "digits"
 
 
+@pytest.mark.one_backend("torch")
 def test_run_compares_students_trained_on_the_same_batches(tmp_path):
     # With alpha = 1 the distilled student's loss is the hard loss alone: fed
     # the same batches in the same order as the student alone, from the same
@@ -104,6 +111,7 @@ def test_run_compares_students_trained_on_the_same_batches(tmp_path):
         1.0 / 128 + 1e-9)  # --quick tests on 128 examples: one at most
 
 
+@pytest.mark.one_backend(QUICK_RUN_BACKEND)
 def test_run_report_values_match_independent_measurements(quick_run):
     _, run_dir = quick_run
     rep = json.loads((run_dir / "report.json").read_text())
@@ -349,6 +357,7 @@ def test_builtin_cnn_refuses_vectors_naming_the_fix():
         models.build_model("small_cnn", (40,), 10)
 
 
+@pytest.mark.one_backend("tensorflow")
 def test_run_mnist1d_end_to_end(tmp_path):
     keras.utils.set_random_seed(0)
     code = cli.main(["run", "--dataset", "mnist1d", "--teacher", "small_cnn",
@@ -461,6 +470,7 @@ def _numpy_nll_ece(logits, y, t=1.0, bins=15):
     return nll, ece
 
 
+@pytest.mark.one_backend(QUICK_RUN_BACKEND)
 def test_run_report_calibration_matches_numpy(quick_run):
     _, run_dir = quick_run
     rep = json.loads((run_dir / "report.json").read_text())
@@ -508,6 +518,7 @@ def test_markdown_table_shows_nll_and_ece():
     assert "0.6931" in table[2] and "1.23%" in table[2]
 
 
+@pytest.mark.one_backend("tensorflow")
 def test_run_qat_reports_qat_and_qad_int8_rows(tmp_path):
     """--quantize int8 --qat: beside the post-training int8 file, a QAT
     (labels only) and a QAD (from the teacher) fine-tune of the distilled

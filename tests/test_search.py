@@ -254,6 +254,7 @@ def test_nothing_is_left_in_the_working_directory_or_tmp(grid):
     assert left_in_tmp == set()
 
 
+@pytest.mark.one_backend("tensorflow")
 def test_directory_keeps_the_trials(tmp_path, teacher, digits):
     result, _ = _search_in(tmp_path, teacher, digits, objectives=("kd",),
                            temperatures=(4,), alphas=(0.5,),
@@ -263,6 +264,7 @@ def test_directory_keeps_the_trials(tmp_path, teacher, digits):
     assert len(trial_dirs) == len(result.ranking) == 2
 
 
+@pytest.mark.one_backend("torch")
 def test_random_search_with_feature_pairs_runs_max_trials_baseline_first(
         tmp_path, teacher, digits):
     pairs = [("teacher_hidden", "student_hidden")]
@@ -313,6 +315,7 @@ def test_a_missing_keras_tuner_names_the_extra(monkeypatch, teacher, digits):
         kd.search(teacher, _student, x, y, validation)
 
 
+@pytest.mark.one_backend("torch")
 def test_keras_kd_search_quick_writes_a_sorted_ranking(tmp_path, capsys):
     from keras_kd_cli import build_parser, main
 

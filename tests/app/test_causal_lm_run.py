@@ -25,6 +25,11 @@ from tests.conftest import BACKEND  # noqa: E402
 KEYS = ["teacher", "student_alone", "student_distilled", "student_tflite"]
 
 
+# The tests of one `keras-kd run --task causal-lm --quick` share its run: one
+# backend runs them all (the library code under it is tested on each).
+QUICK_RUN_BACKEND = "torch"
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm_runs")
@@ -42,6 +47,7 @@ def _load(record):
     return keras.saving.load_model(record["path"])
 
 
+@pytest.mark.one_backend(QUICK_RUN_BACKEND)
 def test_quick_run_writes_models_and_report(quick_run):
     code, run_dir, report, _ = quick_run
     assert code == 0
@@ -81,6 +87,7 @@ def test_quick_run_writes_models_and_report(quick_run):
         assert curve["bits_per_byte"][-1] < curve["bits_per_byte"][0] - 0.5
 
 
+@pytest.mark.one_backend(QUICK_RUN_BACKEND)
 def test_report_figures_equal_a_recomputation_from_the_saved_files(quick_run):
     _, _, report, data = quick_run
     by_key = {m["key"]: m for m in report["models"]}
@@ -104,6 +111,7 @@ def test_report_figures_equal_a_recomputation_from_the_saved_files(quick_run):
         by_key["student_distilled"]["sample"]
 
 
+@pytest.mark.one_backend(QUICK_RUN_BACKEND)
 def test_litert_file_generates_what_the_keras_student_generates(quick_run):
     _, _, report, _ = quick_run
     by_key = {m["key"]: m for m in report["models"]}
