@@ -203,3 +203,22 @@ def test_docs_program_runs_and_prints_its_output(program, tmp_path):
     assert missing is None, (
         f"{program.id}: the output block\n  " + "\n  ".join(missing)
         + "\nis not printed (in order); stdout was:\n" + result.stdout[-4000:])
+
+
+def test_each_docs_program_runs_under_exactly_one_backend_and_the_readme_under_all():
+    from tests.conftest import BACKENDS, assigned_backend
+
+    for param in _params(PROGRAMS):
+        program = param.values[0]
+        marks = [m for m in param.marks if m.name == "one_backend"]
+        if program.page == "README.md":
+            assert not marks, program.id
+            continue
+        assert len(marks) == 1, program.id
+        nodeid = ("tests/test_docs.py::test_docs_program_runs_and_prints_its_"
+                  f"output[{program.id}]")
+        backend = (marks[0].args[0] if marks[0].args
+                   else assigned_backend(nodeid))
+        assert backend in BACKENDS, (program.id, backend)
+    # The id-chosen backend is crc32 of the test id, modulo 3.
+    assert assigned_backend("a") == BACKENDS[0xE8B7BE43 % 3] == "tensorflow"
