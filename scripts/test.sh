@@ -39,6 +39,7 @@ fi
 
 # pytest-xdist: the suite on two processes, each test file whole on one
 # (module fixtures run once). KERAS_KD_WORKERS=0 runs it in one process.
+# The 15 slowest tests are listed after each backend's run.
 WORKERS=${KERAS_KD_WORKERS:-2}
 status=0
 if [ "${KERAS_KD_SUITE:-1}" != "1" ]; then KERAS_KD_BACKENDS=none; fi
@@ -46,7 +47,7 @@ for backend in ${KERAS_KD_BACKENDS:-tensorflow jax torch}; do
   [ "$backend" = none ] && continue
   echo "=== keras-kd tests on the ${backend} backend"
   KERAS_BACKEND=$backend .venv/bin/python -m pytest -q -p no:cacheprovider \
-    -n "$WORKERS" --dist loadfile "$@" || status=$?
+    -n "$WORKERS" --dist loadfile --durations=15 "$@" || status=$?
   if [ "$status" -ne 0 ]; then
     echo "=== tests failed on the ${backend} backend (exit ${status})"
     exit "$status"
