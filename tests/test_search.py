@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 
@@ -50,10 +51,13 @@ def teacher(digits):
 
 
 def _search_in(workdir, teacher, digits, **kwargs):
-    """Runs kd.search with ``workdir`` as the working directory."""
+    """Runs kd.search with ``workdir`` as the working directory and a
+    temporary directory of its own (``tempfile.tempdir``, so that searches
+    in other test processes cannot show in it); returns the result and the
+    search folders left in that temporary directory."""
     (x, y), validation, _ = digits
-    before = set(glob.glob(os.path.join(tempfile.gettempdir(),
-                                        "keras-kd-search-*")))
+    private_tmp = tempfile.mkdtemp(prefix="test-search-tmp-")
+    saved_tempdir, tempfile.tempdir = tempfile.tempdir, private_tmp
     cwd = os.getcwd()
     os.chdir(workdir)
     try:
@@ -61,9 +65,10 @@ def _search_in(workdir, teacher, digits, **kwargs):
                            epochs=EPOCHS, batch_size=16, seed=SEED, **kwargs)
     finally:
         os.chdir(cwd)
-    after = set(glob.glob(os.path.join(tempfile.gettempdir(),
-                                       "keras-kd-search-*")))
-    return result, after - before
+        tempfile.tempdir = saved_tempdir
+    left = set(glob.glob(os.path.join(private_tmp, "keras-kd-search-*")))
+    shutil.rmtree(private_tmp, ignore_errors=True)
+    return result, left
 
 
 GRID = dict(objectives=("kd", "hard"), temperatures=(1, 4), alphas=(0.5,))
