@@ -171,7 +171,12 @@ def _contains_in_order(actual, expected_blocks):
 
 # Programs whose backend is named rather than chosen from their id: the
 # slowest under JAX's compiles run where they are cheapest.
-BACKEND_OF = {"docs/objectives.md::Choosing an objective: `kd.search`": "torch"}
+BACKEND_OF = {
+    "docs/objectives.md::Choosing an objective: `kd.search`": "torch",
+    # Exports int8 natively under TensorFlow (elsewhere through a subprocess).
+    "docs/quantization.md::Distil, make the student quantization-aware, "
+    "fine-tune, export": "tensorflow",
+}
 
 
 def _params(programs):
