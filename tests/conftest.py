@@ -49,6 +49,17 @@ def assigned_backend(nodeid):
     return BACKENDS[zlib.crc32(nodeid.encode("utf-8")) % len(BACKENDS)]
 
 
+def marked_backend(marker, nodeid):
+    """The backend a ``one_backend`` mark names, or the one chosen from
+    ``nodeid``; a name that is no backend is a usage error."""
+    backend = marker.args[0] if marker.args else assigned_backend(nodeid)
+    if backend not in BACKENDS:
+        raise pytest.UsageError(
+            f"{nodeid}: one_backend({backend!r}) names no backend; use one "
+            f"of {BACKENDS}")
+    return backend
+
+
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "one_backend(name=None): an end-to-end test that CI runs "
@@ -60,12 +71,7 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("one_backend")
         if marker is None:
             continue
-        backend = (marker.args[0] if marker.args
-                   else assigned_backend(item.nodeid))
-        if backend not in BACKENDS:
-            raise pytest.UsageError(
-                f"{item.nodeid}: one_backend({backend!r}) names no backend; "
-                f"use one of {BACKENDS}")
+        backend = marked_backend(marker, item.nodeid)
         if backend != BACKEND:
             item.add_marker(pytest.mark.skip(
                 reason=f"runs under KERAS_BACKEND={backend} in CI (one "

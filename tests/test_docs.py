@@ -211,7 +211,7 @@ def test_docs_program_runs_and_prints_its_output(program, tmp_path):
 
 
 def test_each_docs_program_runs_under_exactly_one_backend_and_the_readme_under_all():
-    from tests.conftest import BACKENDS, assigned_backend
+    from tests.conftest import BACKENDS, assigned_backend, marked_backend
 
     for param in _params(PROGRAMS):
         program = param.values[0]
@@ -222,8 +222,6 @@ def test_each_docs_program_runs_under_exactly_one_backend_and_the_readme_under_a
         assert len(marks) == 1, program.id
         nodeid = ("tests/test_docs.py::test_docs_program_runs_and_prints_its_"
                   f"output[{program.id}]")
-        backend = (marks[0].args[0] if marks[0].args
-                   else assigned_backend(nodeid))
-        assert backend in BACKENDS, (program.id, backend)
+        assert marked_backend(marks[0].mark, nodeid) in BACKENDS, program.id
     # The id-chosen backend is crc32 of the test id, modulo 3.
     assert assigned_backend("a") == BACKENDS[0xE8B7BE43 % 3] == "tensorflow"
