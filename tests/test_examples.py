@@ -1,8 +1,8 @@
 """The examples (examples/*.py --smoke) and the notebooks, run end to end.
 
 To keep CI time down, each example and notebook runs under one backend only
-(ASSIGNED below); under the other backends its test is reported as skipped,
-not passed. Together the three backend runs cover every example once.
+(ASSIGNED below, through the ``one_backend`` mark of tests/conftest.py); under
+the other backends its test is reported as skipped, not passed. Together the three backend runs cover every example once.
 """
 
 import importlib.util
@@ -30,11 +30,9 @@ ASSIGNED = {
 }
 
 
-def _only_on(name):
-    backend = ASSIGNED[name]
-    if BACKEND != backend:
-        pytest.skip(f"{name} runs under KERAS_BACKEND={backend} in CI "
-                    "(one backend per example)")
+def only_on(name):
+    """The `one_backend` mark (tests/conftest.py) naming ``name``'s backend."""
+    return pytest.mark.one_backend(ASSIGNED[name])
 
 
 def _load(name):
@@ -57,8 +55,8 @@ def test_every_example_and_notebook_is_assigned():
     assert names == set(ASSIGNED)
 
 
+@only_on("resnet50_mobilenetv2_cifar10")
 def test_flagship_resnet50_mobilenetv2_smoke(tmp_path):
-    _only_on("resnet50_mobilenetv2_cifar10")
     # --smoke runs on tfds.testing.mock_data (random images and labels) with
     # random weights for a few steps: no accuracy can show learning there,
     # so this test checks the pipeline: models, files, the TFLite export.
@@ -76,8 +74,8 @@ def test_flagship_resnet50_mobilenetv2_smoke(tmp_path):
         records[2]["test_accuracy"], abs=1.0 / 16 + 1e-9)
 
 
+@only_on("keras_io_mnist")
 def test_keras_io_mnist_smoke():
-    _only_on("keras_io_mnist")
     module = _load("keras_io_mnist")
     results = module.main(["--smoke"])
     _check_keys(results, ["teacher", "distilled student",
@@ -97,8 +95,8 @@ def test_keras_io_mnist_smoke():
         module.student_model((8, 8, 1)).count_params()
 
 
+@only_on("text_transformer")
 def test_text_transformer_smoke_and_task():
-    _only_on("text_transformer")
     module = _load("text_transformer")
     x, y = module.synthetic_task(50, length=16, vocab=100, seed=3)
     # independent recount: the label is the most frequent keyword group
@@ -124,8 +122,8 @@ def test_text_transformer_smoke_and_task():
         results["student from scratch"] - 0.08
 
 
+@only_on("recommender_wide_deep_fm")
 def test_recommender_smoke_and_fm_math():
-    _only_on("recommender_wide_deep_fm")
     import keras
 
     module = _load("recommender_wide_deep_fm")
@@ -174,8 +172,8 @@ def _first_order_accuracy(x_train, y_train, x_test, y_test, vocab):
     return float(model.score(one_hot(x_test), y_test))
 
 
+@only_on("transfer_learning")
 def test_transfer_learning_smoke():
-    _only_on("transfer_learning")
     module = _load("transfer_learning")
     source, (xt, yt), (xs, ys), pool = module.digits_tasks(40)
     assert source[1].max() == 4 and len(xt) == 40
@@ -203,8 +201,8 @@ def test_transfer_learning_smoke():
     assert distilled >= results["student (tiny_cnn), alone"]
 
 
+@only_on("language_model")
 def test_language_model_smoke():
-    _only_on("language_model")
     result = _load("language_model").main(["--smoke"])
     bits = {name: row["mean"] for name, row in result["table"].items()}
     assert list(bits) == ["teacher", "student alone", "forward_kl",
@@ -237,8 +235,8 @@ def _run_notebook(name, tmp_path):
                    if c.cell_type == "code" for o in c.get("outputs", []))
 
 
+@only_on("language_model.ipynb")
 def test_language_model_notebook(tmp_path):
-    _only_on("language_model.ipynb")
     outputs = _run_notebook("language_model.ipynb", tmp_path)
     assert f"backend {BACKEND}" in outputs
     rows = dict(line.strip("|").split("|")[:2] for line in outputs.splitlines()
@@ -253,9 +251,10 @@ def test_language_model_notebook(tmp_path):
     assert bits["teacher"] < bits["student alone"], bits
 
 
-@pytest.mark.parametrize("name", ["quickstart.ipynb", "flagship.ipynb"])
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=only_on(name))
+    for name in ("quickstart.ipynb", "flagship.ipynb")])
 def test_notebook_runs_top_to_bottom(name, tmp_path):
-    _only_on(name)
     outputs = _run_notebook(name, tmp_path)
     assert f"backend {BACKEND}" in outputs
     assert "| Model" in outputs and "TFLite" in outputs
