@@ -89,8 +89,8 @@ def test_qat_benchmark_compares_float_ptq_qat_and_qad_files(dataset, tmp_path):
     backend = keras.backend.backend()
     path = tmp_path / "qat.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "qat.py"),
-           "--smoke", "--no-kd", "--dataset", dataset, "--json", str(path),
-           "--output-dir", str(tmp_path)]
+           "--smoke", "--no-kd", "--dataset", dataset, "--samples", "1000",
+           "--json", str(path), "--output-dir", str(tmp_path)]
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     out = subprocess.run(cmd, env=env, capture_output=True, text=True,
                          timeout=900, check=False)
@@ -103,6 +103,7 @@ def test_qat_benchmark_compares_float_ptq_qat_and_qad_files(dataset, tmp_path):
     # --no-kd leaves out the distilled-float rows (the same code paths).
     assert list(rows) == ["float", "float_ft", "ptq", "qat", "qad"]
     assert result["args"]["dataset"] == dataset
+    assert result["args"]["samples"] == 1000  # the preset's 10,000 overridden
     assert 0.0 <= run["teacher_accuracy"] <= 1.0
     for name, row in rows.items():
         assert row["quantize"] == ("float32" if name.startswith("float")
@@ -117,9 +118,10 @@ def test_qat_benchmark_compares_float_ptq_qat_and_qad_files(dataset, tmp_path):
             assert abs(row["tflite_accuracy"] - row["keras_accuracy"]) \
                 <= 0.02, (name, row)
     if dataset == "digits":
-        # 7,074 parameters: int8 weights make the file smaller. The 4,602-
-        # parameter MNIST-1D student has ~600 channels, each with its own
-        # scale and zero point: its int8 file is no smaller (the docs say so).
+        # 7,074 parameters: int8 weights make the file smaller. The 2,026-
+        # parameter MNIST-1D student has ~300 output channels, each with its
+        # own scale and zero point, and a quantized tensor between every
+        # two kernels: its int8 file is larger (the docs say so).
         for name in ("ptq", "qat", "qad"):
             assert rows[name]["size_bytes"] < 0.8 * rows["float"]["size_bytes"], (
                 name, rows[name], rows["float"])
@@ -136,10 +138,17 @@ def test_qat_benchmark_students_have_the_documented_sizes():
     # The smoke run above takes the default data set (MNIST-1D); the digits
     # path differs only in its models, whose sizes docs/quantization.md gives.
     qat = benchmark_module("qat")
-    student_1d = qat.student_model_1d()
+    student_1d = qat.DATASETS["mnist1d"]["student"](argparse.Namespace(
+        **{k: v for k, v in qat.DATASETS["mnist1d"]["defaults"].items()
+           if k in ("width", "expansion", "blocks", "stem_kernel")}))
     assert student_1d.input_shape == (None, 40, 1)
     assert student_1d.output_shape == (None, 10)
-    assert student_1d.count_params() == 4602
+    assert student_1d.count_params() == 2026
+    assert sum(isinstance(layer, keras.layers.DepthwiseConv2D)
+               for layer in student_1d.layers) == 8
+    # --stem-kernel 1 (docs/quantization.md's "tried and not kept"): 4 x 4
+    # stem weights fewer.
+    assert qat.student_model_1d(stem_kernel=1).count_params() == 2026 - 16
     assert not any(isinstance(layer, keras.layers.BatchNormalization)
                    for layer in student_1d.layers)
     digits_student = qat.DATASETS["digits"]["student"](
