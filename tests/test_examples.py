@@ -2,7 +2,8 @@
 
 To keep CI time down, each example and notebook runs under one backend only
 (ASSIGNED below, through the ``one_backend`` mark of tests/conftest.py); under
-the other backends its test is reported as skipped, not passed. Together the three backend runs cover every example once.
+the other backends its test is reported as skipped, not passed. Together the
+three backend runs cover every example once.
 """
 
 import importlib.util
