@@ -369,7 +369,10 @@ def main(argv=None):
                          f"got {getattr(args, name)}")
 
     start = time.perf_counter()
-    data = load_data(args)
+    try:
+        data = load_data(args)
+    except ValueError as error:  # load_mnist1d's check of num_samples
+        parser.error(f"--samples: {error}")
     out_dir = args.output_dir or tempfile.mkdtemp(prefix="keras_kd_qat_")
     runs = [run_seed(seed, args, out_dir, data) for seed in args.seeds]
     wall = time.perf_counter() - start

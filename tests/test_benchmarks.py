@@ -158,10 +158,15 @@ def test_qat_benchmark_students_have_the_documented_sizes():
     assert qat.DATASETS["digits"]["teacher"]().output_shape == (None, 10)
 
 
-def test_qat_benchmark_refuses_zero_epochs():
+@pytest.mark.parametrize("option, value, message", [
+    ("--qat-epochs", "0", "--qat-epochs must be at least 1, got 0"),
+    ("--stem-kernel", "0", "--stem-kernel must be at least 1, got 0"),
+    ("--samples", "15", "--samples: num_samples must be a multiple of 10"),
+])
+def test_qat_benchmark_refuses_bad_options(option, value, message):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "qat.py"),
-           "--qat-epochs", "0"]
+           option, value]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
                          check=False)
-    assert out.returncode == 2
-    assert "--qat-epochs must be at least 1, got 0" in out.stderr
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert message in out.stderr
