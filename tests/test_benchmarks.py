@@ -138,9 +138,8 @@ def test_qat_benchmark_students_have_the_documented_sizes():
     # The smoke run above takes the default data set (MNIST-1D); the digits
     # path differs only in its models, whose sizes docs/quantization.md gives.
     qat = benchmark_module("qat")
-    student_1d = qat.DATASETS["mnist1d"]["student"](argparse.Namespace(
-        **{k: v for k, v in qat.DATASETS["mnist1d"]["defaults"].items()
-           if k in ("width", "expansion", "blocks", "stem_kernel")}))
+    student_1d = qat.DATASETS["mnist1d"]["student"](
+        argparse.Namespace(**qat.DATASETS["mnist1d"]["defaults"]))
     assert student_1d.input_shape == (None, 40, 1)
     assert student_1d.output_shape == (None, 10)
     assert student_1d.count_params() == 2026
