@@ -208,6 +208,35 @@ def test_sequential_conv1d_and_an_unfused_activation():
     np.testing.assert_allclose(to_numpy(qat(x)), expected, atol=1e-5)
 
 
+def test_hard_swish_is_quantized_on_its_input_and_output():
+    """MobileNetV3's hard-swish, x * relu6(x + 3) / 6, is one TFLite op
+    (HARD_SWISH) with an int8 input and output: the Keras copy rounds the
+    layer before it and its own output, nothing inside."""
+    model = keras.Sequential([
+        keras.Input((6,)),
+        keras.layers.Dense(8, name="hidden"),
+        keras.layers.Activation("hard_silu", name="hswish"),
+        keras.layers.Dense(3, name="head")])
+    x = np.random.default_rng(4).normal(size=(16, 6)).astype("float32")
+    qat = quantization.quantize_model(model, calibration_data=3 * x)
+    assert [layer.name for layer in qat.layers[1:]] == [
+        qat.layers[1].name, "hidden", "hidden_quant", "hswish",
+        "hswish_quant", "head", "head_quant"]
+    h = np_fake_quant(x.astype("float64"), *ranges(qat, qat.layers[1].name[:-6]))
+    for name in ("hidden", "head"):
+        kernel, bias = [np.asarray(w, "float64")
+                        for w in model.get_layer(name).get_weights()]
+        h = h @ np_quantize_weights(kernel, per_channel=False) + bias
+        h = np_fake_quant(h, *ranges(qat, name))
+        if name == "hidden":
+            h = np_fake_quant(h * np.clip(h + 3, 0, 6) / 6,
+                              *ranges(qat, "hswish"))
+    np.testing.assert_allclose(to_numpy(qat(x)), h, atol=1e-5)
+    # Hard-swish's range: calibrated on its own output, negative part kept.
+    low, high = ranges(qat, "hswish")
+    assert -0.375 <= low < 0 < high
+
+
 def test_refuses_subclassed_and_shared_layers():
     class Subclassed(keras.Model):
         def __init__(self):
@@ -451,4 +480,35 @@ def test_conv1d_student_exports_fully_int8_within_one_step(tmp_path):
         assert inputs_types[:2] == ["INT8", "INT8"], name
         assert outputs_types == ["INT8"], name
     step = np_nudged(*ranges(qat, "head"))[2]
+    assert report.max_abs_diff <= step * 1.001, (report.max_abs_diff, step)
+
+
+def test_hard_swish_student_exports_hard_swish_as_int8_within_one_step(
+        tmp_path):
+    inputs = keras.Input((12, 1, 1), name="signal")
+    h = keras.layers.Conv2D(4, (3, 1), padding="same", name="stem")(inputs)
+    h = keras.layers.Activation("hard_silu", name="stem_hswish")(h)
+    b = keras.layers.DepthwiseConv2D((3, 1), padding="same", name="dw")(h)
+    b = keras.layers.Activation("hard_silu", name="dw_hswish")(b)
+    h = keras.layers.Add(name="add")([h, keras.layers.Conv2D(4, 1)(b)])
+    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+    x = np.random.default_rng(5).normal(size=(64, 12, 1, 1)).astype("float32")
+    qat = quantization.quantize_model(model, calibration_data=x)
+    path = tmp_path / "hswish.tflite"
+    report = kd.export.to_tflite(qat, path, quantize="int8", latency_runs=0,
+                                 representative_data=x)
+    ops = ops_and_types(path.read_bytes())
+    kernels = [op for op in ops if op[0] in (
+        "CONV_2D", "DEPTHWISE_CONV_2D", "HARD_SWISH", "ADD",
+        "FULLY_CONNECTED")]
+    assert [op[0] for op in kernels] == [
+        "CONV_2D", "HARD_SWISH", "DEPTHWISE_CONV_2D", "HARD_SWISH", "CONV_2D",
+        "ADD", "FULLY_CONNECTED"]
+    for name, inputs_types, outputs_types in kernels:
+        assert inputs_types[0] == "INT8" and outputs_types == ["INT8"], name
+    # No float op between the input's QUANTIZE and the logits' DEQUANTIZE.
+    assert not any(op[0] in ("DEQUANTIZE", "LOGISTIC", "MUL")
+                   for op in ops[:-1])
+    step = np_nudged(*ranges(qat, "logits"))[2]
     assert report.max_abs_diff <= step * 1.001, (report.max_abs_diff, step)
