@@ -150,6 +150,20 @@ def test_qat_benchmark_students_have_the_documented_sizes():
     assert qat.student_model_1d(stem_kernel=1).count_params() == 2026 - 16
     assert not any(isinstance(layer, keras.layers.BatchNormalization)
                    for layer in student_1d.layers)
+    # Hard-swish after the stem and after each block's expansion and
+    # depthwise layers (17); --activation relu swaps them for ReLU layers.
+    activations = [layer.get_config()["activation"]
+                   for layer in student_1d.layers
+                   if isinstance(layer, keras.layers.Activation)]
+    assert activations == ["hard_silu"] * 17
+    relu_1d = qat.student_model_1d(activation="relu")
+    assert relu_1d.count_params() == 2026
+    assert sum(isinstance(layer, keras.layers.ReLU)
+               for layer in relu_1d.layers) == 17
+    assert not any(isinstance(layer, keras.layers.Activation)
+                   for layer in relu_1d.layers)
+    with pytest.raises(ValueError, match="activation must be 'hard_silu'"):
+        qat.student_model_1d(activation="swish")
     digits_student = qat.DATASETS["digits"]["student"](
         argparse.Namespace(width=8, expansion=6))
     assert digits_student.input_shape == (None, 8, 8, 1)
@@ -161,6 +175,7 @@ def test_qat_benchmark_students_have_the_documented_sizes():
     ("--qat-epochs", "0", "--qat-epochs must be at least 1, got 0"),
     ("--stem-kernel", "0", "--stem-kernel must be at least 1, got 0"),
     ("--samples", "15", "--samples: num_samples must be a multiple of 10"),
+    ("--activation", "swish", "argument --activation: invalid choice"),
 ])
 def test_qat_benchmark_refuses_bad_options(option, value, message):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "qat.py"),
