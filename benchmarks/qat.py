@@ -113,6 +113,9 @@ def student_model(width=8, expansion=6):
     return keras.Model(inputs, keras.layers.Dense(10)(h), name="student")
 
 
+ACTIVATIONS_1D = ("hard_silu", "relu", "relu6")
+
+
 def student_model_1d(width=4, expansion=4, blocks=8, stem_kernel=5,
                      activation="hard_silu"):
     """A narrow MobileNetV2-style student for MNIST-1D signals, without
@@ -132,9 +135,9 @@ def student_model_1d(width=4, expansion=4, blocks=8, stem_kernel=5,
     (ReLU is fused into the convolution before it): the kind of student that
     post-training int8 costs accuracy."""
     layers = keras.layers
-    if activation not in ("hard_silu", "relu", "relu6"):
-        raise ValueError(f"activation must be 'hard_silu', 'relu' or "
-                         f"'relu6', got {activation!r}")
+    if activation not in ACTIVATIONS_1D:
+        raise ValueError(f"activation must be one of {ACTIVATIONS_1D}, got "
+                         f"{activation!r}")
 
     def act(h):
         if activation == "hard_silu":
@@ -339,7 +342,7 @@ def main(argv=None):
     parser.add_argument("--stem-kernel", type=int, default=None,
                         help="the stem convolution's length (mnist1d)")
     parser.add_argument("--activation", default=None,
-                        choices=("hard_silu", "relu", "relu6"),
+                        choices=ACTIVATIONS_1D,
                         help="the student's activation (mnist1d)")
     parser.add_argument("--blocks", type=int, default=None,
                         help="inverted residual blocks (mnist1d)")

@@ -162,7 +162,10 @@ def test_qat_benchmark_students_have_the_documented_sizes():
                for layer in relu_1d.layers) == 17
     assert not any(isinstance(layer, keras.layers.Activation)
                    for layer in relu_1d.layers)
-    with pytest.raises(ValueError, match="activation must be 'hard_silu'"):
+    assert {layer.max_value for layer in qat.student_model_1d(
+        activation="relu6").layers
+        if isinstance(layer, keras.layers.ReLU)} == {6.0}
+    with pytest.raises(ValueError, match="activation must be one of"):
         qat.student_model_1d(activation="swish")
     digits_student = qat.DATASETS["digits"]["student"](
         argparse.Namespace(width=8, expansion=6))
