@@ -253,6 +253,24 @@ def read_manifest(path):
     return manifest
 
 
+def build_options(manifest):
+    """A manifest's build options, with the values that caches written
+    before an option existed were built with (one array input, no sample
+    weights, float16 top-k values).
+
+    Example:
+
+    >>> build_options({"options": {"top_k": 3}, "top_k": 3})["top_k_dtype"]
+    'float16'
+    """
+    options = dict(manifest["options"])
+    options.setdefault("input_keys", None)
+    options.setdefault("has_sample_weight", False)
+    options.setdefault("top_k_dtype",
+                       None if manifest["top_k"] is None else "float16")
+    return options
+
+
 def write_manifest(path, manifest):
     tmp = os.path.join(path, MANIFEST + ".tmp")
     with open(tmp, "w") as f:
