@@ -420,3 +420,35 @@ def test_cached_targets_without_the_features_an_objective_needs_are_refused():
         teacher(x)))}
     with pytest.raises(ValueError, match="feature_layers="):
         distiller.compute_loss(x, targets, distiller(x), training=False)
+
+
+# ----------------------------------------------------------------------
+# Infinite datasets (issue 28 #10)
+# ----------------------------------------------------------------------
+def test_an_infinite_dataset_is_refused_before_anything_is_written(
+        tmp_path, monkeypatch):
+    from keras_kd.soft_labels import batches
+
+    x, y = _data(32)
+    teacher = mlp(16, "teacher")
+    stored = []
+
+    def append(*args, **kwargs):  # a bound on the test, not on the library
+        stored.append(1)
+        if len(stored) > 20:
+            raise AssertionError("still writing batches of an endless dataset")
+        return real(*args, **kwargs)
+
+    real = batches.append
+    monkeypatch.setattr(batches, "append", append)
+    endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    for path in (str(tmp_path / "c"), None):
+        with pytest.raises(ValueError, match=(
+                r"x is an infinite data set \(ds.repeat\(\) without a count\)"
+                r".*x.take\(n\)")):
+            compute_soft_labels(teacher, endless, path=path)
+    assert not stored and not os.path.exists(tmp_path / "c")
+    # A counted repeat is finite: twice the data.
+    twice = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat(2)
+    assert compute_soft_labels(teacher, twice).num_samples == 64
+

@@ -5,7 +5,7 @@ import os
 
 import keras
 
-from keras_kd import taps
+from keras_kd import inputs, taps
 from keras_kd.soft_labels import batches, guards, sources, store
 from keras_kd.soft_labels.cache import SoftLabels
 from keras_kd.soft_labels.codec import VALUE_DTYPES, compress_top_k
@@ -57,6 +57,9 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
     cached outputs would describe inputs the student never sees again.
     Build the cache from the un-augmented, unshuffled data; shuffle with
     ``as_dataset(shuffle=True)``; keep augmentation for live distillation.
+    An infinite ``tf.data`` source (``ds.repeat()`` without a count) is
+    refused before anything is written; one of unknown length (after
+    ``filter``) is read to its end.
 
     Cost of the logits per position (per token of a sequence model, per
     sample of a classifier; :attr:`SoftLabels.bytes_per_token`): ``4·V``
@@ -141,6 +144,12 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
     if top_k_dtype not in VALUE_DTYPES:
         raise ValueError(f"top_k_dtype must be one of {VALUE_DTYPES}, got "
                          f"{top_k_dtype!r}.")
+    # Read to its end, an endless dataset would fill the disk (or memory):
+    # refused before any folder or file is made.
+    inputs.refuse_infinite(x, "x", fix=(
+        "cache a finite part, x.take(n) (n batches), or build the dataset "
+        "without .repeat(): compute_soft_labels reads x once, to its end, "
+        "and as_dataset() gives a new epoch each time fit iterates it"))
     feature_layers = list(feature_layers or [])
     view = taps.make_view(teacher, feature_layers, "teacher")
     source = sources.Source(x, y, batch_size, sample_weight)
