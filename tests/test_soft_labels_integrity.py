@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
+from keras_kd import ownership
 from keras_kd.soft_labels import SoftLabels, compute_soft_labels, store
 from tests.helpers import Interrupted, Rows, mlp, to_numpy
 
@@ -152,7 +153,8 @@ def test_caches_written_before_checksums_open_with_a_warning(tmp_path):
 # ----------------------------------------------------------------------
 _HOLD = """
 import sys, time
-from keras_kd.soft_labels import store
+from keras_kd.soft_labels import folder, store
+folder.claim(sys.argv[1])  # as a build does first
 lock = store.BuildLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)
@@ -295,3 +297,79 @@ def test_non_finite_teacher_outputs_stop_the_build(tmp_path):
     x[0, 0] = np.inf  # the first batch, with top-k
     with pytest.raises(ValueError, match=r"batch 0 \(rows 0 to 15\)"):
         compute_soft_labels(teacher, x, y, batch_size=16, top_k=3)
+
+
+# ----------------------------------------------------------------------
+# The cache folder: keras-kd's own, or refused (issue 28 #5)
+# ----------------------------------------------------------------------
+def _read_all(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_folder_keras_kd_did_not_create_is_refused(tmp_path):
+    x, y = _data()
+    teacher = mlp(32, "teacher")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("inputs.bin", "labels.bin", "logits.bin"):
+        (mine / name).write_bytes(b"the user's own " + name.encode())
+    before = _read_all(mine)
+    for overwrite in (False, True):
+        with pytest.raises(FileExistsError, match=(
+                r"'.*mine' already holds files that keras-kd did not write.*"
+                r"new or empty folder")):
+            compute_soft_labels(teacher, x, y, batch_size=16, path=str(mine),
+                                overwrite=overwrite)
+        assert _read_all(mine) == before  # nothing written, nothing removed
+    # Another keras-kd folder (a run's) is not a cache's either.
+    run = ownership.claim_folder(str(tmp_path / "run"), "run")
+    with pytest.raises(FileExistsError, match="keras-kd's run"):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=run)
+    # A new or empty folder is claimed, then reused as the cache's.
+    for name in ("new", "empty"):
+        if name == "empty":
+            (tmp_path / name).mkdir()
+        path = str(tmp_path / name)
+        built = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+        assert ownership.is_owned(path, "soft_labels")
+        again = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+        np.testing.assert_array_equal(again.teacher_logits(),
+                                      built.teacher_logits())
+
+
+def test_caches_written_before_folder_markers_are_still_theirs(tmp_path):
+    """A valid soft-label manifest is keras-kd's record: its folder counts as
+    the cache's (and is marked on the next build); any other manifest.json
+    does not."""
+    x, y = _data()
+    teacher = mlp(32, "teacher")
+    folder = tmp_path / "old"
+    built = compute_soft_labels(teacher, x, y, batch_size=16,
+                                path=str(folder))
+    os.remove(folder / ownership.MARKER)  # as an older keras-kd left it
+    (folder / "notes.txt").write_text("kept")
+    np.testing.assert_array_equal(SoftLabels.load(str(folder)).teacher_logits(),
+                                  built.teacher_logits())
+    again = compute_soft_labels(teacher, x, y, batch_size=16,
+                                path=str(folder))
+    np.testing.assert_array_equal(again.teacher_logits(),
+                                  built.teacher_logits())
+    assert ownership.is_owned(str(folder), "soft_labels")
+    os.remove(folder / ownership.MARKER)
+    other = mlp(32, "teacher")
+    rebuilt = compute_soft_labels(other, x, y, batch_size=16,
+                                  path=str(folder), overwrite=True)
+    np.testing.assert_allclose(rebuilt.teacher_logits(), to_numpy(other(x)),
+                               rtol=1e-5, atol=1e-5)
+    assert (folder / "notes.txt").read_text() == "kept"
+    # A manifest.json that is not a soft-label manifest proves nothing.
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "manifest.json").write_text('{"format": "my data"}')
+    (foreign / "logits.bin").write_bytes(b"mine")
+    before = _read_all(foreign)
+    with pytest.raises(FileExistsError, match="did not write"):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=str(foreign),
+                            overwrite=True)
+    assert _read_all(foreign) == before
+

@@ -1,12 +1,10 @@
 """Building a cache: :func:`compute_soft_labels` runs the teacher once over the
 data and writes (or resumes, or reopens) the cache."""
 
-import os
-
 import keras
 
 from keras_kd import inputs, taps
-from keras_kd.soft_labels import batches, guards, sources, store
+from keras_kd.soft_labels import batches, folder, guards, sources, store
 from keras_kd.soft_labels.cache import SoftLabels
 from keras_kd.soft_labels.codec import VALUE_DTYPES, compress_top_k
 from keras_kd.soft_labels.data_fingerprint import DataFingerprint
@@ -41,7 +39,11 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
     stored as its own column, and padding is given as ``sample_weight``
     (``(n, L)``), stored and handed back to ``fit`` beside the targets.
 
-    Guards: a cache at ``path`` built for another teacher (name, weights
+    Guards: ``path`` must be a new or empty folder, or one keras-kd made
+    for a cache (marked ``.keras-kd.json``, or holding a soft-label
+    manifest from before markers): a folder of other files is refused
+    (FileExistsError), ``overwrite=True`` or not. A cache at ``path`` built
+    for another teacher (name, weights
     checksum, output shape), another dataset (size, a different first
     batch, or any later input, label or sample weight: the rerun reads the
     stored batches again, without the teacher, and compares their CRC-32
@@ -83,7 +85,8 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
             or a dict).
         y: labels for array inputs (optional).
         batch_size: teacher batch size for array inputs.
-        path: a directory for an on-disk, resumable cache; None for memory.
+        path: a directory for an on-disk, resumable cache: a new or empty
+            folder, or a cache's (reopened or resumed); None for memory.
         top_k: keep only the k largest logits per sample, or per token for
             sequence logits (values in ``top_k_dtype``, with their indices);
             the rest are rebuilt as described in :func:`expand_top_k`. None
@@ -203,7 +206,7 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
         return _build(None, None, teacher, view, source, options,
                       feature_layers, first, fingerprint, num_classes,
                       dataset_id, top_k, top_k_dtype, store_inputs, verbose)
-    os.makedirs(path, exist_ok=True)
+    folder.claim(path)  # keras-kd's, or refused before anything is written
     with store.BuildLock(path):  # one build at a time per directory
         manifest = None if overwrite else store.read_manifest(path)
         if overwrite:  # the cache's own files only, never a user's
