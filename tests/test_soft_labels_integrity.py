@@ -13,7 +13,7 @@ import pytest
 
 import keras_kd as kd
 from keras_kd import ownership
-from keras_kd.soft_labels import SoftLabels, compute_soft_labels, store
+from keras_kd.soft_labels import SoftLabels, compute_soft_labels, lock
 from tests.helpers import Interrupted, Rows, mlp, to_numpy
 
 pytestmark = pytest.mark.filterwarnings("ignore:The teacher")
@@ -153,9 +153,9 @@ def test_caches_written_before_checksums_open_with_a_warning(tmp_path):
 # ----------------------------------------------------------------------
 _HOLD = """
 import sys, time
-from keras_kd.soft_labels import folder, store
+from keras_kd.soft_labels import folder, lock
 folder.claim(sys.argv[1])  # as a build does first
-lock = store.BuildLock(sys.argv[1]).acquire()
+held = lock.BuildLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(120)
 """
@@ -174,21 +174,22 @@ def test_a_second_builder_is_refused_and_a_killed_ones_lock_taken_over(
                              stdout=subprocess.PIPE, text=True)
     try:
         assert other.stdout.readline().strip() == "locked"
-        lock = os.path.join(path, ".lock")
+        lock_file = os.path.join(path, ".lock")
         with pytest.raises(RuntimeError, match=(
-                rf"pid {other.pid} on .*is building.*lock file '{lock}'")):
+                rf"pid {other.pid} on .*is building.*lock file "
+                rf"'{lock_file}'")):
             compute_soft_labels(teacher, x, y, batch_size=16, path=path)
         assert not os.path.exists(os.path.join(path, "manifest.json"))
     finally:
         other.send_signal(signal.SIGKILL)
         other.wait()
         other.stdout.close()
-    assert os.path.exists(lock)  # a killed build leaves its lock file...
+    assert os.path.exists(lock_file)  # a killed build leaves its lock...
     cache = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
     assert cache.manifest["complete"]  # ...and the next build takes it over
-    assert not os.path.exists(lock)
+    assert not os.path.exists(lock_file)
     # Two builds in one process (another thread's) are refused too.
-    with store.BuildLock(path):
+    with lock.BuildLock(path):
         with pytest.raises(RuntimeError, match="is building"):
             compute_soft_labels(teacher, x, y, batch_size=16, path=path,
                                 overwrite=True)
@@ -372,4 +373,104 @@ def test_caches_written_before_folder_markers_are_still_theirs(tmp_path):
         compute_soft_labels(teacher, x, y, batch_size=16, path=str(foreign),
                             overwrite=True)
     assert _read_all(foreign) == before
+
+
+# ----------------------------------------------------------------------
+# A complete cache in a read-only folder (issue 28 #25)
+# ----------------------------------------------------------------------
+_WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """Makes folders read-only: their modes (which stop a non-root user),
+    and, since tests may run as root (whom modes do not stop), every call
+    that writes, creates, renames or removes a file in them raises
+    PermissionError, as on a read-only mount."""
+    import builtins
+
+    folders, modes = [], {}
+    real_open, real_os_open = builtins.open, os.open
+
+    def inside(file):
+        file = os.path.abspath(os.fspath(file)) if isinstance(
+            file, (str, bytes, os.PathLike)) else ""
+        return any(file == f or file.startswith(f + os.sep) for f in folders)
+
+    def refuse(file):
+        raise PermissionError(13, "Permission denied (read-only)", file)
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if inside(file) and set(mode) & set("wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(file, flags, *args, **kwargs):
+        if inside(file) and flags & _WRITES:
+            refuse(file)
+        return real_os_open(file, flags, *args, **kwargs)
+
+    def guard(name):
+        real = getattr(os, name)
+
+        def call(file, *args, **kwargs):
+            if name == "mkdir" and inside(file) and os.path.exists(file):
+                raise FileExistsError(17, "File exists", file)  # as Linux
+            if inside(file) or (args and inside(args[0])):
+                refuse(file)
+            return real(file, *args, **kwargs)
+        monkeypatch.setattr(os, name, call)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    for name in ("replace", "rename", "remove", "unlink", "mkdir", "rmdir",
+                 "truncate"):
+        guard(name)
+
+    def make(folder):
+        folder = os.path.abspath(folder)
+        for root, dirs, files in os.walk(folder):
+            for name in files:
+                modes[os.path.join(root, name)] = 0o644
+                os.chmod(os.path.join(root, name), 0o444)
+        modes[folder] = 0o755
+        os.chmod(folder, 0o555)
+        folders.append(folder)
+
+    yield make
+    folders.clear()
+    for file, mode in modes.items():
+        os.chmod(file, mode)
+
+
+def test_a_complete_cache_in_a_read_only_folder_reopens(tmp_path, read_only):
+    x, y = _data()
+    teacher = mlp(32, "teacher")
+    path, old, part = (str(tmp_path / n) for n in ("c", "old", "part"))
+    built = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    compute_soft_labels(teacher, x, y, batch_size=16, path=old)
+    os.remove(os.path.join(old, ownership.MARKER))  # an older keras-kd's
+    with pytest.raises(Interrupted):
+        compute_soft_labels(teacher, Rows(x, fail_at=16), y, batch_size=16,
+                            path=part)
+    files = {p: _read_all(tmp_path / p) for p in ("c", "old", "part")}
+    for folder in (path, old, part):
+        read_only(folder)
+    for folder in (path, old):
+        cache = compute_soft_labels(teacher, x, y, batch_size=16,
+                                    path=folder)
+        np.testing.assert_array_equal(cache.teacher_logits(),
+                                      built.teacher_logits())
+        np.testing.assert_array_equal(
+            SoftLabels.load(folder, teacher=teacher).teacher_logits(),
+            built.teacher_logits())
+    # Building, resuming or overwriting needs to write: named, not half done.
+    with pytest.raises(PermissionError, match=(
+            r"cannot write to the soft-label cache folder '.*c'.*overwrite"
+            r"=True.*writable")):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=path,
+                            overwrite=True)
+    with pytest.raises(PermissionError, match=r"'.*part'.*incomplete"):
+        compute_soft_labels(teacher, x, y, batch_size=16, path=part)
+    assert {p: _read_all(tmp_path / p) for p in files} == files
 

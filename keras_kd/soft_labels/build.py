@@ -1,10 +1,13 @@
 """Building a cache: :func:`compute_soft_labels` runs the teacher once over the
 data and writes (or resumes, or reopens) the cache."""
 
+import os
+
 import keras
 
 from keras_kd import inputs, taps
-from keras_kd.soft_labels import batches, folder, guards, sources, store
+from keras_kd.soft_labels import (batches, folder, guards, lock, sources,
+                                   store)
 from keras_kd.soft_labels.cache import SoftLabels
 from keras_kd.soft_labels.codec import VALUE_DTYPES, compress_top_k
 from keras_kd.soft_labels.data_fingerprint import DataFingerprint
@@ -51,7 +54,9 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
     Each column file's CRC-32 is recorded with every batch and checked
     before a resume continues from it. A build holds ``<path>/.lock``, so a
     second build of the same cache is refused (RuntimeError); a lock left
-    by a killed build is taken over (POSIX). NaN or infinite teacher
+    by a killed build is taken over (POSIX). A complete cache in a folder
+    keras-kd cannot write (read-only) is reopened without the lock; a
+    build, resume or ``overwrite=True`` there raises PermissionError. NaN or infinite teacher
     outputs stop the build, naming the batch; the cache stays incomplete. A
     ``tf.data`` source whose graph contains random or shuffling ops, or whose
     first batch reads differently twice (random augmentation, a shuffle), is
@@ -202,18 +207,49 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
                   "first_batch_sha256": sources.batch_sha256(first_x)}
     first = (first_x, first_y, first_w, first_logits, first_features)
 
+    args = (teacher, view, source, options, feature_layers, first,
+            fingerprint, num_classes, dataset_id, top_k, top_k_dtype,
+            store_inputs, verbose)
     if path is None:
-        return _build(None, None, teacher, view, source, options,
-                      feature_layers, first, fingerprint, num_classes,
-                      dataset_id, top_k, top_k_dtype, store_inputs, verbose)
+        return _build(None, None, *args)
     folder.claim(path)  # keras-kd's, or refused before anything is written
-    with store.BuildLock(path):  # one build at a time per directory
+    build_lock = lock.BuildLock(path)  # one build at a time per directory
+    try:
+        build_lock.acquire()
+    except OSError as error:
+        if not lock.cannot_write(error):
+            raise
+        return _build(path, _read_only_manifest(path, overwrite, error),
+                      *args)
+    try:
         manifest = None if overwrite else store.read_manifest(path)
         if overwrite:  # the cache's own files only, never a user's
             store.remove_cache_files(path)
-        return _build(path, manifest, teacher, view, source, options,
-                      feature_layers, first, fingerprint, num_classes,
-                      dataset_id, top_k, top_k_dtype, store_inputs, verbose)
+        return _build(path, manifest, *args)
+    finally:
+        build_lock.release()
+
+
+def _read_only_manifest(path, overwrite, error):
+    """The manifest of a complete cache in a folder keras-kd cannot write
+    (``error`` came from creating its lock file), reopened without the
+    lock; anything that would write there is refused."""
+    manifest = None if overwrite else store.read_manifest(path)
+    if manifest is not None and manifest["complete"]:
+        return manifest
+    if overwrite:
+        what = "overwrite=True needs to replace its cache"
+    elif manifest is None:
+        what = "a new cache needs to be written there"
+    else:
+        what = (f"its incomplete cache ({manifest['rows_done']} rows done) "
+                "needs to be resumed")
+    raise PermissionError(
+        f"keras-kd cannot write to the soft-label cache folder '{path}' "
+        f"(creating {os.path.join(path, lock.LOCK)!r}: "
+        f"{error.strerror or error}), and {what}. A complete cache is "
+        "reopened from a read-only folder; to build, make the folder "
+        "writable or pass another path.")
 
 
 def _build(path, manifest, teacher, view, source, options, feature_layers,

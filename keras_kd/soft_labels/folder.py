@@ -6,7 +6,8 @@ folder is keras-kd's when it holds the marker ``.keras-kd.json`` of kind
 empty (:func:`keras_kd.ownership.claim_folder`). Caches written before the
 marker existed have none: their ``manifest.json``, a keras-kd soft-label
 manifest (its ``"format"`` field), is their record, so such a folder counts
-as the cache's and is marked by its next build. Any other folder that holds
+as the cache's and is marked by its next build (left unmarked in a
+folder keras-kd cannot write, where it can only be reopened). Any other folder that holds
 files (a user's ``inputs.bin``, ``labels.bin``, ``logits.bin``, or another
 program's ``manifest.json``) is refused before anything is written there,
 ``overwrite=True`` or not.
@@ -62,7 +63,10 @@ def claim(path):
     path = os.fspath(path)
     if os.path.isdir(path) and ownership.read_marker(path) is None \
             and has_cache_manifest(path):
-        return ownership.mark_folder(path, KIND)
+        try:
+            return ownership.mark_folder(path, KIND)
+        except OSError:  # read-only: a complete cache is still reopened
+            return path
     try:
         return ownership.claim_folder(path, KIND)
     except FileExistsError as error:
