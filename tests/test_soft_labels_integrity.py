@@ -14,7 +14,7 @@ import pytest
 import keras_kd as kd
 from keras_kd import ownership
 from keras_kd.soft_labels import SoftLabels, compute_soft_labels, lock
-from tests.helpers import Interrupted, Rows, mlp, to_numpy
+from tests.helpers import Interrupted, Rows, cnn, mlp, to_numpy
 
 pytestmark = pytest.mark.filterwarnings("ignore:The teacher")
 
@@ -474,3 +474,69 @@ def test_a_complete_cache_in_a_read_only_folder_reopens(tmp_path, read_only):
         compute_soft_labels(teacher, x, y, batch_size=16, path=part)
     assert {p: _read_all(tmp_path / p) for p in files} == files
 
+
+# ----------------------------------------------------------------------
+# The teacher's architecture is fingerprinted too (issue 28 #14)
+# ----------------------------------------------------------------------
+def _variant(teacher, rescale=False, activation="relu"):
+    """``mlp(32, "teacher")``'s layers and weights, with a Rescaling layer
+    in front or another hidden activation: same name, same weights."""
+    inputs = keras.Input((64,), name="teacher_input")
+    h = keras.layers.Rescaling(2.0)(inputs) if rescale else inputs
+    h = keras.layers.Dense(32, activation=activation,
+                           name="teacher_hidden")(h)
+    model = keras.Model(inputs, keras.layers.Dense(
+        10, name="teacher_logits")(h), name="teacher")
+    model.set_weights(teacher.get_weights())
+    return model
+
+
+def test_a_teacher_with_another_architecture_is_refused(tmp_path):
+    x, y = _data(32)
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    fingerprint = _manifest(path)["teacher"]
+    for variant in (_variant(teacher, rescale=True),
+                    _variant(teacher, activation="tanh")):
+        assert kd.soft_labels.teacher_fingerprint(variant)["weights_sha256"] \
+            == fingerprint["weights_sha256"]
+        assert not np.allclose(to_numpy(variant(x)), to_numpy(teacher(x)))
+        with pytest.raises(ValueError, match=(
+                r"another teacher: its architecture \(SHA-256 of its "
+                r"config\) is '[0-9a-f]{64}'")):
+            compute_soft_labels(variant, x, y, batch_size=16, path=path)
+        with pytest.raises(ValueError, match="its architecture"):
+            SoftLabels.load(path, teacher=variant)
+    # The same architecture built again (a copy of the teacher, with other
+    # automatic layer names) and frozen is the same teacher.
+    same = _variant(teacher)
+    same.trainable = False
+    assert compute_soft_labels(same, x, y, batch_size=16,
+                               path=path).num_samples == 32
+    first, second = cnn(4, "t"), cnn(4, "t")  # auto-named ReLU layers
+    second.set_weights(first.get_weights())
+    assert [a.name for a in first.layers] != [b.name for b in second.layers]
+    assert kd.soft_labels.teacher_fingerprint(first) == \
+        kd.soft_labels.teacher_fingerprint(second)
+
+
+def test_caches_without_an_architecture_fingerprint_open_with_a_warning(
+        tmp_path):
+    x, y = _data(32)
+    path = str(tmp_path / "c")
+    teacher = mlp(32, "teacher")
+    built = compute_soft_labels(teacher, x, y, batch_size=16, path=path)
+    manifest = _manifest(path)
+    del manifest["teacher"]["architecture_sha256"]  # an older keras-kd's
+    with open(os.path.join(path, "manifest.json"), "w") as f:
+        json.dump(manifest, f)
+    for open_it in (lambda: SoftLabels.load(path, teacher=teacher),
+                    lambda: compute_soft_labels(teacher, x, y, batch_size=16,
+                                                path=path)):
+        with pytest.warns(UserWarning, match=(
+                r"records no architecture.*name, output shape and weights "
+                r"only.*overwrite=True")):
+            cache = open_it()
+        np.testing.assert_array_equal(cache.teacher_logits(),
+                                      built.teacher_logits())
