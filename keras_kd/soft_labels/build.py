@@ -12,6 +12,7 @@ from keras_kd.soft_labels.cache import SoftLabels
 from keras_kd.soft_labels.codec import VALUE_DTYPES, compress_top_k
 from keras_kd.soft_labels.data_fingerprint import DataFingerprint
 from keras_kd.soft_labels.guards import teacher_fingerprint
+from keras_kd.soft_labels.referenced import ReferencedInputs
 
 
 def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
@@ -25,7 +26,11 @@ def compute_soft_labels(teacher, x, y=None, batch_size=256, path=None,
     outputs of ``feature_layers``, from the same forward pass) are stored in
     dataset order beside the inputs, labels and sample weights:
 
-    - ``path=None``: in memory (NumPy inputs are referenced, not copied);
+    - ``path=None``: in memory. NumPy inputs are referenced, not copied,
+      with a CRC-32 per row: using the cache after changing them in place
+      (shuffled, rescaled) raises ValueError naming the row (see
+      :mod:`keras_kd.soft_labels.referenced`). Labels and sample weights
+      are copied;
     - ``path="dir"``: on disk, for data larger than memory: one raw file per
       array (``inputs.bin`` or one ``inputs.<name>.bin`` per dict input,
       ``labels.bin``, ``sample_weight.bin``, ``logits.bin``, ...), read back
@@ -320,6 +325,9 @@ def _build(path, manifest, teacher, view, source, options, feature_layers,
     # labels and sample weights must give the checksums the build recorded
     # (a fingerprint of all the data, not only its first batch).
     data = DataFingerprint(columns, rows, done, manifest, path)
+    # In memory, NumPy inputs are referenced and their rows checksummed.
+    referenced = None if store_inputs or manifest["complete"] else \
+        ReferencedInputs(source.x, source.batch_size)
     index = 0
     for xb, yb, wb in source.batches(0, 0):
         if index < done:
@@ -335,6 +343,8 @@ def _build(path, manifest, teacher, view, source, options, feature_layers,
                     view, len(feature_layers), xb)
             rows += batches.append(columns, options, xb, yb, wb, logits,
                                    features, index, rows)
+            if referenced is not None:
+                referenced.add(xb)
             done += 1
             manifest.update(rows_done=rows, batches_done=done)
             if path is not None:
@@ -351,5 +361,4 @@ def _build(path, manifest, teacher, view, source, options, feature_layers,
     manifest["dataset"]["num_batches"] = done
     if path is not None:
         store.write_manifest(path, manifest)
-    inputs = None if store_inputs else source.x
-    return SoftLabels(manifest, columns, inputs=inputs, path=path)
+    return SoftLabels(manifest, columns, inputs=referenced, path=path)

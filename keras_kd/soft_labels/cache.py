@@ -128,9 +128,14 @@ class SoftLabels:
     @property
     def inputs(self):
         """The inputs, aligned with the outputs (array or memory map), or a
-        dict of them when the inputs were a dict."""
-        if self._inputs is not None:
-            return self._inputs
+        dict of them when the inputs were a dict.
+
+        An in-memory cache built from NumPy inputs returns those very
+        arrays (referenced, not copied), after checking each row's CRC-32
+        against the build's: inputs changed in place since raise
+        ValueError."""
+        if self._inputs is not None:  # referenced: checked row by row
+            return self._inputs.check()
         keys = self.input_keys
         if keys is None:
             return self._col(store.input_column(None))
@@ -332,9 +337,13 @@ class SoftLabels:
         if weights is not None:
             specs.append((np.dtype("float32"), tuple(weights.shape[1:])))
 
+        referenced = self._inputs
+
         def gather(idx):
             targets = self._targets(idx)
             out = [np.asarray(a[idx]) for a in x_arrays]
+            if referenced is not None:  # changed since the build?
+                referenced.check_rows(idx, out)
             out.append(targets["teacher_logits"])
             out += targets.get("teacher_features", [])
             if labels is not None:

@@ -128,8 +128,9 @@ class Column:
 
     def append(self, rows):
         rows = self.encode(rows)
-        if self.directory is None:
-            self._chunks.append(rows)
+        if self.directory is None:  # the cache's own copy, not a view of
+            # the caller's array (changed in place later)
+            self._chunks.append(rows if rows.flags.owndata else rows.copy())
         else:
             data = memoryview(rows).cast("B") if rows.size else b""
             with open(self.file, "ab") as f:
