@@ -20,7 +20,9 @@ replaced atomically after each batch, so an interrupted build resumes from
 the last finished one, after checking the bytes it continues from against
 those checksums.
 
-While a build runs, it holds ``.lock`` in the cache directory
+The directory also holds keras-kd's marker ``.keras-kd.json``
+(:mod:`keras_kd.soft_labels.folder`): a build writes only into a folder
+that is a cache's. While a build runs, it holds ``.lock`` there
 (:class:`keras_kd.soft_labels.lock.BuildLock`), so a second build of the
 same cache is refused.
 
