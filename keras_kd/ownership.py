@@ -212,3 +212,29 @@ def write_json(path, record):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def mark_folder(path, kind):
+    """Mark existing folder ``path`` as keras-kd's ``kind``, whatever it holds.
+
+    For a folder keras-kd wrote before markers existed, which the caller has
+    recognised by its own record there (a soft-label cache's manifest): it is
+    then keras-kd's like a folder :func:`claim_folder` took. A folder marked
+    as another kind is refused (``FileExistsError``); never call this on a
+    folder whose contents keras-kd has not recognised as its own.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> with open(os.path.join(d, "manifest.json"), "w") as f:
+    ...     _ = f.write("{}")  # recognised by the caller as its own
+    >>> is_owned(mark_folder(d, "soft_labels"), "soft_labels")
+    True
+    """
+    path = os.fspath(path)
+    marker = read_marker(path)
+    if marker is not None and marker.get("kind") != kind:
+        raise _refusal(path, kind, f"it is keras-kd's {marker.get('kind')}")
+    _write_marker(path, kind)
+    return path

@@ -420,3 +420,79 @@ def test_cached_targets_without_the_features_an_objective_needs_are_refused():
         teacher(x)))}
     with pytest.raises(ValueError, match="feature_layers="):
         distiller.compute_loss(x, targets, distiller(x), training=False)
+
+
+# ----------------------------------------------------------------------
+# Infinite datasets (issue 28 #10)
+# ----------------------------------------------------------------------
+def test_an_infinite_dataset_is_refused_before_anything_is_written(
+        tmp_path, monkeypatch):
+    from keras_kd.soft_labels import batches
+
+    x, y = _data(32)
+    teacher = mlp(16, "teacher")
+    stored = []
+
+    def append(*args, **kwargs):  # a bound on the test, not on the library
+        stored.append(1)
+        if len(stored) > 20:
+            raise AssertionError("still writing batches of an endless dataset")
+        return real(*args, **kwargs)
+
+    real = batches.append
+    monkeypatch.setattr(batches, "append", append)
+    endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    for path in (str(tmp_path / "c"), None):
+        with pytest.raises(ValueError, match=(
+                r"x is an infinite data set \(ds.repeat\(\) without a count\)"
+                r".*x.take\(n\)")):
+            compute_soft_labels(teacher, endless, path=path)
+    assert not stored and not os.path.exists(tmp_path / "c")
+    # A counted repeat is finite: twice the data.
+    twice = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat(2)
+    assert compute_soft_labels(teacher, twice).num_samples == 64
+
+
+# ----------------------------------------------------------------------
+# In-memory caches and the arrays they reference (issue 28 #15)
+# ----------------------------------------------------------------------
+def test_in_memory_inputs_changed_after_the_build_are_refused():
+    x0, y0 = _data(40)
+    teacher = mlp(16, "teacher")
+    logits = to_numpy(teacher(x0))
+    changes = {"shuffled": lambda a: np.random.default_rng(1).shuffle(a),
+               "rescaled": lambda a: a.__imul__(2.0),
+               "one value": lambda a: a.__setitem__((37, 5), 0.5)}
+    message = (r"inputs \(x\) of this in-memory soft-label cache changed "
+               r"since it was built: row \d+ differs.*x.copy\(\)")
+    for name, change in changes.items():
+        x = x0.copy()
+        cache = compute_soft_labels(teacher, x, y0, batch_size=16)
+        change(x)
+        for use in (cache.as_numpy, lambda: cache.as_dataset(8),
+                    lambda: cache.inputs):
+            with pytest.raises(ValueError, match=message):
+                use()
+    # Changed while a dataset from as_dataset is being read: the batch that
+    # reads the row stops.
+    x = x0.copy()
+    cache = compute_soft_labels(teacher, x, y0, batch_size=16)
+    dataset = cache.as_dataset(8, shuffle=False)
+    x[20] = 0.0
+    with pytest.raises(tf.errors.OpError, match="row 20 differs"):
+        for _ in dataset:
+            pass
+    # Labels and sample weights are the cache's own copy: shuffling the
+    # caller's arrays in place changes nothing.
+    x, y = x0.copy(), y0.copy()
+    weights = np.linspace(0.1, 1.0, 40).astype("float32")
+    cache = compute_soft_labels(teacher, x, y, batch_size=16,
+                                sample_weight=weights)
+    np.random.default_rng(2).shuffle(y)
+    weights[:] = 0.0
+    xs, targets, w = cache.as_numpy()
+    np.testing.assert_array_equal(xs, x0)
+    np.testing.assert_array_equal(targets["labels"], y0)
+    np.testing.assert_array_equal(w, np.linspace(0.1, 1.0, 40, dtype="float32"))
+    np.testing.assert_allclose(targets["teacher_logits"], logits, rtol=1e-5,
+                               atol=1e-5)

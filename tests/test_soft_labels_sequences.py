@@ -338,3 +338,20 @@ def test_bad_dict_inputs_are_refused(tmp_path):
         compute_soft_labels(teacher, tf.data.Dataset.from_tensor_slices(x))
     with pytest.raises(ValueError, match="top_k_dtype must be one of"):
         compute_soft_labels(teacher, x, top_k=3, top_k_dtype="bfloat16")
+
+
+def test_dict_inputs_changed_after_an_in_memory_build_are_refused():
+    x, labels, weights = batch(10, seed=5)
+    cache = compute_soft_labels(lm(8, "teacher"), x, labels, batch_size=4,
+                                sample_weight=weights)
+    assert [type(part).__name__ for part in cache.as_numpy()] == [
+        "dict", "dict", "ndarray"]  # unchanged: usable
+    x["token_ids"][7, 2] = (x["token_ids"][7, 2] + 1) % VOCAB
+    with pytest.raises(ValueError, match=r"row 7 differs \(in "
+                                         r"x\['token_ids'\]\)"):
+        cache.as_numpy()
+    x["token_ids"][7, 2] = (x["token_ids"][7, 2] - 1) % VOCAB  # restored
+    np.testing.assert_array_equal(cache.inputs["token_ids"], x["token_ids"])
+    x["padding_mask"] = x["padding_mask"][::-1]  # a new array in the dict
+    with pytest.raises(ValueError, match=r"x\['padding_mask'\]"):
+        cache.as_dataset(4)

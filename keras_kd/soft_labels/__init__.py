@@ -32,7 +32,8 @@ outputs, so the student would imitate the teacher on images it never saw:
 use live distillation with augmentation.
 """
 
-from keras_kd.soft_labels.cache import SoftLabels, compute_soft_labels
+from keras_kd.soft_labels.build import compute_soft_labels
+from keras_kd.soft_labels.cache import SoftLabels
 from keras_kd.soft_labels.codec import compress_top_k, expand_top_k
 from keras_kd.soft_labels.guards import teacher_fingerprint
 

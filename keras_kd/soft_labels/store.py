@@ -20,8 +20,11 @@ replaced atomically after each batch, so an interrupted build resumes from
 the last finished one, after checking the bytes it continues from against
 those checksums.
 
-While a build runs, it holds ``.lock`` in the cache directory
-(:class:`BuildLock`), so a second build of the same cache is refused.
+The directory also holds keras-kd's marker ``.keras-kd.json``
+(:mod:`keras_kd.soft_labels.folder`): a build writes only into a folder
+that is a cache's. While a build runs, it holds ``.lock`` there
+(:class:`keras_kd.soft_labels.lock.BuildLock`), so a second build of the
+same cache is refused.
 
 Version 1 throughout: dict inputs, sample weights, logits of any rank and
 the top-k value dtype only add columns and options (a manifest without them
@@ -31,20 +34,13 @@ reads as one array input, no sample weights and float16 top-k values).
 import json
 import os
 import re
-import socket
 import zlib
 
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # Windows: an exclusively created lock file instead
-    fcntl = None
-
 FORMAT = "keras-kd soft labels"
 VERSION = 1
 MANIFEST = "manifest.json"
-LOCK = ".lock"
 CHECKSUM = "crc32"
 # The keys every manifest holds (older ones may lack "checksums").
 MANIFEST_KEYS = ("teacher", "num_classes", "top_k", "feature_layers",
@@ -134,8 +130,9 @@ class Column:
 
     def append(self, rows):
         rows = self.encode(rows)
-        if self.directory is None:
-            self._chunks.append(rows)
+        if self.directory is None:  # the cache's own copy, not a view of
+            # the caller's array (changed in place later)
+            self._chunks.append(rows if rows.flags.owndata else rows.copy())
         else:
             data = memoryview(rows).cast("B") if rows.size else b""
             with open(self.file, "ab") as f:
@@ -251,6 +248,24 @@ def read_manifest(path):
             f"The soft-label cache manifest '{file}' has entries of the wrong "
             f"type: {wrong}. It was edited or is corrupt. {fix}")
     return manifest
+
+
+def build_options(manifest):
+    """A manifest's build options, with the values that caches written
+    before an option existed were built with (one array input, no sample
+    weights, float16 top-k values).
+
+    Example:
+
+    >>> build_options({"options": {"top_k": 3}, "top_k": 3})["top_k_dtype"]
+    'float16'
+    """
+    options = dict(manifest["options"])
+    options.setdefault("input_keys", None)
+    options.setdefault("has_sample_weight", False)
+    options.setdefault("top_k_dtype",
+                       None if manifest["top_k"] is None else "float16")
+    return options
 
 
 def write_manifest(path, manifest):
@@ -377,88 +392,3 @@ def make_columns(xb, yb, wb, outputs, top_k, top_k_dtype, store_inputs,
     return {name: Column(name, dtype, shape, directory)
             for name, dtype, shape in cols}
 
-
-class BuildLock:
-    """One build at a time per cache directory: holds ``<path>/.lock``.
-
-    On POSIX the lock is ``fcntl.flock`` on the file, which the operating
-    system releases when the process ends, killed or not: a lock file left
-    by a killed build is taken over by the next one. The file holds the
-    holder's pid and host, for the error a second builder gets. Elsewhere
-    (Windows) the file is created exclusively (``O_CREAT | O_EXCL``) and
-    removed at the end; one left by a killed build must be deleted by hand,
-    as the error says.
-
-    Use as a context manager::
-
-        with BuildLock(path):
-            ...  # build the cache at path
-    """
-
-    def __init__(self, path):
-        self.path = path
-        self.file = os.path.join(path, LOCK)
-        self._fd = None
-
-    def _refuse(self):
-        try:
-            with open(self.file, encoding="utf-8") as f:
-                holder = f.read().strip() or "unknown"
-        except OSError:
-            holder = "unknown"
-        killed = ("If no build is running (a killed build left it), delete "
-                  f"'{self.file}' and rerun." if fcntl is None else
-                  "A lock left by a killed build is taken over "
-                  "automatically, so this one is held by a running process.")
-        raise RuntimeError(
-            f"Another process ({holder}) is building the soft-label cache at "
-            f"'{self.path}': it holds the lock file '{self.file}'. Wait for "
-            "it to finish, then rerun (a finished cache is reopened, an "
-            f"interrupted one resumed), or build at another path. {killed}")
-
-    def acquire(self):
-        """Takes the lock, or raises RuntimeError naming its holder."""
-        stamp = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
-        if fcntl is None:
-            try:
-                fd = os.open(self.file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                self._refuse()
-            os.write(fd, stamp)
-            self._fd = fd
-            return self
-        while True:
-            fd = os.open(self.file, os.O_CREAT | os.O_RDWR, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                self._refuse()
-            try:  # the file may have been removed by the previous holder
-                same = os.path.samestat(os.fstat(fd), os.stat(self.file))
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        os.ftruncate(fd, 0)
-        os.write(fd, stamp)
-        self._fd = fd
-        return self
-
-    def release(self):
-        """Removes the lock file and releases the lock."""
-        if self._fd is None:
-            return
-        try:
-            os.remove(self.file)  # before unlocking: no one holds a stale file
-        except OSError:
-            pass
-        os.close(self._fd)  # releases the flock
-        self._fd = None
-
-    def __enter__(self):
-        return self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
