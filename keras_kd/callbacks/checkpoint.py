@@ -26,6 +26,12 @@ class StudentCheckpoint(BestStudentCallback):
     ``filepath`` may hold ``str.format`` fields filled with the 1-based epoch
     and the logs, e.g. ``"student_{epoch:02d}_{val_loss:.3f}.keras"``.
 
+    One file, one writer: two callbacks of one ``fit()`` with the same
+    ``filepath`` (two ``StudentCheckpoint``\ s monitoring different metrics,
+    say) raise a ``ValueError`` at the start of ``fit()``, before any step;
+    each would keep its own best, and the file would hold whichever saved
+    last while each ``best_epoch`` named its own epoch.
+
     A ``monitor`` absent from the logs raises a ``ValueError`` at the end of
     the first epoch, listing the names that are there (Keras's
     ``ModelCheckpoint`` only warns and then saves every epoch, which silently

@@ -2,11 +2,18 @@
 the callbacks that write the student share."""
 
 import os
+import weakref
 
 import keras
 import numpy as np
 
 __all__ = ["BestStudentCallback", "student_of"]
+
+# Every BestStudentCallback that has begun a fit(): the callbacks of one fit()
+# share Keras's `params` dict, which is how a second writer of a file in the
+# same fit() is recognised (callbacks of earlier fits, even of a fit() that
+# crashed, hold another dict).
+_WRITERS = weakref.WeakSet()
 
 # Metric names (without "val_") whose best value is the largest.
 MAX_HINTS = ("acc", "auc", "precision", "recall", "f1", "fbeta", "iou",
@@ -57,6 +64,31 @@ class BestStudentCallback(keras.callbacks.Callback):
         self.best = (None if initial_value_threshold is None
                      else float(initial_value_threshold))
         self.best_epoch = None
+
+    def targets(self):
+        """The files this callback writes, as absolute paths (``str.format``
+        fields left unfilled)."""
+        return {os.path.abspath(self.filepath)}
+
+    def on_train_begin(self, logs=None):
+        self.claim_targets()
+
+    def claim_targets(self):
+        """Refuses a second callback of this ``fit()`` writing one of this
+        callback's files (see the class docstring)."""
+        _WRITERS.add(self)
+        if self.params is None:  # not in a fit(): nothing to compare with
+            return
+        for other in list(_WRITERS):
+            if other is self or other.params is not self.params:
+                continue
+            shared = sorted(self.targets() & other.targets())
+            if shared:
+                raise ValueError(
+                    f"{type(other).__name__} and {type(self).__name__} in one "
+                    f"fit() both write {shared[0]!r}: each keeps its own best "
+                    "epoch, so the file would hold whichever wrote last. Give "
+                    "each callback its own filepath, or keep one of them.")
 
     def _resolve_mode(self, monitor, mode):
         if mode != "auto":

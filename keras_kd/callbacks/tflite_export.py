@@ -9,7 +9,7 @@ import os
 import keras
 import numpy as np
 
-from keras_kd import saving
+from keras_kd import ownership, saving
 from keras_kd.callbacks.monitored import BestStudentCallback, student_of
 
 __all__ = ["TFLiteExport"]
@@ -44,8 +44,14 @@ class TFLiteExport(BestStudentCallback):
     fields of :class:`~keras_kd.export.ExportReport` (``path``, ``quantize``,
     ``size_bytes``, ``max_abs_diff``, accuracies with ``eval_data``, ...)
     plus ``sha256`` (of the ``.tflite`` file, so the report can be matched
-    with its file), ``epoch`` (1-based), ``monitor`` and ``logs`` (the
-    epoch's logged values; non-finite ones as ``null``). The last report is
+    with its file), ``epoch`` (1-based), ``monitor``, ``logs`` (the
+    epoch's logged values; non-finite ones as ``null``) and ``created_by``
+    (``"keras-kd"``). A ``.json`` of that name that keras-kd did not write
+    (no ``"created_by": "keras-kd"``: the user's own ``model.json`` beside
+    ``model.tflite``) is never replaced: a ``FileExistsError`` names it, at
+    the start of ``fit()`` for a fixed name, before the export for a name
+    with format fields. Two callbacks of one ``fit()`` that write the same
+    file are refused at its start (``ValueError``). The last report is
     also kept as :attr:`report` (an ``ExportReport``), its JSON path as
     :attr:`report_path`.
 
@@ -161,10 +167,33 @@ class TFLiteExport(BestStudentCallback):
         """The report beside a ``.tflite`` file: same stem, ``.json``."""
         return os.path.splitext(path)[0] + ".json"
 
+    def targets(self):
+        """The ``.tflite`` file and its report (absolute paths)."""
+        return {os.path.abspath(self.filepath),
+                os.path.abspath(self.report_path_of(self.filepath))}
+
+    def _check_report_path(self, report_path):
+        try:
+            ownership.check_replaceable_json(report_path)
+        except FileExistsError as error:
+            raise FileExistsError(
+                f"TFLiteExport writes its export report beside the .tflite "
+                f"file, to {report_path!r}, but {error} E.g. filepath="
+                f"{os.path.splitext(self.filepath)[0] + '_student.tflite'!r}."
+            ) from None
+
     def on_train_begin(self, logs=None):
         # What to_tflite would refuse at the first export, which may come
         # only at the end of training, fails now.
+        super().on_train_begin(logs)
         self._last = None
+        directory, name = os.path.split(self.filepath)
+        try:
+            fixed = os.path.join(directory, name.format())
+        except (KeyError, IndexError, ValueError):
+            fixed = None  # format fields: checked before each export
+        if fixed is not None:
+            self._check_report_path(self.report_path_of(fixed))
         student = student_of(self.model)
         if student.built and student.weights:
             from keras_kd.export.api import input_spec
@@ -212,6 +241,7 @@ class TFLiteExport(BestStudentCallback):
         from keras_kd.export import to_tflite
 
         report_path = self.report_path_of(path)
+        self._check_report_path(report_path)
         # The report's temporary file is opened first and replaced last, so
         # both targets change only after the file is verified and the report
         # written.
@@ -233,7 +263,8 @@ class TFLiteExport(BestStudentCallback):
             with open(tmp_file, "rb") as f:
                 digest = hashlib.sha256(f.read()).hexdigest()
             record = dict(report.as_dict(), sha256=digest, epoch=epoch + 1,
-                          monitor=self.monitor, logs=_json_logs(logs))
+                          monitor=self.monitor, logs=_json_logs(logs),
+                          created_by=ownership.CREATED_BY)
             _write_report(record, tmp_report)
         self.report, self.report_path = report, report_path
         if self.verbose:
