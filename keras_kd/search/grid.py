@@ -6,6 +6,7 @@ import numbers
 from keras_kd import objectives as objectives_lib
 
 __all__ = ["STUDENT_ALONE", "TEMPERATURE_FREE", "NO_FEATURES", "grid_size",
+           "check_arguments",
            "objective_names", "check_numbers", "feature_pair_labels", "unique"]
 
 # The value of the "objective" hyperparameter for the baseline: the student
@@ -130,3 +131,73 @@ def grid_size(objectives, temperatures, alphas, feature_pairs=None):
     per_temperature = sum(1 if o.lower() in TEMPERATURE_FREE
                           else len(temperatures) for o in objectives)
     return 1 + per_temperature * len(alphas) * features
+
+
+def _positive_int(value, what, example, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < minimum:
+        raise ValueError(f"{what} must be an integer >= {minimum}, got "
+                         f"{value!r}; e.g. {what}={example}.")
+    return int(value)
+
+
+def check_arguments(objectives=("kd", "dist", "dkd", "ls"),
+                    temperatures=(1.0, 2.0, 4.0), alphas=(0.1, 0.5),
+                    max_trials=None, epochs=10, batch_size=32,
+                    learning_rate=1e-3, metrics=("accuracy",),
+                    metric="val_accuracy", seed=0):
+    """Checks the arguments of :func:`keras_kd.search` that need no model or
+    data, so that a bad one fails before anything trains (``keras-kd search``
+    calls it before training its teacher).
+
+    Returns:
+        ``{"objectives", "temperatures", "alphas"}``: the lists the search
+        uses (names lower-cased, numbers as floats).
+
+    Raises:
+        ValueError: a bad argument; the message names a good value.
+
+    >>> check_arguments(objectives=("KD",), temperatures=(4,), alphas=(0.5,))
+    {'objectives': ['kd'], 'temperatures': [4.0], 'alphas': [0.5]}
+    >>> check_arguments(max_trials=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: max_trials must be an integer >= 2 (the student alone and at least one setting) or None for the whole grid, got 1; e.g. max_trials=10.
+    """
+    names = objective_names(objectives)
+    temperatures = check_numbers(temperatures, "temperatures",
+                                 lambda v: v > 0, "> 0", "(1, 2, 4)")
+    alphas = check_numbers(alphas, "alphas", lambda v: 0 <= v < 1,
+                           "in [0, 1) (alpha = 1 is the student alone, which "
+                           "the search always includes)", "(0.1, 0.5)")
+    if max_trials is not None and (
+            isinstance(max_trials, bool)
+            or not isinstance(max_trials, numbers.Integral) or max_trials < 2):
+        raise ValueError(
+            f"max_trials must be an integer >= 2 (the student alone and at "
+            f"least one setting) or None for the whole grid, got "
+            f"{max_trials!r}; e.g. max_trials=10.")
+    _positive_int(epochs, "epochs", 10)
+    if batch_size is not None:
+        _positive_int(batch_size, "batch_size", "32 (None when x is a batched "
+                      "dataset)")
+    if isinstance(learning_rate, bool) or not isinstance(
+            learning_rate, numbers.Real) or not math.isfinite(learning_rate) \
+            or learning_rate <= 0:
+        raise ValueError(f"learning_rate must be a number > 0, got "
+                         f"{learning_rate!r}; e.g. learning_rate=1e-3.")
+    if isinstance(metrics, (str, dict)) or not isinstance(
+            metrics, (list, tuple)):
+        raise ValueError(f"metrics must be a list of the Distiller's "
+                         f"metrics, got {metrics!r}; e.g. "
+                         "metrics=('accuracy',).")
+    for one in metric if isinstance(metric, (list, tuple)) else [metric]:
+        name = one if isinstance(one, str) else getattr(one, "name", None)
+        if not isinstance(name, str) or not name:
+            raise ValueError(
+                f"metric must be a logged metric name such as "
+                f"'val_accuracy' or a keras_tuner.Objective, got {one!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}; e.g. "
+                         "seed=0.")
+    return dict(objectives=names, temperatures=temperatures, alphas=alphas)

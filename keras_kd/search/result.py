@@ -2,8 +2,31 @@
 ``Distiller.compile`` arguments and as ``keras-kd run`` options."""
 
 import dataclasses
+import math
+import warnings
 
-__all__ = ["SearchResult"]
+__all__ = ["SearchResult", "rank_rows"]
+
+
+def rank_rows(rows, direction):
+    """The rows of a search best first by ``"score"`` (``direction``
+    ``"max"`` or ``"min"``); a NaN or infinite score (a diverged trial) is
+    ranked last, with a ``RuntimeWarning`` naming its setting.
+
+    >>> rows = [{"setting": "a", "score": 0.5}, {"setting": "b", "score": 0.7}]
+    >>> [r["setting"] for r in rank_rows(rows, "max")]
+    ['b', 'a']
+    """
+    sign = -1.0 if direction == "max" else 1.0
+    bad = [row["setting"] for row in rows if not math.isfinite(row["score"])]
+    if bad:
+        warnings.warn(
+            f"the score of {bad} is NaN or infinite (the trial diverged, or "
+            "the validation data gave NaN): it is ranked last. Lower "
+            "learning_rate or check the data.", RuntimeWarning, stacklevel=3)
+    return sorted(rows, key=lambda r: (
+        not math.isfinite(r["score"]),
+        sign * r["score"] if math.isfinite(r["score"]) else 0.0))
 
 
 @dataclasses.dataclass

@@ -1,45 +1,23 @@
 """kd.search: one keras-tuner trial per setting, ranked next to the student
 alone."""
 
+import math
+import os
 import shutil
 import tempfile
 import warnings
 
 import keras
-import numpy as np
 
-from keras_kd.extras import require
+from keras_kd import inputs, ownership
+from keras_kd.search import preflight
 from keras_kd.search.grid import (NO_FEATURES, STUDENT_ALONE, TEMPERATURE_FREE,
-                                  check_numbers, feature_pair_labels,
-                                  grid_size, objective_names)
+                                  check_arguments, feature_pair_labels,
+                                  grid_size)
 from keras_kd.search.intervals import wilson_interval
-from keras_kd.search.result import SearchResult
+from keras_kd.search.result import SearchResult, rank_rows
 
 __all__ = ["search"]
-
-
-def _keras_tuner():
-    return require("keras_tuner")  # names pip install "keras-kd[search]"
-
-
-def _count_examples(data):
-    """The number of examples of ``validation_data``: an ``(x, y)`` tuple of
-    arrays or a (batched) ``tf.data.Dataset``; None for anything else (a
-    generator would be used up by counting)."""
-    def first_len(tree):
-        leaves = keras.tree.flatten(tree)
-        return int(np.shape(leaves[0])[0]) if leaves else None
-
-    if isinstance(data, (tuple, list)):
-        return first_len(data[0]) if data else None
-    if type(data).__module__.startswith("tensorflow") and \
-            hasattr(data, "element_spec"):
-        total = 0
-        for batch in data:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            total += first_len(x)
-        return total
-    return None
 
 
 def _hypermodel(kt, teacher, make_student, objectives, temperatures, alphas,
@@ -199,9 +177,12 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
             ``"val_loss"`` (minimised); or a ``keras_tuner.Objective``.
         max_trials: at most this many trials (the student alone included).
         seed: the seed of every trial (and of the random search).
-        directory: where keras-tuner keeps its trials (a ``search`` project
-            in it, overwritten); None: a temporary directory, removed at the
-            end, so nothing is written to the working directory.
+        directory: where keras-tuner keeps its trials: a ``search`` folder
+            in it, which keras-kd marks as its own; a later search replaces
+            a marked one and refuses (``FileExistsError``) a ``search``
+            folder of the user's that is not empty. None: a temporary
+            directory, removed at the end, so nothing is written to the
+            working directory.
         verbose: passed to ``fit`` and keras-tuner (0: silent).
 
     Returns:
@@ -211,10 +192,23 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
         ranking, ``compile_kwargs()`` gives the best setting as arguments of
         ``Distiller.compile`` and ``run_args()`` as ``keras-kd run`` options.
 
+    Before the first trial trains, the search checks (and refuses, naming
+    the fix): its dependencies (:func:`~keras_kd.search.check_requirements`);
+    the arguments (:func:`~keras_kd.search.check_arguments`); that
+    ``make_student`` builds a new model each call (the same model twice, or
+    models sharing weights, would make the trials cumulative); that ``x``
+    and ``validation_data`` are finite data sets and the validation inputs
+    and labels hold no NaN or infinity (read once; a ``tf.data`` pipeline
+    batch by batch); and that ``metric`` is logged, by evaluating the
+    baseline Distiller on one validation batch (nothing is trained). A trial
+    whose score is NaN (diverged) is ranked last with a ``RuntimeWarning``.
+
     Raises:
-        ImportError: keras-tuner is not installed (``pip install
-            "keras-kd[search]"``).
-        ValueError: bad arguments, with the fix.
+        ImportError: keras-tuner, or on TensorFlow TensorBoard, is not
+            installed (``pip install "keras-kd[search]"``).
+        ValueError: bad arguments, data or metric, with the fix.
+        TypeError: ``make_student`` is not a function returning a model.
+        FileExistsError: ``directory/search`` is a folder of the user's.
 
     Example:
 
@@ -236,46 +230,52 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
     ...                                   key=lambda r: r["trial"])]
     ['student alone', 'kd T=4 alpha=0.5']
     """
-    kt = _keras_tuner()
-    if isinstance(make_student, keras.Model) or not callable(make_student):
-        raise TypeError(
-            "make_student must be a function that builds a new student (each "
-            "trial trains its own), e.g. make_student=lambda: build_student(); "
-            f"got {type(make_student).__name__}.")
+    # Everything that can be checked is checked before the first trial
+    # trains: a failure inside a trial shows only as keras-tuner's
+    # "Number of consecutive failures exceeded".
+    kt = preflight.check_requirements()
+    settings = check_arguments(
+        objectives=objectives, temperatures=temperatures, alphas=alphas,
+        max_trials=max_trials, epochs=epochs, batch_size=batch_size,
+        learning_rate=learning_rate, metrics=metrics, metric=metric,
+        seed=seed)
+    names, temperatures, alphas = (settings[k] for k in (
+        "objectives", "temperatures", "alphas"))
     if validation_data is None:
         raise ValueError(
             "search ranks the settings on validation_data, which is None; "
             "pass held-out data, e.g. validation_data=(x_val, y_val).")
-    names = objective_names(objectives)
-    temperatures = check_numbers(temperatures, "temperatures",
-                                 lambda v: v > 0, "> 0", "(1, 2, 4)")
-    alphas = check_numbers(alphas, "alphas", lambda v: 0 <= v < 1,
-                           "in [0, 1) (alpha = 1 is the student alone, which "
-                           "the search always includes)", "(0.1, 0.5)")
+    student = preflight.check_students(make_student)
+    inputs.refuse_infinite(
+        x() if callable(x) else x, "x", "each trial trains for epochs= "
+        "passes over x, so x must end: pass a finite data set, e.g. "
+        "x.take(1000)")
+    validation_examples = preflight.validation_examples(validation_data)
     if feature_objective is None:
         from keras_kd.objectives import FitNet as feature_objective
     feature_labels = feature_pair_labels(
-        feature_pairs, teacher, make_student() if feature_pairs else None)
-    if max_trials is not None and (isinstance(max_trials, bool) or
-                                   not isinstance(max_trials, int) or
-                                   max_trials < 2):
-        raise ValueError(
-            f"max_trials must be an integer >= 2 (the student alone and at "
-            f"least one setting) or None for the whole grid, got "
-            f"{max_trials!r}; e.g. max_trials=10.")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}; e.g. "
-                         "seed=0.")
+        feature_pairs, teacher, student if feature_pairs else None)
+    preflight.check_metric(metric, preflight.logged_names(
+        teacher, student, validation_data, batch_size, loss, metrics))
 
     hypermodel = _hypermodel(kt, teacher, make_student, names, temperatures,
                              alphas, feature_labels, feature_objective, loss,
                              metrics, learning_rate, seed)
     size = grid_size(names, temperatures, alphas, list(feature_labels))
-    owned = directory is None
-    root = tempfile.mkdtemp(prefix="keras-kd-search-") if owned else directory
+    temporary = directory is None
+    if temporary:
+        root = tempfile.mkdtemp(prefix="keras-kd-search-")
+    else:
+        # Only a project folder keras-kd marked is replaced; a user's own
+        # `directory/search` folder is refused (FileExistsError).
+        root = os.fspath(directory)
+        project = os.path.join(root, "search")
+        if ownership.is_owned(project, "search"):
+            ownership.remove_owned(project, "search")
+        ownership.claim_folder(project, "search")
     try:
         common = dict(hypermodel=hypermodel, directory=root,
-                      project_name="search", overwrite=True)
+                      project_name="search", overwrite=False)
         if max_trials is None or max_trials >= size:
             tuner = kt.GridSearch(objective=metric, seed=seed,
                                   max_consecutive_failed_trials=1, **common)
@@ -292,10 +292,14 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
         objective = tuner.oracle.objective
         trials = [t for t in tuner.oracle.trials.values()
                   if t.score is not None]
-        maximise = objective.direction == "max"
-        ranking = sorted((_row(t, feature_labels) for t in trials),
-                         key=lambda r: -r["score"] if maximise else r["score"])
-        best_trial = tuner.oracle.get_best_trials(1)[0]
+        ranking = rank_rows([_row(t, feature_labels) for t in trials],
+                            objective.direction)
+        if not math.isfinite(ranking[0]["score"]):
+            raise ValueError(
+                f"every trial's {objective.name} is NaN or infinite: no "
+                "setting can be chosen. Lower learning_rate, or check the "
+                "teacher and the data (kd.Distiller's fit names the cause).")
+        best_trial = tuner.oracle.trials[ranking[0]["trial"]]
         with warnings.catch_warnings():
             # The checkpoint holds the optimizer's state too; only the
             # weights are wanted.
@@ -303,9 +307,8 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
                                     "optimizer", UserWarning)
             student = tuner.load_model(best_trial).student
     finally:
-        if owned:
+        if temporary:
             shutil.rmtree(root, ignore_errors=True)
-    validation_examples = _count_examples(validation_data)
     accuracy = objective.name.endswith("accuracy")
     for row in ranking:
         row["interval"] = None
@@ -315,7 +318,7 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
             right = round(row["score"] * validation_examples)
             row["interval"] = list(wilson_interval(right,
                                                    validation_examples))
-    best_row = next(r for r in ranking if r["trial"] == best_trial.trial_id)
+    best_row = ranking[0]
     baseline = next(r for r in ranking if r["objective"] is None)
     return SearchResult(
         best={k: best_row[k] for k in ("objective", "temperature", "alpha",
