@@ -19,6 +19,8 @@ EXTRAS = {
     "matplotlib": "app",
     "keras_hub": "hub",
     "keras_tuner": "search",
+    # keras-tuner imports it at every trial on the TensorFlow backend.
+    "tensorboard": "search",
 }
 
 

@@ -1,6 +1,7 @@
 """StudentCheckpoint and the temperature / alpha schedules."""
 
 import csv
+import json
 import os
 
 import keras
@@ -191,6 +192,95 @@ def test_checkpoint_auto_mode():
     assert kdc.StudentCheckpoint("s.keras", "val_loss").mode == "min"
     assert kdc.StudentCheckpoint("s.keras", "distillation_loss").mode == "min"
     assert kdc.StudentCheckpoint("s.keras", "val_accuracy").mode == "max"
+
+
+def _weights(model):
+    return [np.array(to_numpy(w)) for w in model.weights]
+
+
+def test_two_checkpoints_of_one_path_are_refused_before_training(tmp_path):
+    # Issue 28 #20: two StudentCheckpoints on one file each kept their own
+    # best (best_epoch 1 and 3), while the file held the last writer's.
+    x, y = _data()
+    distiller = _distiller()
+    path = str(tmp_path / "student.keras")
+    by_score = kdc.StudentCheckpoint(path, monitor="score", mode="min")
+    by_loss = kdc.StudentCheckpoint(str(tmp_path / "." / "student.keras"),
+                                    monitor="loss")
+    distiller.fit(x[:1], y[:1], epochs=1, verbose=0)  # builds the weights
+    before = _weights(distiller.student)
+    with pytest.raises(ValueError, match=r"both write .*student\.keras.*own "
+                       r"filepath"):
+        distiller.fit(x, y, epochs=2, verbose=0, callbacks=[
+            ScriptedScores([3.0, 1.0]), by_score, by_loss])
+    assert os.listdir(tmp_path) == []  # refused at train begin: no save
+    for a, b in zip(before, _weights(distiller.student)):
+        np.testing.assert_array_equal(a, b)  # and no step ran
+    # Later fits are unaffected by the refused one: the same callback alone,
+    # and two callbacks of different paths, train and save.
+    distiller.fit(x, y, epochs=2, verbose=0,
+                  callbacks=[ScriptedScores([3.0, 1.0]), by_score])
+    assert by_score.best_epoch == 1 and os.path.exists(path)
+    other = kdc.StudentCheckpoint(str(tmp_path / "by_loss.keras"),
+                                  monitor="loss")
+    distiller.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[ScriptedScores([0.5]), by_score, other])
+    assert sorted(os.listdir(tmp_path)) == ["by_loss.keras", "student.keras"]
+
+
+def test_tflite_export_refuses_to_replace_a_users_json(tmp_path):
+    # Issue 28 #4: TFLiteExport("model.tflite") replaced the user's
+    # model.json by its report. It now fails when fit() begins.
+    x, y = _data()
+    distiller = _distiller()
+    users = tmp_path / "model.json"
+    users.write_text('{"mine": true}')
+    distiller.fit(x[:1], y[:1], epochs=1, verbose=0)
+    before = _weights(distiller.student)
+    export = kdc.TFLiteExport(str(tmp_path / "model.tflite"))
+    with pytest.raises(FileExistsError, match=r"model\.json.*did not write"):
+        distiller.fit(x, y, epochs=1, verbose=0, callbacks=[export])
+    assert users.read_text() == '{"mine": true}'
+    assert sorted(os.listdir(tmp_path)) == ["model.json"]
+    for a, b in zip(before, _weights(distiller.student)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.one_backend("tensorflow")
+def test_tflite_export_replaces_its_own_report_never_a_users(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    x, y = _data()
+    distiller = _distiller()
+    path = tmp_path / "student.tflite"
+    distiller.fit(x, y, epochs=1, verbose=0,
+                  callbacks=[kdc.TFLiteExport(str(path))])
+    first = json.loads((tmp_path / "student.json").read_text())
+    assert first["created_by"] == "keras-kd" and first["epoch"] == 1
+    distiller.fit(x, y, epochs=2, verbose=0,
+                  callbacks=[kdc.TFLiteExport(str(path))])
+    assert json.loads((tmp_path / "student.json").read_text())["epoch"] == 2
+    # A name with format fields is checked before each export: the user's
+    # s_2.json stops fit() at epoch 2, before that export, and stays.
+    users = tmp_path / "s_2.json"
+    users.write_text("{}")
+    export = kdc.TFLiteExport(str(tmp_path / "s_{epoch}.tflite"),
+                              monitor="score", mode="max")
+    with pytest.raises(FileExistsError, match=r"s_2\.json"):
+        distiller.fit(x, y, epochs=3, verbose=0, callbacks=[
+            ScriptedScores([1.0, 2.0, 3.0]), export])
+    assert users.read_text() == "{}"
+    assert not os.path.exists(tmp_path / "s_2.tflite")
+    assert export.best_epoch == 0 and os.path.exists(tmp_path / "s_1.tflite")
+
+
+def test_two_tflite_exports_of_one_file_are_refused(tmp_path):
+    x, y = _data()
+    first = kdc.TFLiteExport(str(tmp_path / "s.tflite"), monitor="loss")
+    second = kdc.TFLiteExport(str(tmp_path / "s.tflite"), quantize="float16")
+    with pytest.raises(ValueError, match="both write"):
+        _distiller().fit(x, y, epochs=1, verbose=0,
+                         callbacks=[first, second])
+    assert os.listdir(tmp_path) == []
 
 
 # ----------------------------------------------------------------------

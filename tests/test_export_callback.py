@@ -18,6 +18,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 import keras_kd as kd  # noqa: E402
 from keras_kd import callbacks as kdc  # noqa: E402
+from keras_kd.callbacks import tflite_export  # noqa: E402
 from keras_kd.export import ExportError, convert  # noqa: E402
 from tests.helpers import (  # noqa: E402
     ScriptedScores, StudentWeightLog, mlp, to_numpy)
@@ -181,7 +182,7 @@ def test_a_failed_export_leaves_the_previous_file_and_report(tmp_path,
             f.write('{"path": ')
         raise OSError("disk full")
 
-    monkeypatch.setattr(kdc, "_write_report", half_written)
+    monkeypatch.setattr(tflite_export, "_write_report", half_written)
     with pytest.raises(OSError, match="disk full"):
         distiller.fit(x, y, epochs=1, verbose=0,
                       callbacks=[ScriptedScores([0.5]), export])

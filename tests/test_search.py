@@ -3,7 +3,9 @@
 import dataclasses
 import glob
 import json
+import math
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -261,12 +263,41 @@ def test_nothing_is_left_in_the_working_directory_or_tmp(grid):
 
 @pytest.mark.one_backend("tensorflow")
 def test_directory_keeps_the_trials(tmp_path, teacher, digits):
-    result, _ = _search_in(tmp_path, teacher, digits, objectives=("kd",),
-                           temperatures=(4,), alphas=(0.5,),
-                           directory=str(tmp_path / "trials"))
+    from keras_kd import ownership
+
+    one = dict(objectives=("kd",), temperatures=(4,), alphas=(0.5,),
+               directory=str(tmp_path / "trials"))
+    result, _ = _search_in(tmp_path, teacher, digits, **one)
     assert os.listdir(tmp_path) == ["trials"]
-    trial_dirs = glob.glob(str(tmp_path / "trials" / "search" / "trial_*"))
+    project = tmp_path / "trials" / "search"
+    trial_dirs = glob.glob(str(project / "trial_*"))
     assert len(trial_dirs) == len(result.ranking) == 2
+    assert ownership.is_owned(project, "search")
+    # A second search replaces keras-kd's own project (not resumed: its
+    # trials run again, with the same scores).
+    (project / "stale.txt").write_text("old")
+    again, _ = _search_in(tmp_path, teacher, digits, **one)
+    assert not (project / "stale.txt").exists()
+    assert len(glob.glob(str(project / "trial_*"))) == 2
+    assert [r["score"] for r in again.ranking] == [
+        r["score"] for r in result.ranking]
+    assert ownership.is_owned(project, "search")
+
+
+def test_a_users_search_folder_is_never_deleted(tmp_path, teacher, digits,
+                                                nothing_trains):
+    # Issue 28 #6: directory=d deleted a user's d/search (keras-tuner's
+    # overwrite=True) before the first trial.
+    users = tmp_path / "search"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    (x, y), validation, _ = digits
+    with pytest.raises(FileExistsError, match=r"search.*did not write.*"
+                       r"new or empty folder"):
+        kd.search(teacher, _student, x, y, validation,
+                  directory=str(tmp_path))
+    assert sorted(os.listdir(users)) == ["notes.txt"]
+    assert (users / "notes.txt").read_text() == "mine"
 
 
 @pytest.mark.one_backend("torch")
@@ -288,6 +319,34 @@ def test_random_search_with_feature_pairs_runs_max_trials_baseline_first(
     assert set(keys) <= allowed
 
 
+@pytest.fixture
+def nothing_trains(monkeypatch):
+    """Makes any training step of a trial fail loudly: a check that came
+    only after training began would show as keras-tuner's "consecutive
+    failures" error, not as the expected one."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a trial started training")
+
+    monkeypatch.setattr(kd.Distiller, "fit", refuse)
+
+
+SHARED_STUDENT = []
+
+
+def _shared_student():
+    if not SHARED_STUDENT:
+        SHARED_STUDENT.append(_student())
+    return SHARED_STUDENT[0]
+
+
+def _shared_layers():
+    if not SHARED_STUDENT:
+        SHARED_STUDENT.append(_student())
+    hidden = SHARED_STUDENT[0].layers[0]
+    return keras.Sequential([keras.Input((64,)), hidden,
+                             keras.layers.Dense(10)])
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(objectives=("kd", "nope")), ValueError, "one of"),
     (dict(objectives="kd"), ValueError, r"objectives=\('kd', 'dist'\)"),
@@ -296,21 +355,93 @@ def test_random_search_with_feature_pairs_runs_max_trials_baseline_first(
     (dict(temperatures=(1, 1)), ValueError, "list each once"),
     (dict(feature_pairs=[("nope", "student_hidden")]), ValueError,
      "teacher has no layer 'nope'"),
+    # Issue 28 #25: refused before anything trains.
     (dict(max_trials=1), ValueError, "max_trials=10"),
+    (dict(epochs=0), ValueError, "epochs=10"),
+    (dict(batch_size=0), ValueError, "batch_size=32"),
+    (dict(learning_rate=0.0), ValueError, "learning_rate=1e-3"),
+    (dict(metrics="accuracy"), ValueError, r"metrics=\('accuracy',\)"),
+    (dict(metric=3), ValueError, "keras_tuner.Objective"),
     (dict(validation_data=None), ValueError, r"validation_data=\(x_val"),
     (dict(make_student="model"), TypeError, "make_student=lambda"),
+    # Issue 28 #22: a metric no trial logs, named before training.
+    (dict(metric="val_auc"), ValueError,
+     r"metric='val_auc' is not logged.*'val_accuracy'.*"
+     r"keras.metrics.AUC\(name='auc'\)"),
+    # Issue 28 #20: one model for every trial makes them cumulative.
+    (dict(make_student=_shared_student), ValueError,
+     "same model twice.*Build a new model in make_student"),
+    (dict(make_student=_shared_layers), ValueError,
+     "share weights.*Create new layers"),
 ])
-def test_bad_arguments_are_refused_with_the_fix(teacher, digits, kwargs,
-                                                error, match):
+def test_bad_arguments_are_refused_with_the_fix_before_training(
+        teacher, digits, nothing_trains, kwargs, error, match):
     (x, y), validation, _ = digits
     args = dict(validation_data=validation)
-    make_student = _student
-    if kwargs.get("make_student") == "model":
+    make_student = kwargs.pop("make_student", _student)
+    if make_student == "model":
         make_student = _student()
-        kwargs = {}
     args.update(kwargs)
     with pytest.raises(error, match=match):
         kd.search(teacher, make_student, x, y, **args)
+
+
+@pytest.mark.parametrize("where", ["x", "y", "dataset"])
+def test_nan_validation_data_is_refused_before_training(
+        teacher, digits, nothing_trains, where):
+    # Issue 28 #20: NaN validation inputs were ranked without a word (an
+    # argmax of NaN logits still gives an "accuracy").
+    (x, y), (x_val, y_val), _ = digits
+    x_val = x_val.copy()
+    x_val[5, 3] = np.nan
+    validation = (x_val, y_val)
+    if where == "y":  # float labels (a regression): NaN labels
+        validation = (digits[1][0], y_val.astype("float32"))
+        validation[1][7] = np.nan
+    if where == "dataset":
+        tf = pytest.importorskip("tensorflow")
+        validation = tf.data.Dataset.from_tensor_slices(
+            (x_val, y_val)).batch(4)
+    row = {"x": "rows [5]", "y": "rows [7]", "dataset": "batch 1, rows [1]"}
+    with pytest.raises(ValueError, match=r"NaN or infinite values \(.*"
+                       + re.escape(row[where]) + r"\).*meaningless"):
+        kd.search(teacher, _student, x, y, validation)
+
+
+def test_an_endless_dataset_is_refused(teacher, digits, nothing_trains):
+    tf = pytest.importorskip("tensorflow")
+    (x, y), validation, _ = digits
+    endless = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    with pytest.raises(ValueError, match=r"x.take\(1000\)"):
+        kd.search(teacher, _student, endless, batch_size=None,
+                  validation_data=validation)
+    with pytest.raises(ValueError, match=r"validation_data.take\(100\)"):
+        kd.search(teacher, _student, x, y, validation_data=endless)
+
+
+def test_a_tf_data_validation_set_is_counted(teacher, digits):
+    tf = pytest.importorskip("tensorflow")
+    from keras_kd.search import preflight
+
+    x_val, y_val = digits[1]
+    dataset = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(5)
+    assert preflight.validation_examples(dataset) == len(x_val) == 48
+    filtered = dataset.filter(lambda a, b: True)  # unknown cardinality
+    assert preflight.validation_examples(filtered) == 48
+
+
+def test_diverged_trials_are_ranked_last_with_a_warning():
+    from keras_kd.search.result import rank_rows
+
+    rows = [dict(setting="a", score=0.2), dict(setting="b", score=math.nan),
+            dict(setting="c", score=0.9), dict(setting="d", score=math.inf)]
+    with pytest.warns(RuntimeWarning, match=r"\['b', 'd'\].*ranked last"):
+        ranked = rank_rows(rows, "max")
+    assert [r["setting"] for r in ranked[:2]] == ["c", "a"]
+    with pytest.warns(RuntimeWarning):
+        ranked = rank_rows(rows, "min")
+    assert [r["setting"] for r in ranked[:2]] == ["a", "c"]
+    assert {r["setting"] for r in ranked[2:]} == {"b", "d"}
 
 
 def test_a_missing_keras_tuner_names_the_extra(monkeypatch, teacher, digits):
@@ -318,6 +449,37 @@ def test_a_missing_keras_tuner_names_the_extra(monkeypatch, teacher, digits):
     (x, y), validation, _ = digits
     with pytest.raises(ImportError, match=r'pip install "keras-kd\[search\]"'):
         kd.search(teacher, _student, x, y, validation)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_a_missing_tensorboard_on_tensorflow_names_the_extra(
+        monkeypatch, teacher, digits, nothing_trains, backend):
+    # Issue 28 #21: keras-tuner imports TensorBoard's hparams API at every
+    # trial on TensorFlow; without it every trial failed after training.
+    from keras_kd.search import check_requirements
+
+    monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams.api", None)
+    monkeypatch.setattr(keras.backend, "backend", lambda: backend)
+    if backend != "tensorflow":
+        assert check_requirements().__name__ == "keras_tuner"
+        return
+    with pytest.raises(ImportError, match=r'TensorBoard.*pip install '
+                       r'"keras-kd\[search\]"'):
+        check_requirements()
+    (x, y), validation, _ = digits
+    with pytest.raises(ImportError, match="tensorboard is not installed"):
+        kd.search(teacher, _student, x, y, validation)
+
+
+def test_the_search_extra_installs_what_keras_tuner_imports():
+    from pathlib import Path
+
+    from keras_kd.extras import EXTRAS
+
+    text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    (line,) = [v for v in text.splitlines() if v.startswith("search = ")]
+    assert "keras-tuner" in line and "tensorboard" in line
+    assert EXTRAS["tensorboard"] == EXTRAS["keras_tuner"] == "search"
 
 
 @pytest.mark.one_backend("torch")
