@@ -1,11 +1,14 @@
 """The documentation's code runs, and prints what it shows.
 
-Pages: README.md and docs/*.md. On each page, every ```python block is part of
-a program: the blocks of one ``## `` section (text before the first ``## ``
-heading is a section too), in order, make one script, run here in a fresh
-folder (with an empty ``saved_models/``) on the backend under test. The
-README's program runs on every backend; each docs page's program runs on one
-backend, chosen from its id (``one_backend`` in tests/conftest.py).
+Pages: README.md and docs/*.md. On a docs page, every ```python block is part
+of a program: the blocks of one ``## `` section (text before the first ``## ``
+heading is a section too), in order, make one script. In README.md each
+```python block is a program of its own (a reader copies one block of the
+front page, not a section: each must run alone), named after the heading
+above it (``## `` or ``### ``). Each program runs here in a fresh folder (with
+an empty ``saved_models/``) on the backend under test. The README's programs
+run on every backend; each docs page's program runs on one backend, chosen
+from its id (``one_backend`` in tests/conftest.py).
 
 A ```python block immediately followed by an ```output block (only blank
 lines between them) must print that output: the stripped, non-empty lines of
@@ -44,6 +47,7 @@ class Block:
     line: int          # 1-based line of the opening fence
     section: str
     follows_python: bool = False   # only blank lines since a ```python block
+    heading: str = ""  # the nearest heading above (``## `` or ``### ``)
 
 
 @dataclasses.dataclass
@@ -67,7 +71,7 @@ def parse(page):
     """
     lines = open(os.path.join(ROOT, page), encoding="utf-8").read().splitlines()
     blocks, errors = [], []
-    section = os.path.basename(page)
+    section = heading = os.path.basename(page)
     fence = None          # (indent, backticks, lang, start line, content lines)
     last_python_end = None
     python_fences = 0
@@ -76,7 +80,8 @@ def parse(page):
             m = _FENCE.match(line)
             if m and not m.group(3) and len(m.group(2)) >= len(fence[1]):
                 indent, ticks, lang, start, content = fence
-                block = Block(lang, "\n".join(content) + "\n", start, section)
+                block = Block(lang, "\n".join(content) + "\n", start, section,
+                              heading=heading)
                 if lang == "output":
                     between = lines[last_python_end:start - 1] if last_python_end else None
                     block.follows_python = between is not None and all(
@@ -99,9 +104,11 @@ def parse(page):
             python_fences += m.group(3) == "python"
             continue
         if line.startswith("## "):
-            section = line[3:].strip()
+            section = heading = line[3:].strip()
+        elif line.startswith("### "):
+            heading = line[4:].strip()
         elif line.startswith("# ") and not blocks:
-            section = line[2:].strip()
+            section = heading = line[2:].strip()
     if fence is not None:
         errors.append(f"{page}:{fence[3]}: a code block is never closed")
     for block in blocks:
@@ -112,16 +119,26 @@ def parse(page):
 
 
 def programs_of(page):
+    """The programs of a page: one per ``## `` section on a docs page, one per
+    block in README.md (a second block under one heading gets `` (2)``)."""
     blocks = parse(page)[0]
     programs = {}
+    program = None
     for block in blocks:
         if block.lang == "python":
-            program = programs.setdefault(block.section, Program(page, block.section))
+            if page == "README.md":
+                name, n = block.heading, 1
+                while name in programs:
+                    n += 1
+                    name = f"{block.heading} ({n})"
+            else:
+                name = block.section
+            program = programs.setdefault(name, Program(page, name))
             program.code += f"# --- {page}:{block.line}\n{block.text}\n"
             program.blocks += 1
         elif block.lang == "output" and block.follows_python:
             lines = [text.strip() for text in block.text.splitlines() if text.strip()]
-            programs[block.section].expected.append(lines)
+            program.expected.append(lines)
     return list(programs.values())
 
 
@@ -148,6 +165,18 @@ def test_the_docs_have_runnable_programs():
     pages = {program.page for program in PROGRAMS}
     assert "README.md" in pages
     assert len(PROGRAMS) >= 8, [program.id for program in PROGRAMS]
+
+
+def test_each_readme_block_is_a_program_of_its_own():
+    # A reader copies one block of the front page: each runs alone, with its
+    # own imports and data (the blocks are not concatenated).
+    python_fences = parse("README.md")[2]
+    programs = programs_of("README.md")
+    assert len(programs) == python_fences >= 3
+    assert all(program.blocks == 1 for program in programs)
+    assert len({program.id for program in programs}) == len(programs)
+    for program in programs:
+        assert "import " in program.code, program.id
 
 
 def test_the_readme_shows_the_test_command():
