@@ -64,9 +64,15 @@ from keras_kd.quantization.layers import (
     QuantizedLayer,
     is_quantization_aware,
     quantizers,
+    uncalibrated,
 )
 from keras_kd.quantization.ranges import calibrate
-from keras_kd.quantization.rebuild import quantize_model
+from keras_kd.quantization.rebuild import (
+    float_model_of,
+    quantize_model,
+    unsupported_layers,
+)
 
 __all__ = ["ActivationQuantizer", "QuantizedLayer", "calibrate",
-           "is_quantization_aware", "quantize_model", "quantizers"]
+           "float_model_of", "is_quantization_aware", "quantize_model",
+           "quantizers", "uncalibrated", "unsupported_layers"]

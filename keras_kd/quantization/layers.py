@@ -7,7 +7,7 @@ import keras
 from keras import ops
 
 __all__ = ["ActivationQuantizer", "QuantizedLayer", "is_quantization_aware",
-           "quantizers"]
+           "quantizers", "uncalibrated"]
 
 
 # Layers whose output is int8 with the input's scale in TFLite (no new range):
@@ -316,3 +316,29 @@ def is_quantization_aware(model):
     True
     """
     return isinstance(model, keras.Model) and bool(quantizers(model))
+
+
+def uncalibrated(model):
+    """Names of ``model``'s activation quantizers that never saw data.
+
+    A quantizer's range starts at ``(-6, 6)`` (a placeholder) with its
+    ``calibrated`` flag at 0; :func:`~keras_kd.quantization.calibrate` or a
+    training step sets the range from data and the flag to 1. The export
+    refuses a model for which this list is not empty: its file would
+    quantize with the placeholder ranges.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_kd as kd
+    >>> inputs = keras.Input((3,), name="x")
+    >>> qat = kd.quantization.quantize_model(
+    ...     keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs)))
+    >>> kd.quantization.uncalibrated(qat)
+    ['x_quant', 'd_quant']
+    >>> _ = kd.quantization.calibrate(qat, np.ones((4, 3), "float32"))
+    >>> kd.quantization.uncalibrated(qat)
+    []
+    """
+    return [layer.name for layer in quantizers(model)
+            if not layer.built or float(keras.ops.convert_to_numpy(
+                layer.calibrated)) == 0.0]

@@ -1,4 +1,15 @@
-"""Building the quantization-aware copy of a student: :func:`quantize_model`."""
+"""Building the quantization-aware copy of a student: :func:`quantize_model`.
+
+The float graph is read with public Keras API (``model.operations``,
+``layer.input`` / ``layer.output``) and rebuilt by
+``keras.models.clone_model`` with a ``call_function`` that replaces each
+layer call: a convolution with its BatchNorm and ReLU becomes one
+:class:`~keras_kd.quantization.QuantizedLayer`, the fused layers' own calls
+become nothing, and quantizers are inserted after the layers that compute new
+values.
+"""
+
+import weakref
 
 import keras
 
@@ -12,7 +23,10 @@ from keras_kd.quantization.layers import (
 )
 from keras_kd.quantization.ranges import calibrate
 
-__all__ = ["quantize_model"]
+__all__ = ["float_model_of", "quantize_model", "unsupported_layers"]
+
+# quantization-aware copy -> its float model (weakly: neither is kept alive).
+_FLOAT_MODELS = weakref.WeakKeyDictionary()
 
 
 def _activation_name(fn):
@@ -41,28 +55,115 @@ def _copy(layer):
     return layer.__class__.from_config(layer.get_config())
 
 
-# Private Keras API, on purpose: a Functional model's `_nodes_by_depth`,
-# `_inbound_nodes` and `_outputs_struct` are the only way to walk its graph
-# in order and rebuild it with layers fused and quantizers inserted
-# (keras.models.clone_model maps layers one to one and cannot fuse
-# Conv + BatchNorm + ReLU). Keras's own cloning reads the same fields;
-# tests/test_quantization.py fails on every backend if they change.
+# Layers whose int8 export keeps a float kernel (measured: the converter
+# wraps them in DEQUANTIZE / QUANTIZE), with the way out.
+_FLOAT_IN_TFLITE = (
+    ((keras.layers.SeparableConv1D, keras.layers.SeparableConv2D),
+     "its depthwise and pointwise kernels are not quantized and TFLite runs "
+     "it in float; build it as DepthwiseConv2D followed by a 1x1 Conv2D "
+     "(the same function)"),
+    ((keras.layers.LayerNormalization, keras.layers.GroupNormalization),
+     "TFLite has no int8 kernel for it and computes it in float; use "
+     "BatchNormalization (folded into the layer before it) or keep the "
+     "student float"),
+    ((keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
+      keras.layers.Conv3D, keras.layers.Conv3DTranspose),
+     "its kernel is not quantized by quantize_model"),
+)
+
+
+def unsupported_layers(model):
+    """The layers of ``model`` an int8 TFLite file would compute in float.
+
+    Returns ``[(layer name, why and what to do), ...]``, empty when every
+    layer has an int8 form: :func:`quantize_model` refuses a model with any
+    of them, listing them all. Refused: ``SeparableConv1D`` /
+    ``SeparableConv2D``, ``LayerNormalization`` / ``GroupNormalization``,
+    transposed and 3-D convolutions, a ``ReLU`` with a ``max_value`` other
+    than 6 (TFLite fuses only ReLU and ReLU6; ``ReLU(max_value=3)`` stays a
+    float ``MINIMUM``), and layers whose dtype policy is not ``float32``
+    (e.g. ``mixed_bfloat16``: the quantized arithmetic is simulated in
+    float32). Dilated convolutions are supported (the converter's
+    ``SPACE_TO_BATCH_ND`` / ``BATCH_TO_SPACE_ND`` stay int8).
+
+    Example:
+
+    >>> import keras, keras_kd as kd
+    >>> inputs = keras.Input((8,))
+    >>> h = keras.layers.LayerNormalization(name="norm")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(2)(h))
+    >>> [name for name, _ in kd.quantization.unsupported_layers(model)]
+    ['norm']
+    """
+    found = []
+    for layer in _layers(model):
+        policy = getattr(getattr(layer, "dtype_policy", None), "name",
+                         "float32")
+        if policy != "float32":
+            found.append((layer.name, f"its dtype policy is '{policy}'; "
+                          "quantize_model simulates int8 in float32: build "
+                          "the student under keras.config.set_dtype_policy("
+                          "'float32') (or dtype='float32' per layer)"))
+            continue
+        for types, why in _FLOAT_IN_TFLITE:
+            if isinstance(layer, types):
+                found.append((layer.name, f"{type(layer).__name__}: {why}"))
+        if isinstance(layer, keras.layers.ReLU) and (
+                layer.max_value is not None
+                and float(layer.max_value) != 6.0):
+            found.append((layer.name, f"ReLU(max_value={layer.max_value}) "
+                          "runs in float in TFLite, which has int8 kernels "
+                          "for ReLU and ReLU6 only: use ReLU() or "
+                          "ReLU(6.0)"))
+    return found
+
+
+def _layers(model):
+    """Every operation of a Functional or Sequential model but its inputs."""
+    return [op for op in getattr(model, "operations", model.layers)
+            if not isinstance(op, keras.layers.InputLayer)]
+
+
 def _graph(model):
+    """``model`` as a plain, uncompiled Functional model on the same layers
+    (no layer is called: the graph is the same)."""
     if isinstance(model, keras.Sequential):
         if not model.built or not getattr(model, "inputs", None):
             raise ValueError(
                 f"Sequential model '{model.name}' has no known input; build "
                 "it with a keras.Input first, e.g. "
                 "keras.Sequential([keras.Input((32, 32, 3)), ...]).")
-        return keras.Model(model.inputs, model.outputs, name=model.name)
-    if not hasattr(model, "_nodes_by_depth") or not getattr(
-            model, "inputs", None):
+        (inputs,), outputs = model.inputs, model.outputs
+        return keras.Model(inputs, outputs[0] if len(outputs) == 1
+                           else outputs, name=model.name)
+    if not isinstance(model, keras.Model) or not getattr(
+            model, "inputs", None) or not hasattr(model, "operations"):
         raise TypeError(
             f"quantize_model takes a Functional or Sequential model; "
-            f"'{model.name}' is a subclassed {type(model).__name__}, whose "
-            "graph cannot be read. Rebuild the student with the functional "
-            "API (keras.Model(inputs, outputs)).")
-    return model
+            f"'{getattr(model, 'name', model)}' is a subclassed "
+            f"{type(model).__name__}, whose graph cannot be read. Rebuild the "
+            "student with the functional API (keras.Model(inputs, outputs)).")
+    return keras.Model(model.input, model.output, name=model.name)
+
+
+def float_model_of(model):
+    """The float model a quantization-aware copy was made from, or None.
+
+    Known for a copy made by :func:`quantize_model` in this process while
+    the float model is alive (it is not saved with the copy); the export
+    compares an int8 file's accuracy with it.
+
+    Example:
+
+    >>> import keras, keras_kd as kd
+    >>> inputs = keras.Input((4,))
+    >>> student = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    >>> qat = kd.quantization.quantize_model(student)
+    >>> kd.quantization.float_model_of(qat) is student
+    True
+    """
+    ref = _FLOAT_MODELS.get(model)
+    return None if ref is None else ref()
 
 
 def quantize_model(model, calibration_data=None, ema_decay=0.99,
@@ -83,7 +184,14 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99,
       (``Flatten``, ``Reshape``, ``MaxPooling``, ``Dropout``, padding) keep
       their input's quantization, as in TFLite.
 
-    The float model is left untouched. Train the copy with ``fit()`` or with
+    The graph is read and rebuilt with public Keras API only
+    (``model.operations``, ``layer.input`` / ``layer.output`` and
+    ``keras.models.clone_model(call_function=...)``, which lets each layer
+    call be replaced by several layers or, for a fused BatchNorm or ReLU, by
+    nothing).
+
+    The float model is left untouched (:func:`float_model_of` returns it
+    from the copy, for the export's accuracy comparison). Train the copy with ``fit()`` or with
     :class:`keras_kd.Distiller` (quantization-aware distillation from the
     float teacher), then export a fully int8 file from its learned ranges
     with ``kd.export.to_tflite(qat, path, quantize="int8")``. Methods: Jacob
@@ -92,7 +200,9 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99,
 
     Args:
         model: a built Functional or Sequential ``keras.Model``, channels
-            last, each layer used once.
+            last, float32, each layer used once; layers TFLite cannot run
+            in int8 (:func:`unsupported_layers`) are refused with their
+            list.
         calibration_data: optional inputs (array or iterable of batches)
             whose running min/max start the activation ranges
             (:func:`calibrate`); otherwise the first training batch does.
@@ -121,116 +231,144 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99,
     graph = _graph(model)
     if is_quantization_aware(graph):
         raise ValueError(f"Model '{model.name}' is already quantization-aware.")
+    refused = unsupported_layers(graph)
+    if refused:
+        raise ValueError(
+            f"quantize_model cannot make '{model.name}' fully int8: "
+            + "; ".join(f"layer '{name}' ({why})" for name, why in refused)
+            + ". An int8 TFLite file would compute these layers in float.")
+    operations = _layers(graph)
 
+    # The float graph, read with public API: who consumes each tensor.
+    produced = {id(t) for t in graph.inputs}
+    for op in operations:
+        produced.update(id(t) for t in keras.tree.flatten(op.output))
     consumers = {}
-    for depth_nodes in graph._nodes_by_depth.values():
-        for node in depth_nodes:
-            for tensor in node.input_tensors:
-                consumers.setdefault(id(tensor), []).append(node)
+    for op in operations:
+        for tensor in keras.tree.flatten(op.input):
+            if id(tensor) not in produced:
+                raise ValueError(
+                    f"Layer '{op.name}' is also called outside "
+                    f"'{model.name}' (its first call is in another model); "
+                    "quantize_model needs each layer used once. Rebuild the "
+                    "student with its own layers.")
+            consumers.setdefault(id(tensor), []).append(op)
     outputs_ids = {id(t) for t in graph.outputs}
-    for op in graph.operations:
-        if len(getattr(op, "_inbound_nodes", ())) > 1:
-            raise ValueError(
-                f"Layer '{op.name}' is called {len(op._inbound_nodes)} times; "
-                "quantize_model needs each layer used once (its quantized "
-                "copies would need a range per call).")
 
     def only_consumer(tensor):
-        """The single node consuming ``tensor`` (None if several, none or
+        """The single layer consuming ``tensor`` (None if several, none or
         the tensor is a model output)."""
-        nodes = consumers.get(id(tensor), [])
-        if len(nodes) != 1 or id(tensor) in outputs_ids:
+        ops = consumers.get(id(tensor), [])
+        if len(ops) != 1 or id(tensor) in outputs_ids:
             return None
-        return nodes[0]
+        return ops[0]
+
+    # What each weight layer takes with it: (BatchNorm, fused activation).
+    plan, fused = {}, set()
+    for op in operations:
+        if not isinstance(op, WEIGHT_LAYERS):
+            continue
+        if getattr(op, "lora_enabled", False) or getattr(
+                op, "quantization_mode", None):
+            raise ValueError(
+                f"Layer '{op.name}' uses LoRA or Keras quantization; merge "
+                "or remove it before quantize_model.")
+        out, batch_norm, activation = op.output, None, None
+        act = _activation_name(op.activation)
+        # A dilated convolution runs as SPACE_TO_BATCH_ND, the kernel and
+        # BATCH_TO_SPACE_ND: the converter cannot fuse a ReLU across the
+        # last one and would keep the kernel float, so its ReLU is its own,
+        # int8 op (quantized before and after), not fused.
+        dilated = max(getattr(op, "dilation_rate", None) or (1,)) > 1
+        if act in FUSABLE and not dilated:
+            activation = act
+        elif act == "linear":
+            nxt = only_consumer(out)
+            if (nxt is not None
+                    and isinstance(nxt, keras.layers.BatchNormalization)
+                    and nxt.axis in (-1, len(out.shape) - 1)):
+                batch_norm, out = nxt, nxt.output
+                fused.add(id(nxt))
+            nxt = only_consumer(out)
+            if nxt is not None and _fusable_activation(nxt) and not dilated:
+                activation = _fusable_activation(nxt)
+                fused.add(id(nxt))
+        plan[id(op)] = (batch_norm, activation, act)
 
     def quantizer(name):
         return ActivationQuantizer(ema_decay=ema_decay, name=f"{name}_quant")
 
-    def input_name(tensor):
-        history = getattr(tensor, "_keras_history", None)
-        return history.operation.name if history else tensor.name
+    input_names = {id(op.output): op.name for op in graph.operations
+                   if isinstance(op, keras.layers.InputLayer)}
+    new_inputs = keras.tree.map_structure(
+        lambda t: keras.Input(batch_shape=t.shape, dtype=t.dtype,
+                              name=input_names.get(id(t), t.name)),
+        graph.input)
+    input_quantizers = {
+        id(new): (new, input_names.get(id(original), original.name))
+        for original, new in zip(graph.inputs, keras.tree.flatten(new_inputs))
+        if "float" in str(new.dtype)}
+    quantized_inputs, calls = {}, set()
 
-    new_inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype,
-                              name=input_name(t)) for t in graph.inputs]
-    tensors = {}
-    for original, new in zip(graph.inputs, new_inputs):
-        tensors[id(original)] = (
-            quantizer(input_name(original))(new)
-            if "float" in str(new.dtype) else new)
-    fused = set()
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            op = node.operation
-            if node.is_input or id(node) in fused:
-                continue
-            args, kwargs = node.arguments.fill_in(tensors)
-            if isinstance(op, WEIGHT_LAYERS):
-                if getattr(op, "lora_enabled", False) or getattr(
-                        op, "quantization_mode", None):
-                    raise ValueError(
-                        f"Layer '{op.name}' uses LoRA or Keras quantization; "
-                        "merge or remove it before quantize_model.")
-                out = node.outputs[0]
-                batch_norm = activation = None
-                act = _activation_name(op.activation)
-                if act in FUSABLE:
-                    activation = act
-                elif act == "linear":
-                    nxt = only_consumer(out)
-                    if (nxt is not None and isinstance(
-                            nxt.operation, keras.layers.BatchNormalization)
-                            and nxt.operation.axis in (-1, len(out.shape) - 1)):
-                        batch_norm = _copy(nxt.operation)
-                        batch_norm_source = nxt.operation
-                        fused.add(id(nxt))
-                        out = nxt.outputs[0]
-                    nxt = only_consumer(out)
-                    if nxt is not None and _fusable_activation(nxt.operation):
-                        activation = _fusable_activation(nxt.operation)
-                        fused.add(id(nxt))
-                        out = nxt.outputs[0]
-                inner = _copy(op)
-                if act not in ("linear", *FUSABLE):
-                    inner_activation = act
-                else:
-                    inner_activation = None
-                layer = QuantizedLayer(inner, batch_norm=batch_norm,
-                                       activation=activation, name=op.name)
-                result = layer(*args, **kwargs)
-                inner.set_weights(op.get_weights())
-                if batch_norm is not None:
-                    batch_norm.set_weights(batch_norm_source.get_weights())
-                result = quantizer(op.name)(result)
-                if inner_activation is not None:
-                    # A non-fusable activation (e.g. swish) is its own op.
-                    result = keras.layers.Activation(
-                        inner_activation, name=f"{op.name}_activation")(result)
-                    result = quantizer(f"{op.name}_activation")(result)
-                tensors[id(out)] = result
-                continue
-            if isinstance(op, keras.Model):
-                raise ValueError(
-                    f"'{op.name}' is a nested model; quantize_model reads "
-                    "one graph. Rebuild the student without nesting, e.g. "
-                    "keras.Model(inner.inputs, ...) on its layers.")
-            new_op = op
-            if isinstance(op, keras.layers.Layer):
-                new_op = _copy(op)
-            outputs = new_op(*args, **kwargs)
-            if isinstance(op, keras.layers.Layer) and op.weights:
-                new_op.set_weights(op.get_weights())
-            flat = keras.tree.flatten(outputs)
-            if not isinstance(op, SAME_SCALE):
-                flat = [quantizer(f"{op.name}_{i}" if len(flat) > 1
-                                  else op.name)(t)
-                        if "float" in str(t.dtype) else t
-                        for i, t in enumerate(flat)]
-            for original, new in zip(node.outputs, flat):
-                tensors[id(original)] = new
-    outputs = keras.tree.pack_sequence_as(
-        graph._outputs_struct, [tensors[id(t)] for t in graph.outputs])
-    qat = keras.Model(new_inputs[0] if len(new_inputs) == 1 else new_inputs,
-                      outputs, name=model.name)
+    def quantize_input(value):
+        """A float model input's quantized tensor (one quantizer per input,
+        made at its first use); anything else as it is."""
+        if id(value) not in input_quantizers:
+            return value
+        if id(value) not in quantized_inputs:
+            new, name = input_quantizers[id(value)]
+            quantized_inputs[id(value)] = quantizer(name)(new)
+        return quantized_inputs[id(value)]
+
+    def call(op, *args, **kwargs):
+        if id(op) in calls:
+            raise ValueError(
+                f"Layer '{op.name}' is called more than once in "
+                f"'{model.name}'; quantize_model needs each layer used once "
+                "(its quantized copies would need a range per call).")
+        calls.add(id(op))
+        if isinstance(op, keras.Model):
+            raise ValueError(
+                f"'{op.name}' is a nested model; quantize_model reads one "
+                "graph. Rebuild the student without nesting, e.g. "
+                "keras.Model(inner.inputs, ...) on its layers.")
+        args, kwargs = keras.tree.map_structure(quantize_input,
+                                                (args, kwargs))
+        if id(op) in fused:
+            return args[0]  # computed inside the QuantizedLayer before it
+        if id(op) in plan:
+            batch_norm, activation, act = plan[id(op)]
+            inner = _copy(op)
+            bn = None if batch_norm is None else _copy(batch_norm)
+            result = QuantizedLayer(inner, batch_norm=bn,
+                                    activation=activation,
+                                    name=op.name)(*args, **kwargs)
+            inner.set_weights(op.get_weights())
+            if bn is not None:
+                bn.set_weights(batch_norm.get_weights())
+            result = quantizer(op.name)(result)
+            if act != "linear" and activation is None:
+                # A non-fusable activation (e.g. swish) is its own op.
+                result = keras.layers.Activation(
+                    act, name=f"{op.name}_activation")(result)
+                result = quantizer(f"{op.name}_activation")(result)
+            return result
+        new_op = _copy(op) if isinstance(op, keras.layers.Layer) else op
+        outputs = new_op(*args, **kwargs)
+        if isinstance(op, keras.layers.Layer) and op.weights:
+            new_op.set_weights(op.get_weights())
+        if isinstance(op, SAME_SCALE):
+            return outputs
+        flat = keras.tree.flatten(outputs)
+        flat = [quantizer(f"{op.name}_{i}" if len(flat) > 1 else op.name)(t)
+                if "float" in str(t.dtype) else t
+                for i, t in enumerate(flat)]
+        return keras.tree.pack_sequence_as(outputs, flat)
+
+    qat = keras.models.clone_model(graph, input_tensors=new_inputs,
+                                   clone_function=lambda op: op,
+                                   call_function=call)
+    _FLOAT_MODELS[qat] = weakref.ref(model)
     if calibration_data is not None:
         calibrate(qat, calibration_data, batch_size=batch_size)
     return qat
