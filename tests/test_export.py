@@ -332,7 +332,8 @@ def test_a_truncated_tflite_file_gets_an_error_naming_it(float32_export,
         cut.write_bytes(data[:size])
         for read in (lambda: litert.flex_ops(cut.read_bytes(), cut),
                      lambda: litert.operators(cut.read_bytes(), cut),
-                     lambda: litert.interpreter(str(cut), False)):
+                     lambda: litert.interpreter(str(cut), False),
+                     lambda: export.LiteRTCausalLM(cut)):
             with pytest.raises(export.ExportError,
                                match="cut.tflite' is not a complete TFLite"):
                 read()
