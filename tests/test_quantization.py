@@ -567,7 +567,17 @@ def test_layers_tflite_runs_in_float_are_refused_with_their_list():
                       ("half", "mixed_bfloat16")):
         assert f"layer '{name}'" in message and fix in message, name
     assert "'head'" not in message
-    # The six-layer ReLU is fused, not refused.
+    # Under a global mixed_bfloat16 policy, a float32 student's copy still
+    # simulates int8 in float32.
+    float_student = depthwise_student()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        qat = quantization.quantize_model(float_student)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert {layer.dtype_policy.name for layer in qat.layers[1:]} == {
+        "float32"}
+    # ReLU6 is fused, not refused.
     ok = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
                            keras.layers.ReLU(6.0)])
     assert quantization.unsupported_layers(ok) == []

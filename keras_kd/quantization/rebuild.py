@@ -296,7 +296,10 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99,
         plan[id(op)] = (batch_norm, activation, act)
 
     def quantizer(name):
-        return ActivationQuantizer(ema_decay=ema_decay, name=f"{name}_quant")
+        # float32 whatever the global policy: the simulated int8 arithmetic
+        # must not round again in bfloat16.
+        return ActivationQuantizer(ema_decay=ema_decay, name=f"{name}_quant",
+                                   dtype="float32")
 
     input_names = {id(op.output): op.name for op in graph.operations
                    if isinstance(op, keras.layers.InputLayer)}
@@ -341,8 +344,8 @@ def quantize_model(model, calibration_data=None, ema_decay=0.99,
             inner = _copy(op)
             bn = None if batch_norm is None else _copy(batch_norm)
             result = QuantizedLayer(inner, batch_norm=bn,
-                                    activation=activation,
-                                    name=op.name)(*args, **kwargs)
+                                    activation=activation, name=op.name,
+                                    dtype="float32")(*args, **kwargs)
             inner.set_weights(op.get_weights())
             if bn is not None:
                 bn.set_weights(batch_norm.get_weights())
