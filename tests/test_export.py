@@ -5,6 +5,7 @@ On JAX and PyTorch the conversions run in one TensorFlow worker process
 the first costs about a second.
 """
 
+import itertools
 import os
 
 import keras
@@ -17,6 +18,7 @@ from keras_kd import export
 from keras_kd.app import export_command
 from keras_kd.export import api, convert, litert, worker
 from keras_kd.data import load_digits
+from keras_kd.ownership import is_owned
 from tests.conftest import BACKEND
 from tests.helpers import mlp, to_numpy
 
@@ -120,6 +122,9 @@ def test_int8_keeps_accuracy(student, digits, tmp_path):
     assert weight_dtypes(interpreter, (10, 32)) == {np.int8}
     assert "accuracy keras" in report.summary()
     assert report.as_dict()["quantize"] == "int8"
+    # A fully int8 file: the export read its op list and found no float op.
+    assert report.float_ops == []
+    assert report.float_model_accuracy is None  # not quantization-aware
     # The parity figure is measured on the held-out eval_data (its first 64
     # samples), not on the calibration samples the file fits best.
     held_out = np.max(np.abs(tflite[:64] - keras_outputs(student, x_test[:64])))
@@ -258,13 +263,10 @@ def test_distiller_exports_only_the_student(student, digits, float32_export,
 
 def test_saved_model_export(student, tmp_path):
     path = tmp_path / "saved"
-    path.mkdir()
-    (path / "stale.txt").write_text("replaced")
     assert export.to_saved_model(student, path) == str(path)
     assert os.path.isfile(path / "saved_model.pb")
     assert os.path.isdir(path / "variables")
-    assert not (path / "stale.txt").exists()
-    assert os.listdir(tmp_path) == ["saved"]
+    assert is_owned(path, "saved_model")
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
@@ -273,6 +275,148 @@ def test_saved_model_export(student, tmp_path):
         served = loaded.serve(x).numpy()
         np.testing.assert_allclose(served, keras_outputs(student, x),
                                    atol=1e-5)
+    # keras-kd's own SavedModel is replaced as a whole (a file left in it
+    # goes with it), through a temporary sibling: nothing else is left.
+    (path / "stale.txt").write_text("replaced")
+    export.to_saved_model(student, path)
+    assert not (path / "stale.txt").exists()
+    assert os.path.isfile(path / "saved_model.pb")
+    assert os.listdir(tmp_path) == ["saved"]
+
+
+def test_saved_model_refuses_a_folder_keras_kd_did_not_write(student,
+                                                            tmp_path):
+    """Issue #2: to_saved_model(m, "saved_models") on the user's folder
+    deleted the whole tree."""
+    folder = tmp_path / "saved_models"
+    (folder / "older").mkdir(parents=True)
+    (folder / "older" / "model.keras").write_bytes(b"the user's model")
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="did not write"):
+        export.to_saved_model(student, folder)
+    assert (folder / "older" / "model.keras").read_bytes() == \
+        b"the user's model"
+    assert sorted(os.listdir(folder)) == ["notes.txt", "older"]
+    assert os.listdir(tmp_path) == ["saved_models"]  # no temporary left
+    # An empty folder is taken.
+    (tmp_path / "empty").mkdir()
+    export.to_saved_model(student, tmp_path / "empty")
+    assert os.path.isfile(tmp_path / "empty" / "saved_model.pb")
+
+
+def test_a_failed_saved_model_export_leaves_the_previous_one(
+        student, tmp_path, monkeypatch):
+    path = tmp_path / "saved"
+    export.to_saved_model(student, path)
+    before = sorted(os.listdir(path))
+    pb = (path / "saved_model.pb").read_bytes()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed halfway")
+
+    monkeypatch.setattr(api.ownership, "claim_folder", fail)
+    with pytest.raises(RuntimeError, match="killed halfway"):
+        export.to_saved_model(student, path)
+    assert sorted(os.listdir(path)) == before
+    assert (path / "saved_model.pb").read_bytes() == pb
+    assert os.listdir(tmp_path) == ["saved"]
+
+
+def test_a_truncated_tflite_file_gets_an_error_naming_it(float32_export,
+                                                         tmp_path):
+    """Issue #25: a cut-off file gave struct.error."""
+    good, _ = float32_export
+    data = good.read_bytes()
+    cut = tmp_path / "cut.tflite"
+    for size in (len(data) // 2, 64, 6):
+        cut.write_bytes(data[:size])
+        for read in (lambda: litert.flex_ops(cut.read_bytes(), cut),
+                     lambda: litert.operators(cut.read_bytes(), cut),
+                     lambda: litert.interpreter(str(cut), False),
+                     lambda: export.LiteRTCausalLM(cut)):
+            with pytest.raises(export.ExportError,
+                               match="cut.tflite' is not a complete TFLite"):
+                read()
+    # The whole file reads.
+    assert litert.operators(data)[0][0] == "FULLY_CONNECTED"
+
+
+def test_eval_labels_outside_the_classes_or_fractional_are_refused(
+        student, digits, tmp_path):
+    """Issue #20: such labels scored 0.0 without an error."""
+    logits = np.array([[0.1, 2.0, 0.3], [3.0, 0.0, 0.0]])
+    assert litert.accuracy(logits, np.array([1.0, 0.0])) == 1.0  # whole
+    for bad, message in ((np.array([1, 3]), r"in \[0, 3\)"),
+                         (np.array([1, -1]), r"in \[0, 3\)"),
+                         (np.array([0.5, 1.0]), "fractional")):
+        with pytest.raises(ValueError, match=message):
+            litert.accuracy(logits, bad)
+    _, (x_test, y_test) = digits
+    path = tmp_path / "student.tflite"
+    with pytest.raises(ValueError, match=r"in \[0, 10\)"):
+        export.to_tflite(student, path, eval_data=(x_test, y_test + 1),
+                         latency_runs=0)
+    assert not path.exists()
+
+
+def test_data_reads_are_bounded(student, digits, tmp_path):
+    """Issue #11: eval_data=ds.repeat() grew past 1.4 GB."""
+    (x_train, y_train), _ = digits
+    endless = itertools.repeat((x_train[:10], y_train[:10]))
+    x, y = api._collect(endless, (64,), "float32", limit=100)
+    assert len(x) == 100 and len(y) == 100
+    empty_forever = itertools.repeat(x_train[:0])
+    with pytest.raises(ValueError, match="empty"):
+        api._collect(empty_forever, (64,), "float32", limit=100)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.from_tensor_slices(
+            (x_train[:64], y_train[:64])).batch(16).repeat()
+        with pytest.raises(ValueError, match="eval_data is an infinite"):
+            export.to_tflite(student, tmp_path / "a.tflite", eval_data=ds)
+        assert not (tmp_path / "a.tflite").exists()
+        # Representative data is read up to its stated bound (2000).
+        x, _ = api._collect(ds, (64,), "float32",
+                            limit=10 * api.REPRESENTATIVE_SAMPLES)
+        assert len(x) == 2000
+
+
+def layer_norm_student():
+    inputs = keras.Input((8,), name="features")
+    h = keras.layers.Dense(6, name="hidden")(inputs)
+    h = keras.layers.LayerNormalization(name="norm")(h)
+    return keras.Model(inputs, keras.layers.Dense(3, name="logits")(h))
+
+
+def test_int8_file_with_float_ops_is_refused_unless_allowed(tmp_path):
+    """Issue 28 #12: an int8 file computing a layer in float was reported
+    as int8. TFLite's LayerNormalization keeps a float NEG after post-
+    training int8 quantization; the export reads its own op list."""
+    model = layer_norm_student()
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    path = tmp_path / "norm_int8.tflite"
+    with pytest.raises(export.FloatOpsError, match=r"NEG\(FLOAT32 -> "
+                       r"FLOAT32\).*allow_float_ops=True"):
+        export.to_tflite(model, path, quantize="int8", representative_data=x,
+                         latency_runs=0)
+    assert not path.exists()
+    with pytest.warns(UserWarning, match="computes 1 op.s. in float"):
+        report = export.to_tflite(model, path, quantize="int8",
+                                  representative_data=x, latency_runs=0,
+                                  allow_float_ops=True)
+    ops = litert.operators(path.read_bytes())
+    floats = [(name, ins, outs) for name, ins, outs in ops
+              if name not in ("QUANTIZE", "DEQUANTIZE")
+              and "FLOAT32" in ins + outs]
+    assert floats == [("NEG", ["FLOAT32"], ["FLOAT32"])]
+    assert report.float_ops == ["NEG(FLOAT32 -> FLOAT32)"]
+    assert "FLOAT OPS" in report.summary()
+    assert report.as_dict()["float_ops"] == report.float_ops
+    # The other kernels are int8.
+    for name, ins, outs in ops:
+        if name == "FULLY_CONNECTED":
+            assert ins[:2] == ["INT8", "INT8"] and outs == ["INT8"]
 
 
 def test_representative_data_from_batches(student, digits):

@@ -269,6 +269,46 @@ def test_quantization_aware_distillation_exports_a_fully_int8_file(
                                expected, atol=3 * step)
 
 
+def test_an_int8_file_with_float_ops_fails_the_export_unless_allowed(
+        tmp_path):
+    """Issue 28 #12 through the callback: to_tflite reads its own file's op
+    list; a float op in an "int8" file fails the export (nothing written,
+    the previous file kept) unless allow_float_ops=True."""
+    inputs = keras.Input((64,))
+    h = keras.layers.Dense(8, name="hidden")(inputs)
+    h = keras.layers.LayerNormalization(name="norm")(h)
+    student = keras.Model(inputs, keras.layers.Dense(10)(h))
+    student.compile("sgd", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True))
+    x, y = _data()
+    path = tmp_path / "s.tflite"
+    path.write_bytes(b"the last good file")
+    export = kdc.TFLiteExport(path, quantize="int8", representative_data=x)
+    with pytest.raises(kd.export.FloatOpsError, match=r"NEG\(FLOAT32"):
+        student.fit(x, y, epochs=1, verbose=0, callbacks=[export])
+    assert path.read_bytes() == b"the last good file"
+    assert os.listdir(tmp_path) == ["s.tflite"]
+    export = kdc.TFLiteExport(path, quantize="int8", representative_data=x,
+                              allow_float_ops=True)
+    with pytest.warns(UserWarning, match="in float"):
+        student.fit(x, y, epochs=1, verbose=0, callbacks=[export])
+    report = read_report(tmp_path / "s.json")
+    assert report["float_ops"] == ["NEG(FLOAT32 -> FLOAT32)"]
+    ops = kd.export.litert.operators(path.read_bytes())
+    assert ("NEG", ["FLOAT32"], ["FLOAT32"]) in ops
+
+
+def test_an_infinite_eval_data_is_refused_before_training(tmp_path):
+    """Issue #11: eval_data=ds.repeat() would grow without end at the first
+    export; it is refused when the callback is made."""
+    tf = pytest.importorskip("tensorflow")
+    x, y = _data()
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).repeat()
+    with pytest.raises(ValueError, match="eval_data is an infinite"):
+        kdc.TFLiteExport(tmp_path / "s.tflite", eval_data=ds)
+    assert os.listdir(tmp_path) == []
+
+
 def test_modes_and_report_paths():
     assert kdc.TFLiteExport("s.tflite").mode is None
     assert kdc.TFLiteExport("s.tflite", monitor="val_loss").mode == "min"

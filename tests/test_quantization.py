@@ -252,7 +252,7 @@ def test_refuses_subclassed_and_shared_layers():
         quantization.quantize_model(model)
     shared = keras.layers.Dense(3)
     inputs = keras.Input((3,))
-    with pytest.raises(ValueError, match="called 2 times"):
+    with pytest.raises(ValueError, match="called more than once"):
         quantization.quantize_model(
             keras.Model(inputs, shared(shared(inputs))))
 
@@ -512,3 +512,206 @@ def test_hard_swish_student_exports_hard_swish_as_int8_within_one_step(
                    for op in ops[:-1])
     step = np_nudged(*ranges(qat, "logits"))[2]
     assert report.max_abs_diff <= step * 1.001, (report.max_abs_diff, step)
+
+
+# ----------------------------------------------------------------------
+# What quantize_model refuses, how the graph is read
+# ----------------------------------------------------------------------
+def test_the_package_reads_no_private_keras_api():
+    """Issue 27: the graph is read with model.operations, layer.input /
+    layer.output and keras.models.clone_model(call_function=...); the
+    private fields it used to read must not come back."""
+    import pathlib
+
+    package = pathlib.Path(quantization.__file__).parent
+    sources = {p.name: p.read_text() for p in package.glob("*.py")}
+    assert set(sources) == {"__init__.py", "layers.py", "rebuild.py",
+                            "ranges.py"}
+    for name, text in sources.items():
+        assert len(text.splitlines()) < 600, name
+        for private in ("_nodes_by_depth", "_inbound_nodes",
+                        "_outputs_struct", "_keras_history", "keras.src",
+                        "._name"):
+            assert private not in text, (name, private)
+
+
+def test_a_layer_first_called_in_another_model_is_refused():
+    dense = keras.layers.Dense(2, name="shared")
+    first = keras.Input((3,))
+    keras.Model(first, dense(first))
+    second = keras.Input((3,))
+    model = keras.Model(second, keras.layers.Dense(4)(dense(second)))
+    with pytest.raises(ValueError, match="'shared' is also called outside"):
+        quantization.quantize_model(model)
+
+
+def test_layers_tflite_runs_in_float_are_refused_with_their_list():
+    """Issue 28 #12: SeparableConv2D (its kernels were not even fake-
+    quantized), LayerNormalization, ReLU(max_value=3) and a bfloat16 layer
+    exported as float ops inside an 'int8' file."""
+    inputs = keras.Input((8, 8, 2))
+    h = keras.layers.SeparableConv2D(4, 3, name="separable")(inputs)
+    h = keras.layers.LayerNormalization(name="norm")(h)
+    h = keras.layers.ReLU(max_value=3.0, name="relu3")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dense(4, dtype="mixed_bfloat16", name="half")(h)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
+    found = dict(quantization.unsupported_layers(model))
+    assert sorted(found) == ["half", "norm", "relu3", "separable"]
+    with pytest.raises(ValueError) as error:
+        quantization.quantize_model(model)
+    message = str(error.value)
+    for name, fix in (("separable", "DepthwiseConv2D followed by a 1x1"),
+                      ("norm", "BatchNormalization"),
+                      ("relu3", "ReLU(6.0)"),
+                      ("half", "mixed_bfloat16")):
+        assert f"layer '{name}'" in message and fix in message, name
+    assert "'head'" not in message
+    # Under a global mixed_bfloat16 policy, a float32 student's copy still
+    # simulates int8 in float32.
+    float_student = depthwise_student()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        qat = quantization.quantize_model(float_student)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert {layer.dtype_policy.name for layer in qat.layers[1:]} == {
+        "float32"}
+    # ReLU6 is fused, not refused.
+    ok = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                           keras.layers.ReLU(6.0)])
+    assert quantization.unsupported_layers(ok) == []
+
+
+def test_dilated_convolutions_export_fully_int8(tmp_path):
+    """Dilated Conv2D, DepthwiseConv2D and Conv1D: the converter's
+    SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND around the kernel stay int8, and
+    the export's own op-list check finds no float op."""
+    inputs = keras.Input((12, 12, 2), name="image")
+    h = keras.layers.Conv2D(4, 3, padding="same", dilation_rate=2,
+                            activation="relu", name="conv")(inputs)
+    h = keras.layers.DepthwiseConv2D(3, padding="same", dilation_rate=2,
+                                     name="dw")(h)
+    h = keras.layers.BatchNormalization(name="dw_bn")(h)
+    h = keras.layers.ReLU(6.0, name="dw_relu6")(h)
+    h = keras.layers.Reshape((12 * 12, 4))(h)
+    h = keras.layers.Conv1D(4, 3, padding="same", dilation_rate=3)(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    x = np.random.default_rng(6).normal(size=(32, 12, 12, 2)).astype(
+        "float32")
+    qat = quantization.quantize_model(model, calibration_data=x)
+    # The converter cannot fuse a ReLU into a dilated kernel (it would keep
+    # the kernel float): the ReLUs stay separate int8 ops, quantized before
+    # and after; the BatchNorm is still folded.
+    assert [layer.name for layer in qat.layers[1:7]] == [
+        "image_quant", "conv", "conv_quant", "conv_activation",
+        "conv_activation_quant", "dw"]
+    assert qat.get_layer("dw").batch_norm is not None
+    assert qat.get_layer("dw").activation is None
+    assert qat.get_layer("dw_relu6_quant") is not None
+    path = tmp_path / "dilated.tflite"
+    report = kd.export.to_tflite(qat, path, quantize="int8", latency_runs=0)
+    ops = ops_and_types(path.read_bytes())
+    assert kd.export.litert.operators(path.read_bytes()) == [
+        tuple(op) for op in ops]
+    names = [name for name, _, _ in ops]
+    assert names.count("SPACE_TO_BATCH_ND") == 3
+    for name, inputs_types, outputs_types in ops[1:-1]:
+        assert "FLOAT32" not in inputs_types + outputs_types, name
+    for name, inputs_types, outputs_types in ops:
+        if name in ("CONV_2D", "DEPTHWISE_CONV_2D", "SPACE_TO_BATCH_ND",
+                    "BATCH_TO_SPACE_ND"):
+            assert inputs_types[0] == "INT8" and outputs_types == ["INT8"]
+    assert report.float_ops == []
+    step = np_nudged(*ranges(qat, "head"))[2]
+    assert report.max_abs_diff <= step * 1.001, (report.max_abs_diff, step)
+
+
+# ----------------------------------------------------------------------
+# Calibration: bounded, all or nothing
+# ----------------------------------------------------------------------
+def test_calibrate_on_empty_data_is_an_error_that_changes_nothing(images):
+    """Issue #20: an empty data set reset the calibrated flags."""
+    qat = quantization.quantize_model(depthwise_student(),
+                                      calibration_data=images)
+    before = [layer.get_weights() for layer in quantization.quantizers(qat)]
+    for empty in (images[:0], [], iter([images[:0]])):
+        with pytest.raises(ValueError, match="empty"):
+            quantization.calibrate(qat, empty)
+        after = [layer.get_weights() for layer in quantization.quantizers(qat)]
+        for old, new in zip(before, after):
+            np.testing.assert_array_equal(old, new)
+    assert quantization.uncalibrated(qat) == []
+    # A batch that fails halfway leaves the ranges as they were too.
+    with pytest.raises(Exception):
+        quantization.calibrate(qat, [images[:8], np.zeros((2, 3), "float32")])
+    for old, layer in zip(before, quantization.quantizers(qat)):
+        np.testing.assert_array_equal(old, layer.get_weights())
+
+
+def test_calibrate_reads_at_most_steps_batches(images):
+    """Issue #11: calibrate(q, ds.repeat()) never returned."""
+    import itertools
+
+    inputs = keras.Input((3,), name="x")
+    qat = quantization.quantize_model(
+        keras.Model(inputs, keras.layers.Dense(2)(inputs)))
+    batches = [np.array([[-1.0, 0.0, 1.0]], "float32") * (i + 1)
+               for i in range(5)]
+    endless = itertools.chain(batches, itertools.repeat(batches[-1] * 100))
+    quantization.calibrate(qat, endless, steps=3)
+    assert ranges(qat, "x") == (-3.0, 3.0)  # batches 0-2 only
+    with pytest.raises(ValueError, match="steps must be"):
+        quantization.calibrate(qat, batches, steps=0)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        ds = tf.data.Dataset.from_tensor_slices(np.stack(batches)).repeat()
+        with pytest.raises(ValueError, match="infinite.*steps="):
+            quantization.calibrate(qat, ds)
+        quantization.calibrate(qat, ds, steps=7)  # 5 batches, then 2 again
+        assert ranges(qat, "x") == (-5.0, 5.0)
+
+
+# ----------------------------------------------------------------------
+# The export of a quantization-aware student
+# ----------------------------------------------------------------------
+def test_an_uncalibrated_student_is_not_exported(images, tmp_path):
+    """Issue #13: it exported silently with the placeholder (-6, 6)."""
+    qat = quantization.quantize_model(depthwise_student())
+    assert quantization.uncalibrated(qat) == [
+        "image_quant", "conv_quant", "dw_quant", "pool_quant", "logits_quant"]
+    path = tmp_path / "qat.tflite"
+    for mode in ("int8", "float32"):
+        with pytest.raises(ValueError,
+                           match="never saw data.*kd.quantization.calibrate"):
+            kd.export.to_tflite(qat, path, quantize=mode)
+        assert not path.exists()
+    quantization.calibrate(qat, images)
+    report = kd.export.to_tflite(qat, path, quantize="int8", latency_runs=0)
+    assert report.float_ops == []
+
+
+def test_int8_report_compares_with_the_float_model(images, tmp_path):
+    student = depthwise_student()
+    qat = quantization.quantize_model(student, calibration_data=images)
+    assert quantization.float_model_of(qat) is student
+    x = np.random.default_rng(8).normal(size=(200, 8, 8, 2)).astype("float32")
+    # Labels the float model gets right, so that the three numbers differ.
+    y = np.argmax(to_numpy(student(x)), -1)
+    y[::7] = (y[::7] + 1) % 5
+    report = kd.export.to_tflite(qat, tmp_path / "qat.tflite",
+                                 quantize="int8", eval_data=(x, y),
+                                 latency_runs=0)
+    float_acc = float(np.mean(np.argmax(to_numpy(student(x)), -1) == y))
+    qat_acc = float(np.mean(np.argmax(to_numpy(qat(x)), -1) == y))
+    assert report.float_model_accuracy == pytest.approx(float_acc)
+    assert report.keras_accuracy == pytest.approx(qat_acc)
+    assert report.accuracy_change_vs_float == pytest.approx(
+        report.tflite_accuracy - float_acc)
+    assert "float model" in report.summary()
+    # A copy loaded from a file has no known float model.
+    qat.save(tmp_path / "qat.keras")
+    loaded = keras.models.load_model(tmp_path / "qat.keras")
+    assert quantization.float_model_of(loaded) is None

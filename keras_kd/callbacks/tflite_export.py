@@ -9,7 +9,7 @@ import os
 import keras
 import numpy as np
 
-from keras_kd import ownership, saving
+from keras_kd import inputs, ownership, saving
 from keras_kd.callbacks.monitored import BestStudentCallback, student_of
 
 __all__ = ["TFLiteExport"]
@@ -96,6 +96,8 @@ class TFLiteExport(BestStudentCallback):
         eval_data: optional ``(x, y)``; the report then holds the Keras and
             TFLite top-1 accuracy.
         allow_flex: accept TensorFlow (Flex) ops in the file.
+        allow_float_ops: accept (with a warning) an ``"int8"`` file with ops
+            that compute in float; without it such an export fails.
         latency_runs: batch-1 invocations timed for the report (0, the
             default, skips timing: it would run at every export).
         verify: run the file and compare it with the student before writing.
@@ -125,7 +127,8 @@ class TFLiteExport(BestStudentCallback):
     def __init__(self, filepath, quantize="float32", monitor=None,
                  mode="auto", representative_data=None, eval_data=None,
                  allow_flex=False, latency_runs=0, verify=True,
-                 initial_value_threshold=None, verbose=0):
+                 initial_value_threshold=None, verbose=0,
+                 allow_float_ops=False):
         from keras_kd.export import QUANTIZE_MODES
 
         filepath = os.fspath(filepath)
@@ -153,8 +156,11 @@ class TFLiteExport(BestStudentCallback):
         self.filepath = filepath
         self.quantize = quantize
         self.representative_data = representative_data
+        # Refused now, not at the first export (maybe after all epochs).
+        inputs.refuse_infinite(eval_data, "eval_data")
         self.eval_data = eval_data
         self.allow_flex = bool(allow_flex)
+        self.allow_float_ops = bool(allow_float_ops)
         self.latency_runs = latency_runs
         self.verify = bool(verify)
         self.verbose = verbose
@@ -252,7 +258,8 @@ class TFLiteExport(BestStudentCallback):
                     student_of(self.model), tmp_file, quantize=self.quantize,
                     representative_data=self.representative_data,
                     eval_data=self.eval_data, allow_flex=self.allow_flex,
-                    latency_runs=self.latency_runs, verify=self.verify)
+                    latency_runs=self.latency_runs, verify=self.verify,
+                    allow_float_ops=self.allow_float_ops)
             except Exception as error:
                 # Name the target, not the temporary file, in the message.
                 message = str(error).replace(tmp_file, path)

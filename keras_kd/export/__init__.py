@@ -21,7 +21,7 @@ from keras_kd.export.api import (
     to_saved_model,
     to_tflite,
 )
-from keras_kd.export.errors import ExportError, FlexOpsError
+from keras_kd.export.errors import ExportError, FlexOpsError, FloatOpsError
 from keras_kd.export.lm import (
     LM_QUANTIZE_MODES,
     LiteRTCausalLM,
@@ -30,5 +30,5 @@ from keras_kd.export.lm import (
 )
 
 __all__ = ["QUANTIZE_MODES", "LM_QUANTIZE_MODES", "ExportReport",
-           "ExportError", "FlexOpsError", "LiteRTCausalLM", "litert_generate",
+           "ExportError", "FlexOpsError", "FloatOpsError", "LiteRTCausalLM", "litert_generate",
            "lm_to_tflite", "to_keras", "to_saved_model", "to_tflite"]

@@ -11,13 +11,14 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+import warnings
 
 import keras
 import numpy as np
 
-from keras_kd import inputs, saving
+from keras_kd import inputs, ownership, saving
 from keras_kd.export import convert, litert, worker
-from keras_kd.export.errors import FlexOpsError
+from keras_kd.export.errors import FlexOpsError, FloatOpsError
 
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
 
@@ -43,8 +44,17 @@ class ExportReport:
             and of the exported model on ``eval_data`` (None without it).
         accuracy_change: ``tflite_accuracy - keras_accuracy`` (negative: the
             export lost accuracy).
+        float_model_accuracy: for a quantization-aware student whose float
+            model is known (:func:`keras_kd.quantization.float_model_of`),
+            that float model's top-1 accuracy on ``eval_data``; else None.
+        accuracy_change_vs_float: ``tflite_accuracy - float_model_accuracy``:
+            what quantization cost in all (None without a float model).
         flex_ops: the TensorFlow (Flex) ops the file needs; empty unless
             ``allow_flex=True``.
+        float_ops: for an ``"int8"`` file, its ops that compute in float
+            (:func:`keras_kd.export.litert.float_ops`), e.g.
+            ``["NEG(FLOAT32 -> FLOAT32)"]``; empty for a fully int8 file,
+            and non-empty only with ``allow_float_ops=True``.
         converted_in: ``"process"`` (TensorFlow backend) or ``"subprocess"``
             (JAX / PyTorch backends).
     """
@@ -57,7 +67,10 @@ class ExportReport:
     keras_accuracy: float | None = None
     tflite_accuracy: float | None = None
     accuracy_change: float | None = None
+    float_model_accuracy: float | None = None
+    accuracy_change_vs_float: float | None = None
     flex_ops: list = dataclasses.field(default_factory=list)
+    float_ops: list = dataclasses.field(default_factory=list)
     converted_in: str = "process"
 
     def as_dict(self):
@@ -78,8 +91,14 @@ class ExportReport:
             parts.append(
                 f"accuracy keras {self.keras_accuracy:.4f} -> tflite "
                 f"{self.tflite_accuracy:.4f} ({self.accuracy_change:+.4f})")
+        if self.float_model_accuracy is not None:
+            parts.append(
+                f"float model {self.float_model_accuracy:.4f} -> tflite "
+                f"({self.accuracy_change_vs_float:+.4f})")
         if self.flex_ops:
             parts.append(f"flex ops {self.flex_ops}")
+        if self.float_ops:
+            parts.append(f"FLOAT OPS in an int8 file: {self.float_ops}")
         return ", ".join(parts)
 
 
@@ -167,6 +186,10 @@ def _collect(data, shape, dtype, limit=None, what="representative_data"):
     elif hasattr(data, "as_numpy_iterator") or hasattr(data, "__iter__"):
         iterator = (data.as_numpy_iterator()
                     if hasattr(data, "as_numpy_iterator") else iter(data))
+        if limit is None:
+            inputs.refuse_infinite(data, what)
+        else:  # at most `limit` elements, even if they are empty batches
+            iterator = inputs.bounded(iterator, limit, what)
         for element in iterator:
             if isinstance(element, dict):
                 raise ValueError(
@@ -210,11 +233,13 @@ def _subset(x, limit, seed=0):
 
 @contextlib.contextmanager
 def converted(model, path, quantize, representative=None, allow_flex=False,
-              input_signature=None):
+              input_signature=None, allow_float_ops=False):
     """Converts ``model`` and writes the file beside ``path``, atomically.
 
     Converts (:func:`keras_kd.export.convert.tflite_bytes`), refuses Flex ops
-    unless ``allow_flex``, writes the bytes to a temporary file beside
+    unless ``allow_flex``, reads an ``"int8"`` file's own op list and refuses
+    any op in it that computes in float (:class:`FloatOpsError`) unless
+    ``allow_float_ops`` (then it warns and the report lists them), writes the bytes to a temporary file beside
     ``path`` and yields ``(report, tmp)``: the ``with`` block checks
     ``tmp`` and fills in the :class:`ExportReport`. The file replaces
     ``path`` only when the block returns; an exception leaves ``path`` as it
@@ -231,8 +256,24 @@ def converted(model, path, quantize, representative=None, allow_flex=False,
             "keras.ops.cumprod) with TFLite builtin ops, or pass "
             "allow_flex=True and ship the app with the LiteRT Flex delegate "
             "(select TF ops). Nothing was written to " + repr(path) + ".")
+    float_ops = litert.float_ops(data) if quantize == "int8" else []
+    if float_ops:
+        message = (
+            f"The int8 file for '{model.name}' computes {len(float_ops)} "
+            f"op(s) in float: {float_ops}. The converter keeps a layer's "
+            "float kernel when it has no int8 form (or no range to quantize "
+            "it with). Replace the layers behind them "
+            "(kd.quantization.unsupported_layers(model) lists the known "
+            "ones), export with quantize='dynamic', or pass "
+            "allow_float_ops=True to accept a partly float file")
+        if not allow_float_ops:
+            raise FloatOpsError(f"{message}. Nothing was written to "
+                                f"{path!r}.")
+        warnings.warn(f"{message}; writing it to {path!r} as asked "
+                      "(allow_float_ops=True).", stacklevel=4)
     report = ExportReport(path=path, quantize=quantize, size_bytes=len(data),
-                          flex_ops=flex, converted_in=converted_in)
+                          flex_ops=flex, float_ops=float_ops,
+                          converted_in=converted_in)
     with saving.replacing(path, suffix=".tflite") as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -279,8 +320,15 @@ def to_saved_model(model, path):
 
     Args:
         model: the student ``keras.Model``, or a ``keras_kd.Distiller``.
-        path: the target directory; an existing one is replaced only once
-            the new export succeeded.
+        path: the target directory: new, empty, or a SavedModel keras-kd
+            wrote (its folder holds keras-kd's ``.keras-kd.json`` marker, kind
+            ``"saved_model"``), which is replaced only once the new export
+            succeeded. Any other non-empty folder is refused
+            (``FileExistsError``) and left as it is: keras-kd never deletes
+            files it did not write.
+
+    The export is written to a temporary folder beside ``path`` and moved
+    onto it when complete, so no half-written SavedModel replaces a good one.
 
     Returns:
         ``path``.
@@ -298,7 +346,15 @@ def to_saved_model(model, path):
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{path!r} is a file; a SavedModel is a directory. "
                          "Pass a directory path such as 'saved_models/student'.")
+    if os.path.isdir(path) and os.listdir(path) and not ownership.is_owned(
+            path, "saved_model"):
+        raise FileExistsError(
+            f"{path!r} is a folder that holds files keras-kd did not write "
+            "(it is not a SavedModel exported by keras-kd); replacing it "
+            "would delete them. Choose a new or empty folder, e.g. "
+            f"{os.path.join(path, 'student')!r}, or move those files away.")
     with saving.replacing(path, directory=True) as tmp_dir:
+        ownership.claim_folder(tmp_dir, "saved_model")
         target = os.path.join(tmp_dir, "saved_model")
         if keras.backend.backend() == "tensorflow":
             model.export(target, format="tf_saved_model", verbose=False)
@@ -315,7 +371,7 @@ def to_saved_model(model, path):
 
 def to_tflite(model, path, quantize="float32", representative_data=None,
               eval_data=None, allow_flex=False, latency_runs=50,
-              verify=True):
+              verify=True, allow_float_ops=False):
     """Converts the student to a TFLite (LiteRT) file, verified and timed.
 
     Precisions (weights / activations / file inputs and outputs):
@@ -334,7 +390,16 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
       is converted with the ranges it learned: no ``representative_data``
       needed (if given, it only supplies verification inputs). Such a
       student exports as ``"int8"`` or ``"float32"`` (the simulated
-      arithmetic in float), not ``"float16"`` or ``"dynamic"``.
+      arithmetic in float), not ``"float16"`` or ``"dynamic"``; it must be
+      calibrated (:func:`keras_kd.quantization.calibrate`) or trained first,
+      or its placeholder ranges would be exported (refused).
+
+    The int8 export checks its own file: it reads the op list of the
+    converted file (:func:`keras_kd.export.litert.float_ops`) and refuses
+    it (:class:`FloatOpsError`, nothing written) when any op between the
+    input's QUANTIZE and the outputs' DEQUANTIZE computes in float, unless
+    ``allow_float_ops=True`` (then it warns and ``report.float_ops`` lists
+    them).
 
     Conversion is done by TensorFlow: in-process on the TensorFlow backend,
     in a ``KERAS_BACKEND=tensorflow`` subprocess (from a temporary ``.keras``
@@ -351,6 +416,12 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
     :class:`ExportError`. A file needing TensorFlow (Flex) ops raises
     :class:`FlexOpsError` unless ``allow_flex=True``.
 
+    Accuracy (``eval_data``): the file's and its Keras model's top-1
+    accuracy; for a quantization-aware student made in this process, also
+    the accuracy of the float model it was made from
+    (``report.float_model_accuracy``), so that the report shows what
+    quantization cost in all, not only the conversion.
+
     Args:
         model: the student ``keras.Model`` (one input), or a
             ``keras_kd.Distiller`` (its student is exported).
@@ -359,12 +430,16 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
         representative_data: calibration inputs, required for ``"int8"``
             unless the student is quantization-aware: a
             NumPy array of inputs, an ``(x, y)`` tuple, or a ``tf.data``
-            dataset of ``x`` or ``(x, y)`` (batched or not). Up to 200
-            samples are drawn from it at random (seed 0).
-        eval_data: optional ``(x, y)`` (or a dataset of ``(x, y)``) with
-            integer or one-hot labels; the report then holds both models'
-            top-1 accuracy and ``accuracy_change``.
+            dataset of ``x`` or ``(x, y)`` (batched or not). At most 2000
+            samples (and 2000 elements) are read, so an infinite dataset is
+            fine; up to 200 are drawn from them at random (seed 0).
+        eval_data: optional ``(x, y)`` (or a finite dataset of ``(x, y)``;
+            an infinite one is refused) with integer labels in
+            ``[0, classes)`` or one-hot labels; the report then holds both
+            models' top-1 accuracy and ``accuracy_change``.
         allow_flex: accept TensorFlow (Flex) ops in the file.
+        allow_float_ops: accept (with a warning) an ``"int8"`` file with
+            ops that compute in float.
         latency_runs: invocations timed at batch 1 (one thread); 0 skips.
         verify: run and compare the file before writing it.
 
@@ -402,9 +477,23 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
         representative = _subset(representative, REPRESENTATIVE_SAMPLES)
     # A quantization-aware student (keras_kd.quantization) carries its int8
     # ranges: they are converted as learned, never re-calibrated.
-    from keras_kd.quantization import is_quantization_aware
+    from keras_kd.quantization import (
+        float_model_of,
+        is_quantization_aware,
+        uncalibrated,
+    )
 
     quantization_aware = is_quantization_aware(model)
+    if quantization_aware and uncalibrated(model):
+        names = uncalibrated(model)
+        raise ValueError(
+            f"'{model.name}' is quantization-aware but {len(names)} of its "
+            f"activation quantizers never saw data ({names[:5]}"
+            f"{' ...' if len(names) > 5 else ''}): the file would quantize "
+            "with their placeholder (-6, 6) ranges. Calibrate it first, "
+            "kd.quantization.calibrate(model, x_train[:512]) (or "
+            "quantize_model(student, calibration_data=...)), or train it "
+            "(fit() sets the ranges). Nothing was written.")
     if quantization_aware and quantize in ("float16", "dynamic"):
         # The converter would make its FakeQuant ops int8 anyway.
         raise ValueError(
@@ -421,14 +510,15 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
             "which needs no data.")
     eval_x = eval_y = None
     if eval_data is not None:
+        inputs.refuse_infinite(eval_data, "eval_data")
         eval_x, eval_y = _collect(eval_data, shape, dtype, what="eval_data")
         if eval_y is None:
             raise ValueError("eval_data must hold labels: pass (x, y), "
                              "e.g. eval_data=(x_test, y_test).")
 
     calibration = None if quantization_aware else representative
-    with converted(model, path, quantize, calibration,
-                   allow_flex) as (report, tmp):
+    with converted(model, path, quantize, calibration, allow_flex,
+                   allow_float_ops=allow_float_ops) as (report, tmp):
         if verify or latency_runs or eval_x is not None:
             interpreter = litert.interpreter(tmp, bool(report.flex_ops))
         if verify:
@@ -448,6 +538,13 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
                 litert.accuracies(interpreter, model, eval_x, eval_y)
             report.accuracy_change = (report.tflite_accuracy
                                       - report.keras_accuracy)
+            float_model = (float_model_of(model) if quantization_aware
+                           else None)
+            if float_model is not None:
+                report.float_model_accuracy = litert.accuracy(
+                    litert.predict_keras(float_model, eval_x)[0], eval_y)
+                report.accuracy_change_vs_float = (
+                    report.tflite_accuracy - report.float_model_accuracy)
         if latency_runs:
             report.latency_ms_median = litert.latency_ms(
                 interpreter, np.zeros((1,) + shape, dtype=dtype), latency_runs)

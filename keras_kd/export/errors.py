@@ -11,3 +11,13 @@ class FlexOpsError(ValueError):
 
 class ExportError(RuntimeError):
     """The conversion failed or the converted model failed verification."""
+
+
+class FloatOpsError(ExportError):
+    """An int8 export holds ops that compute in float.
+
+    ``quantize="int8"`` promises a fully int8 file; the converter keeps the
+    float kernel of a layer it cannot quantize (wrapped in DEQUANTIZE /
+    QUANTIZE) without failing, so the export reads its own file's op list
+    and refuses such a file unless ``allow_float_ops=True``.
+    """

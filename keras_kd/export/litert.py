@@ -6,6 +6,7 @@ latency at batch 1 (one thread). Files that need TensorFlow (Flex) ops run
 with TensorFlow's interpreter, which carries the Flex delegate.
 """
 
+import os
 import time
 
 import keras
@@ -14,20 +15,155 @@ import numpy as np
 from keras_kd.extras import require
 
 
-def flex_ops(data):
-    """Names of the TensorFlow (Flex) ops in a TFLite flatbuffer."""
-    schema = require("ai_edge_litert.schema_py_generated")
+def flatbuffer(data, path=None):
+    """The root ``Model`` table of a TFLite file's bytes, checked.
 
-    flatbuffer = schema.Model.GetRootAsModel(data, 0)
+    A file that is not a TFLite flatbuffer (wrong identifier, cut short, a
+    damaged offset) raises ``ExportError`` naming ``path``, instead of the
+    ``struct.error`` or ``IndexError`` of a read past the end of the bytes.
+
+    Example:
+
+    >>> try:
+    ...     flatbuffer(b"TFL3", "/tmp/cut.tflite")
+    ... except Exception as error:
+    ...     print(type(error).__name__)
+    ExportError
+    """
+    import struct
+
+    from keras_kd.export.errors import ExportError
+
+    schema = require("ai_edge_litert.schema_py_generated")
+    where = repr(os.fspath(path)) if path is not None else "The TFLite file"
+    data = bytes(data)
+    problem = None
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        problem = (f"it has {len(data)} bytes and no TFLite identifier "
+                   "('TFL3' at byte 4)")
+    else:
+        try:
+            model = schema.Model.GetRootAsModel(data, 0)
+            # Touch every table the checks read, so that a cut-off file
+            # fails here and not halfway through a caller's loop.
+            for i in range(model.OperatorCodesLength()):
+                code = model.OperatorCodes(i)
+                code.BuiltinCode(), code.DeprecatedBuiltinCode()
+                code.CustomCode()
+            for s in range(model.SubgraphsLength()):
+                graph = model.Subgraphs(s)
+                for i in range(graph.TensorsLength()):
+                    graph.Tensors(i).Type()
+                for i in range(graph.OperatorsLength()):
+                    op = graph.Operators(i)
+                    op.OpcodeIndex(), op.InputsAsNumpy(), op.OutputsAsNumpy()
+            return model
+        except (struct.error, IndexError, ValueError, TypeError) as error:
+            problem = f"reading it failed ({type(error).__name__}: {error})"
+    raise ExportError(
+        f"{where} is not a complete TFLite "
+        f"file: {problem}. It may have been cut short (an interrupted copy "
+        "or download); export it again, e.g. with kd.export.to_tflite.")
+
+
+def flex_ops(data, path=None):
+    """Names of the TensorFlow (Flex) ops in a TFLite flatbuffer (``data``,
+    the file's bytes; ``path`` names it in errors)."""
+    model = flatbuffer(data, path)
     names = set()
-    for i in range(flatbuffer.OperatorCodesLength()):
-        code = flatbuffer.OperatorCodes(i).CustomCode()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i).CustomCode()
         if code and code.decode().startswith("Flex"):
             names.add(code.decode()[len("Flex"):])
     return sorted(names)
 
 
+def operators(data, path=None):
+    """Every op of a TFLite file with the types of its tensors.
+
+    Returns a list of ``(name, input_types, output_types)``, one per op in
+    execution order (all subgraphs), e.g. ``("CONV_2D", ["INT8", "INT8",
+    "INT32"], ["INT8"])``: the builtin op name (or the custom op's name,
+    e.g. ``"FlexErf"``) and the schema's ``TensorType`` names of its inputs
+    (omitted optional inputs skipped) and outputs.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_kd as kd
+    >>> inputs = keras.Input((4,))
+    >>> dense = keras.layers.Dense(2, bias_initializer="ones")
+    >>> model = keras.Model(inputs, dense(inputs))
+    >>> _ = kd.export.to_tflite(model, "/tmp/ops.tflite", latency_runs=0)
+    >>> operators(open("/tmp/ops.tflite", "rb").read())
+    [('FULLY_CONNECTED', ['FLOAT32', 'FLOAT32', 'FLOAT32'], ['FLOAT32'])]
+    """
+    schema = require("ai_edge_litert.schema_py_generated")
+    model = flatbuffer(data, path)
+    names = {value: key for key, value in vars(schema.BuiltinOperator).items()
+             if not key.startswith("_")}
+    types = {value: key for key, value in vars(schema.TensorType).items()
+             if not key.startswith("_")}
+    result = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+
+        def type_of(index, graph=graph):
+            return types.get(graph.Tensors(int(index)).Type(), "UNKNOWN")
+
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            code = model.OperatorCodes(op.OpcodeIndex())
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            name = (code.CustomCode().decode() if code.CustomCode()
+                    else names.get(builtin, f"BUILTIN_{builtin}"))
+            result.append((
+                name,
+                [type_of(j) for j in op.InputsAsNumpy() if j >= 0],
+                [type_of(j) for j in op.OutputsAsNumpy() if j >= 0]))
+    return result
+
+
+FLOAT_TYPES = ("FLOAT32", "FLOAT16", "FLOAT64", "BFLOAT16")
+
+
+def float_ops(data, path=None):
+    """The ops of an int8 file that compute in float.
+
+    Every op other than ``QUANTIZE`` and ``DEQUANTIZE`` (the file's own
+    conversions at its float inputs and outputs) with a float input or
+    output tensor, as ``"NAME(in types -> out types)"`` strings: in a fully
+    int8 file the list is empty. A layer the converter could not make int8
+    (it kept the float kernel and wrapped it in DEQUANTIZE / QUANTIZE) shows
+    up here.
+
+    Example:
+
+    >>> import keras, numpy as np, keras_kd as kd
+    >>> inputs = keras.Input((4,))
+    >>> dense = keras.layers.Dense(2, bias_initializer="ones")
+    >>> model = keras.Model(inputs, dense(inputs))
+    >>> _ = kd.export.to_tflite(model, "/tmp/f32.tflite", latency_runs=0)
+    >>> float_ops(open("/tmp/f32.tflite", "rb").read())
+    ['FULLY_CONNECTED(FLOAT32, FLOAT32, FLOAT32 -> FLOAT32)']
+    """
+    found = []
+    for name, ins, outs in operators(data, path):
+        if name in ("QUANTIZE", "DEQUANTIZE"):
+            continue
+        if any(t in FLOAT_TYPES for t in ins + outs):
+            found.append(f"{name}({', '.join(ins)} -> {', '.join(outs)})")
+    return found
+
+
 def interpreter(path, flex):
+    """A LiteRT interpreter for the file at ``path``, tensors allocated
+    (TensorFlow's, which carries the Flex delegate, when ``flex``).
+
+    A file that is not a complete TFLite model raises ``ExportError`` naming
+    it (see :func:`flatbuffer`).
+    """
+    with open(path, "rb") as f:
+        flatbuffer(f.read(), path)
     if flex:
         # The Flex delegate ships with TensorFlow's interpreter, not with
         # ai_edge_litert's.
@@ -126,6 +262,25 @@ def accuracy(logits, y):
             f"eval_data labels of shape {y.shape} do not match the model's "
             f"outputs {logits.shape}: pass integer labels of shape "
             f"{predicted.shape} (or one-hot labels of shape {logits.shape}).")
+    classes = logits.shape[-1]
+    if not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(
+            y.dtype, np.bool_)):
+        if not np.issubdtype(y.dtype, np.number) or not np.all(
+                np.isfinite(y)) or np.any(y != np.round(y)):
+            bad = y[~(np.isfinite(y) & (y == np.round(y)))] if \
+                np.issubdtype(y.dtype, np.number) else y.ravel()
+            raise ValueError(
+                f"eval_data labels must be class indices (integers) or "
+                f"one-hot rows, got {bad.ravel()[:3].tolist()}: fractional "
+                "labels would never equal a predicted class. Pass integer "
+                "labels, e.g. y.astype('int64'), or one-hot labels of shape "
+                f"{logits.shape}.")
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(
+            f"eval_data labels must be in [0, {classes}) for a model with "
+            f"{classes} outputs, got labels from {y.min()} to {y.max()}; "
+            "check that they are class indices of this model (e.g. not "
+            "1-based).")
     return float(np.mean(predicted == y.reshape(predicted.shape)))
 
 

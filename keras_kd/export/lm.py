@@ -222,7 +222,7 @@ class LiteRTCausalLM:
     def __init__(self, path):
         path = os.fspath(path)
         with open(path, "rb") as f:
-            flex = litert.flex_ops(f.read())
+            flex = litert.flex_ops(f.read(), path)
         self.path = path
         self.interpreter = litert.interpreter(path, bool(flex))
         inputs = self.interpreter.get_signature_runner().get_input_details()
