@@ -6,7 +6,8 @@ or PyTorch session and reused by later ones (importing TensorFlow costs
 seconds, converting a small student well under one). Jobs are JSON files; the
 process reads their paths on stdin and answers one line per job on a private
 pipe, with everything it prints sent to a log file (whose tail goes into
-errors).
+errors). This module is the parent's side; the process runs
+:func:`keras_kd.export.worker_main.serve`.
 """
 
 import atexit
@@ -18,43 +19,8 @@ import tempfile
 import threading
 
 import keras
-import numpy as np
 
 from keras_kd.export.errors import ExportError
-
-
-def _worker(job_path):
-    """Subprocess entry: convert the saved model described in ``job_path``."""
-    with open(job_path) as f:
-        job = json.load(f)
-    import importlib
-
-    for module in job["modules"]:
-        importlib.import_module(module)
-    import keras_kd  # noqa: F401  (registers keras-kd serializables)
-    from keras_kd.export import convert
-
-    result = {}
-    try:
-        model = keras.models.load_model(job["keras_path"], compile=False)
-        if job["kind"] == "saved_model":
-            model.export(job["output"], format="tf_saved_model",
-                         verbose=False)
-        else:
-            representative = (np.load(job["representative"])
-                              if job["representative"] else None)
-            data = convert.convert_in_process(
-                model, job["quantize"], representative, job["allow_flex"],
-                job.get("input_signature"))
-            with open(job["output"], "wb") as f:
-                f.write(data)
-    except ExportError as error:
-        result = {"error": str(error), "type": "ExportError"}
-    except Exception as error:  # reported to the parent process
-        result = {"error": f"{type(error).__name__}: {error}",
-                  "type": "ExportError"}
-    with open(job["result"], "w") as f:
-        json.dump(result, f)
 
 
 def _custom_modules(model):
@@ -144,7 +110,7 @@ class _TensorFlowWorker:
         read_fd, write_fd = os.pipe()
         cls._process = subprocess.Popen(
             [sys.executable, "-c",
-             "import sys; from keras_kd.export.worker import serve; "
+             "import sys; from keras_kd.export.worker_main import serve; "
              "serve(int(sys.argv[1]))", str(write_fd)],
             env=env, stdin=subprocess.PIPE, stdout=cls._log,
             stderr=subprocess.STDOUT, pass_fds=(write_fd,), text=True)
@@ -184,21 +150,6 @@ class _TensorFlowWorker:
 
 
 atexit.register(_TensorFlowWorker.close)
-
-
-def serve(answer_fd):
-    """Worker loop: one job path per stdin line, ``done`` on ``answer_fd``."""
-    answers = os.fdopen(answer_fd, "w")
-    for line in sys.stdin:
-        job_path = line.strip()
-        if not job_path:
-            continue
-        try:
-            _worker(job_path)
-        finally:
-            keras.backend.clear_session()
-        answers.write("done\n")
-        answers.flush()
 
 
 def run_in_tensorflow(model, job, tmp):
