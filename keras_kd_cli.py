@@ -12,7 +12,8 @@ Before that import, TensorFlow's native (C++ and absl) log lines are silenced:
 unless already set, and the lines TensorFlow's libraries print while they load
 (before their logging is set up: ``oneDNN custom operations are on``, ``Could
 not find cuda drivers``) are left out of stderr. ``keras-kd --verbose COMMAND``
-leaves all of it alone.
+leaves all of it alone, and sets ``KERAS_KD_VERBOSE=1`` for the command (unless
+set), which shows the lines of the export too (:mod:`keras_kd.export.native_logs`).
 
 The argument types that need keras-kd itself (model names, dataset names)
 import it when they run, which is after ``--help`` has answered.
@@ -822,7 +823,15 @@ def main(argv=None):
         check_run_options(args)
         _import_tensorflow_if_installed()
         from keras_kd.app import cli
-    return cli.execute(args)
+    # --verbose shows the library's hidden lines too (the export's).
+    show = verbose and "KERAS_KD_VERBOSE" not in os.environ
+    if show:
+        os.environ["KERAS_KD_VERBOSE"] = "1"
+    try:
+        return cli.execute(args)
+    finally:
+        if show:
+            os.environ.pop("KERAS_KD_VERBOSE", None)
 
 
 if __name__ == "__main__":

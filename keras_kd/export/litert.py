@@ -11,6 +11,7 @@ import time
 import keras
 import numpy as np
 
+from keras_kd.export.native_logs import quiet_native_stderr
 from keras_kd.extras import require
 
 
@@ -28,6 +29,12 @@ def flex_ops(data):
 
 
 def interpreter(path, flex):
+    # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" here.
+    with quiet_native_stderr():
+        return _interpreter(path, flex)
+
+
+def _interpreter(path, flex):
     if flex:
         # The Flex delegate ships with TensorFlow's interpreter, not with
         # ai_edge_litert's.

@@ -20,6 +20,7 @@ import threading
 
 import keras
 
+from keras_kd.export import native_logs
 from keras_kd.export.errors import ExportError
 
 
@@ -66,6 +67,11 @@ class _TensorFlowWorker:
     student well under one). Jobs are JSON files; the process reads their
     paths on stdin and answers one line per job on a private pipe, with
     everything it prints sent to a log file (whose tail goes into errors).
+    Its environment is this process's with ``KERAS_BACKEND=tensorflow``, no
+    GPU, and TensorFlow's native logs quiet where the user has not set them
+    (:func:`keras_kd.export.native_logs.worker_environment`); under
+    ``KERAS_KD_VERBOSE=1`` its output is also copied to stderr after each
+    job.
     """
 
     _lock = threading.Lock()
@@ -77,12 +83,15 @@ class _TensorFlowWorker:
         with cls._lock:
             for attempt in (0, 1):
                 process = cls._start()
+                start = cls._log_size()
                 try:
                     process.stdin.write(job_path + "\n")
                     process.stdin.flush()
                     answer = process.stdout.readline()
                 except (BrokenPipeError, OSError):
                     answer = ""
+                if native_logs.verbose():
+                    cls._echo_log(start)
                 if answer.strip() == "done":
                     return
                 tail = cls._log_tail()
@@ -99,8 +108,8 @@ class _TensorFlowWorker:
         if cls._process is not None and cls._process.poll() is None:
             return cls._process
         cls.close()
-        env = dict(os.environ, KERAS_BACKEND="tensorflow",
-                   TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+        env = native_logs.worker_environment(dict(
+            os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="-1"))
         paths = [os.getcwd() if p == "" else p for p in sys.path]
         env["PYTHONPATH"] = os.pathsep.join(
             [p for p in paths if p] + [env.get("PYTHONPATH", "")]).rstrip(
@@ -117,6 +126,26 @@ class _TensorFlowWorker:
         os.close(write_fd)
         cls._process.stdout = os.fdopen(read_fd, "r")
         return cls._process
+
+    @classmethod
+    def _log_size(cls):
+        try:
+            return os.path.getsize(cls._log.name)
+        except (AttributeError, OSError):
+            return 0
+
+    @classmethod
+    def _echo_log(cls, start):
+        """Copies what the process wrote to its log since ``start`` to
+        stderr (``KERAS_KD_VERBOSE=1``)."""
+        try:
+            with open(cls._log.name, errors="replace") as f:
+                f.seek(start)
+                text = f.read()
+        except (AttributeError, OSError):
+            return
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
     @classmethod
     def _log_tail(cls, lines=15):
@@ -153,10 +182,16 @@ atexit.register(_TensorFlowWorker.close)
 
 
 def run_in_tensorflow(model, job, tmp):
-    """Saves ``model`` as .keras and converts it in the TensorFlow worker."""
-    modules = _custom_modules(model)
-    keras_path = os.path.join(tmp, "model.keras")
-    model.save(keras_path)
+    """Saves ``model`` as .keras and converts it in the TensorFlow worker.
+
+    Keras loads TensorFlow in this process too when it serializes the model
+    (if TensorFlow is installed): its native load-time lines are left out of
+    stderr (:func:`keras_kd.export.native_logs.quiet_native_stderr`).
+    """
+    with native_logs.quiet_native_stderr():
+        modules = _custom_modules(model)
+        keras_path = os.path.join(tmp, "model.keras")
+        model.save(keras_path)
     job = dict(job, keras_path=keras_path, modules=modules,
                result=os.path.join(tmp, "result.json"))
     job_path = os.path.join(tmp, "job.json")
@@ -165,7 +200,8 @@ def run_in_tensorflow(model, job, tmp):
     _TensorFlowWorker.run(job_path)
     if not os.path.exists(job["result"]):
         raise ExportError("The TensorFlow conversion process wrote no "
-                          "result; see the messages above.")
+                          "result. Its last lines:\n"
+                          + _TensorFlowWorker._log_tail())
     with open(job["result"]) as f:
         result = json.load(f)
     if result.get("error"):
