@@ -102,13 +102,15 @@ def _write_all(fd, data):
 
 
 @contextlib.contextmanager
-def quiet_native_stderr():
+def quiet_native_stderr(show_on_failure=True):
     """Leaves TensorFlow's native log lines of the block out of stderr.
 
     File descriptor 2 goes to a temporary file while the block runs. When it
     ends, the lines that are not native log lines (:func:`is_native_log_line`)
-    are written to stderr; when it raises, all of them are, so that a failed
-    conversion shows what TensorFlow said. Does nothing under
+    are written to stderr; when it raises, all of them are if
+    ``show_on_failure``, so that a failed conversion shows what TensorFlow
+    said (``show_on_failure=False``: a block whose errors are keras-kd's own,
+    where TensorFlow's load-time lines would only bury them). Does nothing under
     ``KERAS_KD_VERBOSE=1`` or without a usable descriptor 2. Python code that
     writes to ``sys.stderr`` in the block is not lost, only delayed to its
     end.
@@ -145,7 +147,7 @@ def quiet_native_stderr():
         capture.seek(0)
         lines = capture.read().splitlines(keepends=True)
         capture.close()
-        kept = lines if failed else [
+        kept = lines if failed and show_on_failure else [
             line for line in lines if not _NATIVE_LOG_LINE.match(line)]
         with contextlib.suppress(OSError):
             _write_all(2, b"".join(kept))

@@ -28,35 +28,89 @@ def _custom_modules(model):
     """Modules that define the model's non-Keras objects (to import there).
 
     Read from the model's own Keras config: every serialized object names
-    the module of its class.
+    the module of its class. Refuses, naming what works instead, what the
+    worker process cannot load from a ``.keras`` file: a class or function
+    defined in ``__main__`` or not importable by name, and a
+    ``keras.layers.Lambda`` holding a Python ``lambda`` (Keras loads its code
+    only with ``safe_mode=False``, which the user cannot pass to that
+    process).
     """
     modules = set()
+    backend = keras.backend.backend()
 
-    def walk(node):
+    def walk(node, layer):
         if isinstance(node, dict):
+            config = node.get("config")
+            if isinstance(config, dict) and isinstance(config.get("name"),
+                                                       str):
+                layer = config["name"]
+            if node.get("class_name") == "__lambda__":
+                raise ValueError(
+                    f"Layer '{layer}' is a keras.layers.Lambda running a "
+                    f"Python lambda. On the {backend} backend the export "
+                    "converts in a separate TensorFlow process, which loads "
+                    "the model from a .keras file, and Keras does not load a "
+                    "lambda's code from a file (passing safe_mode=False "
+                    "cannot reach that process). Replace the Lambda with a "
+                    "custom layer (a keras.layers.Layer subclass whose call() "
+                    "does the same, in an importable module, registered with "
+                    "@keras.saving.register_keras_serializable()), or give "
+                    "the Lambda a named function defined in an importable "
+                    "module and registered the same way, or export with "
+                    "KERAS_BACKEND=tensorflow, which converts in this "
+                    "process.")
+            if node.get("class_name") == "function" and isinstance(
+                    config, str):
+                module = _function_module(node, layer, backend)
+                if module.split(".")[0] != "keras":
+                    modules.add(module)
             if "class_name" in node and "module" in node:
                 module = node["module"]
                 if module in (None, "__main__"):
                     # Unregistered (module None) or defined in __main__: the
                     # worker process could not import the class.
                     raise ValueError(
-                        f"'{node['class_name']}' is not importable by name. "
-                        f"On the {keras.backend.backend()} backend the export "
-                        "converts in a separate TensorFlow process, which "
-                        "imports the model's classes: move the class into an "
-                        "importable module and register it with "
+                        f"'{node['class_name']}' (in layer '{layer}') is not "
+                        f"importable by name. On the {backend} backend the "
+                        "export converts in a separate TensorFlow process, "
+                        "which imports the model's classes: move the class "
+                        "into an importable module and register it with "
                         "@keras.saving.register_keras_serializable(), or run "
                         "with KERAS_BACKEND=tensorflow.")
-                if module.split(".")[0] != "keras":
+                if module.split(".")[0] not in ("keras", "builtins"):
                     modules.add(module)
             for value in node.values():
-                walk(value)
+                walk(value, layer)
         elif isinstance(node, (list, tuple)):
             for value in node:
-                walk(value)
+                walk(value, layer)
 
-    walk(keras.saving.serialize_keras_object(model))
+    walk(keras.saving.serialize_keras_object(model), model.name)
     return sorted(modules)
+
+
+def _function_module(node, layer, backend):
+    """The module of a function serialized by name (``{"class_name":
+    "function", "config": "package>name"}``, e.g. a Lambda's), which the
+    worker process must import to load it; refuses one that cannot be
+    loaded by name there."""
+    fix = (f"On the {backend} backend the export converts in a separate "
+           "TensorFlow process, which loads the model from a .keras file: "
+           "define the function in an importable module and register it with "
+           "@keras.saving.register_keras_serializable(), or export with "
+           "KERAS_BACKEND=tensorflow, which converts in this process.")
+    name = node["config"]
+    try:
+        function = keras.saving.deserialize_keras_object(node)
+    except Exception as error:
+        raise ValueError(f"Function '{name}' (in layer '{layer}') cannot be "
+                         f"loaded by name ({error}). {fix}") from None
+    module = getattr(function, "__module__", None) or "builtins"
+    if module == "__main__":
+        raise ValueError(f"Function '{name}' (in layer '{layer}') is defined "
+                         f"in __main__, which that process cannot import. "
+                         + fix)
+    return module
 
 
 class _TensorFlowWorker:
@@ -188,7 +242,7 @@ def run_in_tensorflow(model, job, tmp):
     (if TensorFlow is installed): its native load-time lines are left out of
     stderr (:func:`keras_kd.export.native_logs.quiet_native_stderr`).
     """
-    with native_logs.quiet_native_stderr():
+    with native_logs.quiet_native_stderr(show_on_failure=False):
         modules = _custom_modules(model)
         keras_path = os.path.join(tmp, "model.keras")
         model.save(keras_path)
