@@ -108,6 +108,43 @@ def _input_names(model):
             or ()}
 
 
+def takes_token_ids(model):
+    """Whether ``model`` is called on ``{"token_ids", "padding_mask"}`` (a
+    causal LM that :func:`lm_to_tflite` exports).
+
+    >>> import keras
+    >>> inputs = keras.Input((4,))
+    >>> takes_token_ids(keras.Model(inputs, inputs))
+    False
+    """
+    return set(INPUT_NAMES) <= _input_names(model)
+
+
+def sequence_length_of(model):
+    """The longest sequence a causal LM takes: its backbone's
+    ``max_sequence_length`` (a keras-hub ``CausalLM``; ``keras-kd run --task
+    causal-lm`` builds it with its ``--sequence-length``), else the fixed
+    length of its ``token_ids`` input; None when neither is known.
+
+    >>> from keras_kd.app.language_models import build_causal_lm
+    >>> sequence_length_of(build_causal_lm("tiny", sequence_length=24))
+    24
+    """
+    limit = getattr(getattr(model, "backbone", None), "max_sequence_length",
+                    None)
+    if limit is not None:
+        return int(limit)
+    try:
+        inputs = model.input
+    except (AttributeError, ValueError):
+        return None
+    token_ids = inputs.get("token_ids") if isinstance(inputs, dict) else None
+    shape = getattr(token_ids, "shape", None)
+    if shape is not None and len(shape) == 2 and shape[1] is not None:
+        return int(shape[1])
+    return None
+
+
 def _sample(sample_token_ids, sequence_length, vocabulary_size):
     if sample_token_ids is None:
         rng = np.random.default_rng(0)
@@ -187,7 +224,7 @@ def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
     """
     model = student_of(causal_lm)
     names = _input_names(model)
-    if not set(INPUT_NAMES) <= names:
+    if not takes_token_ids(model):
         raise ValueError(
             f"lm_to_tflite exports language models called on "
             f"{{'token_ids', 'padding_mask'}}; '{model.name}' takes "
