@@ -12,7 +12,8 @@ Before that import, TensorFlow's native (C++ and absl) log lines are silenced:
 unless already set, and the lines TensorFlow's libraries print while they load
 (before their logging is set up: ``oneDNN custom operations are on``, ``Could
 not find cuda drivers``) are left out of stderr. ``keras-kd --verbose COMMAND``
-leaves all of it alone.
+leaves all of it alone, and sets ``KERAS_KD_VERBOSE=1`` for the command (unless
+set), which shows the lines of the export too (:mod:`keras_kd.export.native_logs`).
 
 The argument types that need keras-kd itself (model names, dataset names)
 import it when they run, which is after ``--help`` has answered.
@@ -423,8 +424,9 @@ def add_export_arguments(parser):
     ['int8']
     """
     parser.add_argument(
-        "model", help="a .keras file: a student, or a Distiller (its student "
-        "is exported)")
+        "model", help="a .keras file: a student (a classifier, or a "
+        "language model as keras-kd run --task causal-lm saves it), or a "
+        "Distiller (its student is exported)")
     parser.add_argument(
         "--output", "-o", default=None,
         help="the .tflite file; with several --quantize modes, '_<mode>' is "
@@ -436,14 +438,22 @@ def add_export_arguments(parser):
         "default float32)")
     parser.add_argument(
         "--representative-data", default=None,
-        help="'digits' (the bundled dataset's training inputs) or an .npz "
-        "file (array 'x', 'x_train' or its first array); required for int8, "
-        "except for a quantization-aware model (exported from its learned "
-        "ranges)")
+        help="a data set keras-kd run knows (mnist1d, digits: offline; or a "
+        "tensorflow-datasets name), its training inputs, or an .npz file "
+        "(array 'x', 'x_train' or its first array) or .npy file of inputs; "
+        "required for int8, except for a quantization-aware model (exported "
+        "from its learned ranges)")
     parser.add_argument(
         "--eval-data", default=None,
-        help="'digits' (the bundled test split) or an .npz file with 'x' and "
-        "'y' arrays: reports the accuracy change")
+        help="a data set name as for --representative-data (its test split) "
+        "or an .npz file with 'x' and 'y' arrays: reports the accuracy "
+        "change")
+    parser.add_argument(
+        "--sequence-length", type=_positive_int("sequence-length", 128),
+        default=None,
+        help="a language model (called on token_ids and padding_mask, as "
+        "keras-kd run --task causal-lm saves): the file's fixed sequence "
+        "length (default: the model's max_sequence_length)")
     parser.add_argument("--allow-flex", action="store_true",
                         help="accept TensorFlow (Flex) ops in the file")
     parser.add_argument("--latency-runs", type=int, default=50,
@@ -822,7 +832,15 @@ def main(argv=None):
         check_run_options(args)
         _import_tensorflow_if_installed()
         from keras_kd.app import cli
-    return cli.execute(args)
+    # --verbose shows the library's hidden lines too (the export's).
+    show = verbose and "KERAS_KD_VERBOSE" not in os.environ
+    if show:
+        os.environ["KERAS_KD_VERBOSE"] = "1"
+    try:
+        return cli.execute(args)
+    finally:
+        if show:
+            os.environ.pop("KERAS_KD_VERBOSE", None)
 
 
 if __name__ == "__main__":

@@ -334,9 +334,10 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
                 "row of its first batch is >= 0 and sums to 1): its last layer "
                 "applies softmax. keras-kd's objectives take logits, and "
                 "softened probabilities teach almost nothing. Build the "
-                "teacher's last layer with activation=None (keep the softmax "
-                "for serving in a separate model), or load its weights into "
-                "such a copy.")
+                "teacher's last layer with activation=None (a "
+                "keras.applications model with classifier_activation=None; "
+                "keep the softmax for serving in a separate model), or load "
+                "its weights into such a copy.")
         labels = yb
         if labels.ndim == logits.ndim and labels.shape[-1] == classes > 1:
             labels = labels.argmax(-1)  # one-hot

@@ -199,3 +199,64 @@ def test_bad_arguments_name_the_fix(lm, float32_export, tmp_path):
     with pytest.raises(ValueError, match="at least one token"):
         export.litert_generate(path, [], 3)
     assert os.listdir(tmp_path) == []
+
+
+def test_token_ids_outside_the_vocabulary_or_not_integers_are_refused(
+        lm, float32_export, tmp_path):
+    """#17, #25: -5 read as 251 and 2**32 + 5 as 5 (int32 wrap-around), an
+    id of 256 or more failed deep in LiteRT ("gather index out of bounds"),
+    floats were truncated by generate() and a batch flattened into one
+    prompt."""
+    path, _ = float32_export
+    lite = export.LiteRTCausalLM(path)
+    vocabulary = r"\[0, 256\) \(the vocabulary size 256\)"
+    for ids in ([1, -5, 3], [1, 2**32 + 5], [1, 256], [300]):
+        bad = next(i for i in ids if not 0 <= i < 256)
+        with pytest.raises(ValueError, match=vocabulary + f"; got {bad} at"):
+            lite.logits(ids)
+        with pytest.raises(ValueError, match=vocabulary):
+            lite.generate(ids, 2)
+    with pytest.raises(ValueError, match=r"sample_token_ids\[1\] must be "
+                       r"ids in \[0, 256\)"):
+        export.lm_to_tflite(lm, tmp_path / "m.tflite", L,
+                            sample_token_ids=[[1, 2], [1, 2**32 + 5]])
+    for floats in ([1.7, 2.2], np.array([1.0, 2.0])):
+        with pytest.raises(TypeError, match="floats are not truncated"):
+            lite.generate(floats, 2)
+        with pytest.raises(TypeError, match="floats are not truncated"):
+            lite.logits(floats)
+    with pytest.raises(ValueError, match=r"holds 2 sequences.*one sequence"):
+        lite.generate([[1, 2], [3, 4]], 2)
+    with pytest.raises(ValueError, match=r"holds 2 sequences"):
+        lite.logits(np.array([[1, 2], [3, 4]]))
+    # One row, (1, n) as keras-hub's token_ids, is that sequence.
+    np.testing.assert_array_equal(lite.generate([[1, 2]], 3),
+                                  lite.generate([1, 2], 3))
+    np.testing.assert_allclose(lite.logits(np.array([[1, 2]], "int32")),
+                               keras_logits(lm, [1, 2]), atol=1e-4)
+    # The ids that remain are the Keras LM's own: uint8 bytes included.
+    np.testing.assert_allclose(lite.logits(np.array([72, 255], np.uint8)),
+                               keras_logits(lm, [72, 255]), atol=1e-4)
+    with pytest.raises(ValueError, match="max_new_tokens must be an int"):
+        lite.generate([1, 2], True)
+    assert os.listdir(tmp_path) == []
+
+
+def test_stop_token_ids_take_one_id_or_several(float32_export):
+    """#25: stop_token_ids=5 failed with "'int' object is not iterable"."""
+    path, _ = float32_export
+    lite = export.LiteRTCausalLM(path)
+    prompt = PROMPTS[0]
+    free = lite.generate(prompt, 6).tolist()
+    second = free[len(prompt) + 1]
+    # Stops after the first generated token equal to the stop id, kept.
+    stop = free.index(second, len(prompt)) + 1
+    assert stop < len(free)
+    for stop_ids in (second, np.int64(second), [second], (7, second)):
+        assert lite.generate(prompt, 6, stop_token_ids=stop_ids).tolist() \
+            == free[:stop]
+    with pytest.raises(TypeError, match="stop_token_ids must be integer"):
+        lite.generate(prompt, 6, stop_token_ids=[1.5])
+    with pytest.raises(ValueError, match=r"stop_token_ids must be ids in "
+                       r"\[0, 256\)"):
+        lite.generate(prompt, 6, stop_token_ids=256)

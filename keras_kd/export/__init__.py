@@ -10,8 +10,10 @@ model's fixed-length forward pass, and ``LiteRTCausalLM`` /
 
 Modules: :mod:`~keras_kd.export.api` (the functions below),
 :mod:`~keras_kd.export.convert` (the converter), :mod:`~keras_kd.export.worker`
-(the TensorFlow process), :mod:`~keras_kd.export.litert` (running and
-checking the file), :mod:`~keras_kd.export.lm` (language models).
+(starts the TensorFlow process and sends it jobs),
+:mod:`~keras_kd.export.worker_main` (the process's own side),
+:mod:`~keras_kd.export.litert` (running and checking the file),
+:mod:`~keras_kd.export.lm` (language models).
 """
 
 from keras_kd.export.api import (

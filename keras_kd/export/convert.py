@@ -15,8 +15,9 @@ import keras
 import numpy as np
 
 from keras_kd.export import worker
-from keras_kd.extras import require
 from keras_kd.export.errors import ExportError
+from keras_kd.export.native_logs import quiet_native_stderr
+from keras_kd.extras import require
 
 
 def _tensor_specs(input_signature):
@@ -77,8 +78,15 @@ def convert_in_process(model, quantize, representative, allow_flex,
     ``input_signature``: None (the model's own inputs, batch dynamic) or
     ``{name: (shape, dtype)}``, the fixed shapes of a model that takes one
     dict of tensors (e.g. ``{"token_ids": ((1, 128), "int32"), ...}``).
+
+    TensorFlow's native log lines are left out of stderr unless the
+    conversion fails (:func:`keras_kd.export.native_logs.quiet_native_stderr`;
+    ``KERAS_KD_VERBOSE=1`` shows them).
     """
-    with tempfile.TemporaryDirectory(prefix="keras_kd_export_") as tmp:
+    # TensorFlow's native log lines of the export and conversion (some
+    # fifteen) are left out of stderr, or shown if the conversion fails.
+    with quiet_native_stderr(), tempfile.TemporaryDirectory(
+            prefix="keras_kd_export_") as tmp:
         converter = _converter_for(model, os.path.join(tmp, "saved_model"),
                                    quantize, representative, allow_flex,
                                    input_signature)

@@ -12,6 +12,7 @@ import time
 import keras
 import numpy as np
 
+from keras_kd.export.native_logs import quiet_native_stderr
 from keras_kd.extras import require
 
 
@@ -164,6 +165,12 @@ def interpreter(path, flex):
     """
     with open(path, "rb") as f:
         flatbuffer(f.read(), path)
+    # LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" here.
+    with quiet_native_stderr():
+        return _interpreter(path, flex)
+
+
+def _interpreter(path, flex):
     if flex:
         # The Flex delegate ships with TensorFlow's interpreter, not with
         # ai_edge_litert's.

@@ -32,21 +32,66 @@ INPUT_NAMES = ("token_ids", "padding_mask")
 VERIFY_SEQUENCES = 8
 
 
-def pack(sequences, sequence_length):
+def token_ids_of(sequence, vocabulary_size, what="token_ids"):
+    """One sequence of token ids as an int64 array, checked.
+
+    ``sequence`` is a list or 1-D array of integers (a ``(1, n)`` array, one
+    row, is taken as its row); every id must lie in ``[0,
+    vocabulary_size)``. Refused, naming the fix: several rows (a batch: the
+    file runs one sequence), floats (never truncated), and ids outside the
+    vocabulary (a negative id or one of 2**32 or more would otherwise wrap
+    around in int32 and read as another token).
+
+    >>> token_ids_of([1, 2, 3], 256)
+    array([1, 2, 3])
+    >>> token_ids_of([1, -5, 3], 256)
+    Traceback (most recent call last):
+    ...
+    ValueError: token_ids must be ids in [0, 256) (the vocabulary size 256); got -5 at position 1.
+    """
+    ids = np.asarray(sequence)
+    if ids.ndim == 2 and ids.shape[0] == 1:
+        ids = ids[0]
+    if ids.ndim > 1:
+        raise ValueError(
+            f"{what} holds {ids.shape[0]} sequences (shape {ids.shape}); the "
+            "file runs one sequence at a time: pass one list of ids, e.g. "
+            f"a loop over the prompts ({what}[0], {what}[1], ...).")
+    ids = ids.reshape(-1)
+    if ids.size and (ids.dtype == bool or not np.issubdtype(ids.dtype,
+                                                            np.integer)):
+        raise TypeError(
+            f"{what} must be integer token ids, got {ids.dtype} values "
+            f"(e.g. {ids[0]!r}); floats are not truncated: pass ints, e.g. "
+            "np.asarray(ids).astype(int) if they are whole numbers.")
+    bad = np.flatnonzero((ids < 0) | (ids >= vocabulary_size))
+    if bad.size:
+        raise ValueError(
+            f"{what} must be ids in [0, {vocabulary_size}) (the vocabulary "
+            f"size {vocabulary_size}); got {int(ids[bad[0]])} at position "
+            f"{int(bad[0])}.")
+    return ids.astype("int64")
+
+
+def pack(sequences, sequence_length, vocabulary_size, what="token_ids"):
     """``{"token_ids", "padding_mask"}`` int32 ``(n, sequence_length)`` arrays
-    of ``sequences`` (lists of ids), left-aligned and padded with 0."""
+    of ``sequences`` (lists of ids, each checked by :func:`token_ids_of`),
+    left-aligned and padded with 0.
+
+    >>> pack([[5, 6], [7]], 4, 256)["padding_mask"]
+    array([[1, 1, 0, 0],
+           [1, 0, 0, 0]], dtype=int32)
+    """
     token_ids = np.zeros((len(sequences), sequence_length), "int32")
     padding_mask = np.zeros((len(sequences), sequence_length), "int32")
-    for row, ids in enumerate(sequences):
-        ids = np.asarray(ids).reshape(-1)
+    for row, sequence in enumerate(sequences):
+        name = f"{what}[{row}]" if len(sequences) > 1 else what
+        ids = token_ids_of(sequence, vocabulary_size, name)
         if not 1 <= len(ids) <= sequence_length:
             raise ValueError(
                 f"Token sequences must hold 1 to {sequence_length} ids (the "
-                f"exported sequence_length); sequence {row} has {len(ids)}. "
+                f"exported sequence_length); {name} has {len(ids)}. "
                 "Truncate it, or export with a longer sequence_length.")
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"Token ids must be integers, got {ids.dtype} "
-                            f"in sequence {row}.")
         token_ids[row, :len(ids)] = ids
         padding_mask[row, :len(ids)] = 1
     return {"token_ids": token_ids, "padding_mask": padding_mask}
@@ -63,6 +108,43 @@ def _input_names(model):
             or ()}
 
 
+def takes_token_ids(model):
+    """Whether ``model`` is called on ``{"token_ids", "padding_mask"}`` (a
+    causal LM that :func:`lm_to_tflite` exports).
+
+    >>> import keras
+    >>> inputs = keras.Input((4,))
+    >>> takes_token_ids(keras.Model(inputs, inputs))
+    False
+    """
+    return set(INPUT_NAMES) <= _input_names(model)
+
+
+def sequence_length_of(model):
+    """The longest sequence a causal LM takes: its backbone's
+    ``max_sequence_length`` (a keras-hub ``CausalLM``; ``keras-kd run --task
+    causal-lm`` builds it with its ``--sequence-length``), else the fixed
+    length of its ``token_ids`` input; None when neither is known.
+
+    >>> from keras_kd.app.language_models import build_causal_lm
+    >>> sequence_length_of(build_causal_lm("tiny", sequence_length=24))
+    24
+    """
+    limit = getattr(getattr(model, "backbone", None), "max_sequence_length",
+                    None)
+    if limit is not None:
+        return int(limit)
+    try:
+        inputs = model.input
+    except (AttributeError, ValueError):
+        return None
+    token_ids = inputs.get("token_ids") if isinstance(inputs, dict) else None
+    shape = getattr(token_ids, "shape", None)
+    if shape is not None and len(shape) == 2 and shape[1] is not None:
+        return int(shape[1])
+    return None
+
+
 def _sample(sample_token_ids, sequence_length, vocabulary_size):
     if sample_token_ids is None:
         rng = np.random.default_rng(0)
@@ -70,15 +152,11 @@ def _sample(sample_token_ids, sequence_length, vocabulary_size):
         lengths[0] = sequence_length  # one sequence without padding
         sample_token_ids = [rng.integers(0, vocabulary_size, n)
                             for n in lengths]
-    sample = pack(list(sample_token_ids), sequence_length)
-    if sample["token_ids"].size and (sample["token_ids"].min() < 0 or
-                                     sample["token_ids"].max()
-                                     >= vocabulary_size):
-        raise ValueError(
-            f"sample_token_ids must be ids in [0, {vocabulary_size}), the "
-            "model's vocabulary; got ids from "
-            f"{sample['token_ids'].min()} to {sample['token_ids'].max()}.")
-    return sample
+    if isinstance(sample_token_ids, np.ndarray) and \
+            sample_token_ids.ndim == 1:
+        sample_token_ids = [sample_token_ids]  # one sequence
+    return pack(list(sample_token_ids), sequence_length, vocabulary_size,
+                "sample_token_ids")
 
 
 def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
@@ -146,7 +224,7 @@ def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
     """
     model = student_of(causal_lm)
     names = _input_names(model)
-    if not set(INPUT_NAMES) <= names:
+    if not takes_token_ids(model):
         raise ValueError(
             f"lm_to_tflite exports language models called on "
             f"{{'token_ids', 'padding_mask'}}; '{model.name}' takes "
@@ -217,6 +295,12 @@ class LiteRTCausalLM:
     (16, 256)
     >>> lm.logits([1, 2, 3]).shape
     (3, 256)
+    >>> lm.generate([1, 2], 3, stop_token_ids=1).dtype
+    dtype('int32')
+    >>> lm.logits([1, 256])
+    Traceback (most recent call last):
+    ...
+    ValueError: token_ids must be ids in [0, 256) (the vocabulary size 256); got 256 at position 1.
     """
 
     def __init__(self, path):
@@ -241,11 +325,15 @@ class LiteRTCausalLM:
     def logits(self, token_ids):
         """Float32 logits ``(len(token_ids), vocabulary_size)`` of one
         sequence of 1 to ``sequence_length`` ids (padded to the file's length
-        and run once)."""
-        token_ids = np.asarray(token_ids).reshape(-1)
-        (logits,) = litert.invoke(self.interpreter,
-                                  pack([token_ids], self.sequence_length))
-        return logits[0, :len(token_ids)]
+        and run once).
+
+        The ids must be integers in ``[0, vocabulary_size)``; a batch of
+        several sequences is refused (the file runs one: call once per
+        sequence)."""
+        packed = pack([token_ids], self.sequence_length,
+                      self.vocabulary_size)
+        (logits,) = litert.invoke(self.interpreter, packed)
+        return logits[0, :int(packed["padding_mask"].sum())]
 
     def generate(self, prompt_token_ids, max_new_tokens, stop_token_ids=None):
         """Greedy generation: the prompt followed by up to ``max_new_tokens``.
@@ -257,22 +345,28 @@ class LiteRTCausalLM:
         This is keras-hub's ``generate`` with ``sampler="greedy"``; without a
         KV cache each step reruns the full forward pass.
 
+        One prompt at a time: a batch of prompts (a 2-D array of several
+        rows) is refused, since each row would stop at its own length; call
+        ``generate`` once per prompt.
+
         Args:
-            prompt_token_ids: 1 or more token ids.
+            prompt_token_ids: 1 or more integer token ids in ``[0,
+                vocabulary_size)`` (one sequence).
             max_new_tokens: tokens to generate; the prompt plus them must fit
                 in ``sequence_length``.
-            stop_token_ids: ids that end generation, or None.
+            stop_token_ids: an id or ids that end generation, or None.
 
         Returns:
             An int32 array: the prompt, then the generated ids.
         """
-        tokens = [int(t) for t in np.asarray(prompt_token_ids).reshape(-1)]
+        tokens = token_ids_of(prompt_token_ids, self.vocabulary_size,
+                              "prompt_token_ids").tolist()
         if not tokens:
             raise ValueError("prompt_token_ids is empty; generation needs at "
                              "least one token to predict from (e.g. a start "
                              "or newline token).")
-        if not isinstance(max_new_tokens, (int, np.integer)) or \
-                max_new_tokens < 0:
+        if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(
+                max_new_tokens, bool) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got "
                              f"{max_new_tokens!r}.")
         if len(tokens) + max_new_tokens > self.sequence_length:
@@ -282,8 +376,9 @@ class LiteRTCausalLM:
                 f"{self.sequence_length}; generate at most "
                 f"{max(0, self.sequence_length - len(tokens))} tokens, or "
                 "export with a longer sequence_length.")
-        stop = set() if stop_token_ids is None else {
-            int(t) for t in stop_token_ids}
+        stop = set() if stop_token_ids is None else set(token_ids_of(
+            np.asarray(stop_token_ids).reshape(-1), self.vocabulary_size,
+            "stop_token_ids").tolist())
         for _ in range(max_new_tokens):
             token = int(np.argmax(self.logits(tokens)[-1]))
             tokens.append(token)

@@ -6,7 +6,8 @@ or PyTorch session and reused by later ones (importing TensorFlow costs
 seconds, converting a small student well under one). Jobs are JSON files; the
 process reads their paths on stdin and answers one line per job on a private
 pipe, with everything it prints sent to a log file (whose tail goes into
-errors).
+errors). This module is the parent's side; the process runs
+:func:`keras_kd.export.worker_main.serve`.
 """
 
 import atexit
@@ -18,78 +19,98 @@ import tempfile
 import threading
 
 import keras
-import numpy as np
 
+from keras_kd.export import native_logs
 from keras_kd.export.errors import ExportError
-
-
-def _worker(job_path):
-    """Subprocess entry: convert the saved model described in ``job_path``."""
-    with open(job_path) as f:
-        job = json.load(f)
-    import importlib
-
-    for module in job["modules"]:
-        importlib.import_module(module)
-    import keras_kd  # noqa: F401  (registers keras-kd serializables)
-    from keras_kd.export import convert
-
-    result = {}
-    try:
-        model = keras.models.load_model(job["keras_path"], compile=False)
-        if job["kind"] == "saved_model":
-            model.export(job["output"], format="tf_saved_model",
-                         verbose=False)
-        else:
-            representative = (np.load(job["representative"])
-                              if job["representative"] else None)
-            data = convert.convert_in_process(
-                model, job["quantize"], representative, job["allow_flex"],
-                job.get("input_signature"))
-            with open(job["output"], "wb") as f:
-                f.write(data)
-    except ExportError as error:
-        result = {"error": str(error), "type": "ExportError"}
-    except Exception as error:  # reported to the parent process
-        result = {"error": f"{type(error).__name__}: {error}",
-                  "type": "ExportError"}
-    with open(job["result"], "w") as f:
-        json.dump(result, f)
 
 
 def _custom_modules(model):
     """Modules that define the model's non-Keras objects (to import there).
 
     Read from the model's own Keras config: every serialized object names
-    the module of its class.
+    the module of its class. Refuses, naming what works instead, what the
+    worker process cannot load from a ``.keras`` file: a class or function
+    defined in ``__main__`` or not importable by name, and a
+    ``keras.layers.Lambda`` holding a Python ``lambda`` (Keras loads its code
+    only with ``safe_mode=False``, which the user cannot pass to that
+    process).
     """
     modules = set()
+    backend = keras.backend.backend()
 
-    def walk(node):
+    def walk(node, layer):
         if isinstance(node, dict):
+            config = node.get("config")
+            if isinstance(config, dict) and isinstance(config.get("name"),
+                                                       str):
+                layer = config["name"]
+            if node.get("class_name") == "__lambda__":
+                raise ValueError(
+                    f"Layer '{layer}' is a keras.layers.Lambda running a "
+                    f"Python lambda. On the {backend} backend the export "
+                    "converts in a separate TensorFlow process, which loads "
+                    "the model from a .keras file, and Keras does not load a "
+                    "lambda's code from a file (passing safe_mode=False "
+                    "cannot reach that process). Replace the Lambda with a "
+                    "custom layer (a keras.layers.Layer subclass whose call() "
+                    "does the same, in an importable module, registered with "
+                    "@keras.saving.register_keras_serializable()), or give "
+                    "the Lambda a named function defined in an importable "
+                    "module and registered the same way, or export with "
+                    "KERAS_BACKEND=tensorflow, which converts in this "
+                    "process.")
+            if node.get("class_name") == "function" and isinstance(
+                    config, str):
+                module = _function_module(node, layer, backend)
+                if module.split(".")[0] != "keras":
+                    modules.add(module)
             if "class_name" in node and "module" in node:
                 module = node["module"]
                 if module in (None, "__main__"):
                     # Unregistered (module None) or defined in __main__: the
                     # worker process could not import the class.
                     raise ValueError(
-                        f"'{node['class_name']}' is not importable by name. "
-                        f"On the {keras.backend.backend()} backend the export "
-                        "converts in a separate TensorFlow process, which "
-                        "imports the model's classes: move the class into an "
-                        "importable module and register it with "
+                        f"'{node['class_name']}' (in layer '{layer}') is not "
+                        f"importable by name. On the {backend} backend the "
+                        "export converts in a separate TensorFlow process, "
+                        "which imports the model's classes: move the class "
+                        "into an importable module and register it with "
                         "@keras.saving.register_keras_serializable(), or run "
                         "with KERAS_BACKEND=tensorflow.")
-                if module.split(".")[0] != "keras":
+                if module.split(".")[0] not in ("keras", "builtins"):
                     modules.add(module)
             for value in node.values():
-                walk(value)
+                walk(value, layer)
         elif isinstance(node, (list, tuple)):
             for value in node:
-                walk(value)
+                walk(value, layer)
 
-    walk(keras.saving.serialize_keras_object(model))
+    walk(keras.saving.serialize_keras_object(model), model.name)
     return sorted(modules)
+
+
+def _function_module(node, layer, backend):
+    """The module of a function serialized by name (``{"class_name":
+    "function", "config": "package>name"}``, e.g. a Lambda's), which the
+    worker process must import to load it; refuses one that cannot be
+    loaded by name there."""
+    fix = (f"On the {backend} backend the export converts in a separate "
+           "TensorFlow process, which loads the model from a .keras file: "
+           "define the function in an importable module and register it with "
+           "@keras.saving.register_keras_serializable(), or export with "
+           "KERAS_BACKEND=tensorflow, which converts in this process.")
+    name = node["config"]
+    try:
+        function = keras.saving.deserialize_keras_object(node)
+    except Exception as error:
+        raise ValueError(f"Function '{name}' (in layer '{layer}') cannot be "
+                         f"loaded by name ({error}). {fix}") from None
+    module = getattr(function, "__module__", None) or "builtins"
+    if module == "__main__":
+        raise ValueError(f"Function '{name}' (in layer '{layer}') is defined "
+                         f"in __main__, which that process cannot import. "
+                         + fix)
+    return module
 
 
 class _TensorFlowWorker:
@@ -100,6 +121,11 @@ class _TensorFlowWorker:
     student well under one). Jobs are JSON files; the process reads their
     paths on stdin and answers one line per job on a private pipe, with
     everything it prints sent to a log file (whose tail goes into errors).
+    Its environment is this process's with ``KERAS_BACKEND=tensorflow``, no
+    GPU, and TensorFlow's native logs quiet where the user has not set them
+    (:func:`keras_kd.export.native_logs.worker_environment`); under
+    ``KERAS_KD_VERBOSE=1`` its output is also copied to stderr after each
+    job.
     """
 
     _lock = threading.Lock()
@@ -111,12 +137,15 @@ class _TensorFlowWorker:
         with cls._lock:
             for attempt in (0, 1):
                 process = cls._start()
+                start = cls._log_size()
                 try:
                     process.stdin.write(job_path + "\n")
                     process.stdin.flush()
                     answer = process.stdout.readline()
                 except (BrokenPipeError, OSError):
                     answer = ""
+                if native_logs.verbose():
+                    cls._echo_log(start)
                 if answer.strip() == "done":
                     return
                 tail = cls._log_tail()
@@ -133,8 +162,8 @@ class _TensorFlowWorker:
         if cls._process is not None and cls._process.poll() is None:
             return cls._process
         cls.close()
-        env = dict(os.environ, KERAS_BACKEND="tensorflow",
-                   TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="-1")
+        env = native_logs.worker_environment(dict(
+            os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="-1"))
         paths = [os.getcwd() if p == "" else p for p in sys.path]
         env["PYTHONPATH"] = os.pathsep.join(
             [p for p in paths if p] + [env.get("PYTHONPATH", "")]).rstrip(
@@ -144,13 +173,33 @@ class _TensorFlowWorker:
         read_fd, write_fd = os.pipe()
         cls._process = subprocess.Popen(
             [sys.executable, "-c",
-             "import sys; from keras_kd.export.worker import serve; "
+             "import sys; from keras_kd.export.worker_main import serve; "
              "serve(int(sys.argv[1]))", str(write_fd)],
             env=env, stdin=subprocess.PIPE, stdout=cls._log,
             stderr=subprocess.STDOUT, pass_fds=(write_fd,), text=True)
         os.close(write_fd)
         cls._process.stdout = os.fdopen(read_fd, "r")
         return cls._process
+
+    @classmethod
+    def _log_size(cls):
+        try:
+            return os.path.getsize(cls._log.name)
+        except (AttributeError, OSError):
+            return 0
+
+    @classmethod
+    def _echo_log(cls, start):
+        """Copies what the process wrote to its log since ``start`` to
+        stderr (``KERAS_KD_VERBOSE=1``)."""
+        try:
+            with open(cls._log.name, errors="replace") as f:
+                f.seek(start)
+                text = f.read()
+        except (AttributeError, OSError):
+            return
+        sys.stderr.write(text)
+        sys.stderr.flush()
 
     @classmethod
     def _log_tail(cls, lines=15):
@@ -186,26 +235,17 @@ class _TensorFlowWorker:
 atexit.register(_TensorFlowWorker.close)
 
 
-def serve(answer_fd):
-    """Worker loop: one job path per stdin line, ``done`` on ``answer_fd``."""
-    answers = os.fdopen(answer_fd, "w")
-    for line in sys.stdin:
-        job_path = line.strip()
-        if not job_path:
-            continue
-        try:
-            _worker(job_path)
-        finally:
-            keras.backend.clear_session()
-        answers.write("done\n")
-        answers.flush()
-
-
 def run_in_tensorflow(model, job, tmp):
-    """Saves ``model`` as .keras and converts it in the TensorFlow worker."""
-    modules = _custom_modules(model)
-    keras_path = os.path.join(tmp, "model.keras")
-    model.save(keras_path)
+    """Saves ``model`` as .keras and converts it in the TensorFlow worker.
+
+    Keras loads TensorFlow in this process too when it serializes the model
+    (if TensorFlow is installed): its native load-time lines are left out of
+    stderr (:func:`keras_kd.export.native_logs.quiet_native_stderr`).
+    """
+    with native_logs.quiet_native_stderr(show_on_failure=False):
+        modules = _custom_modules(model)
+        keras_path = os.path.join(tmp, "model.keras")
+        model.save(keras_path)
     job = dict(job, keras_path=keras_path, modules=modules,
                result=os.path.join(tmp, "result.json"))
     job_path = os.path.join(tmp, "job.json")
@@ -214,7 +254,8 @@ def run_in_tensorflow(model, job, tmp):
     _TensorFlowWorker.run(job_path)
     if not os.path.exists(job["result"]):
         raise ExportError("The TensorFlow conversion process wrote no "
-                          "result; see the messages above.")
+                          "result. Its last lines:\n"
+                          + _TensorFlowWorker._log_tail())
     with open(job["result"]) as f:
         result = json.load(f)
     if result.get("error"):
