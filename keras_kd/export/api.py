@@ -335,11 +335,12 @@ def to_saved_model(model, path):
 
     Example:
 
-    >>> import keras, keras_kd as kd
+    >>> import os, tempfile, keras, keras_kd as kd
     >>> inputs = keras.Input((64,))
     >>> student = keras.Model(inputs, keras.layers.Dense(10)(inputs))
-    >>> kd.export.to_saved_model(student, "/tmp/student_savedmodel")
-    '/tmp/student_savedmodel'
+    >>> path = os.path.join(tempfile.mkdtemp(), "student_savedmodel")
+    >>> kd.export.to_saved_model(student, path) == path
+    True
     """
     model = student_of(model)
     path, directory = _check_path(path, None)
