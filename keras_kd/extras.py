@@ -19,6 +19,8 @@ EXTRAS = {
     "matplotlib": "app",
     "keras_hub": "hub",
     "keras_tuner": "search",
+    # keras-tuner imports it on the TensorFlow backend (keras-kd search).
+    "tensorboard": "search",
 }
 
 
