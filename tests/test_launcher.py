@@ -261,3 +261,36 @@ def test_tensorflow_load_lines_are_silenced(tmp_path):
     assert set(quiet.splitlines()) <= set(loud.splitlines()), quiet
     assert quiet.strip().splitlines()[-1].startswith(
         "keras-kd export: error: No model file")
+
+
+def test_export_command_loads_a_saved_distiller_in_a_fresh_process(tmp_path):
+    # `import keras_kd` is lazy: the command registers keras-kd's classes
+    # before it reads a .keras file holding a Distiller.
+    if BACKEND != "tensorflow" or importlib.util.find_spec(
+            "tensorflow") is None:
+        pytest.skip("converts with TensorFlow in a subprocess: once, under "
+                    "the tensorflow backend")
+    import keras
+    import numpy as np
+
+    import keras_kd as kd
+
+    def model(width, name):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Dense(
+            width, activation="relu")(inputs)), name=name)
+
+    distiller = kd.Distiller(model(8, "teacher"), model(2, "student"))
+    distiller.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), distillation_loss="dkd")
+    distiller.fit(np.ones((4, 4), "float32"), np.arange(4) % 3, epochs=1,
+                  verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_kd.app.launcher", "export",
+         str(tmp_path / "distiller.keras"), "--output",
+         str(tmp_path / "student.tflite"), "--latency-runs", "1"], cwd=ROOT,
+        env=dict(os.environ, KERAS_BACKEND="tensorflow"),
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "student.tflite").read_bytes()[4:8] == b"TFL3"

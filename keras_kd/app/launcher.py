@@ -201,8 +201,11 @@ def command_module(args):
 def execute(args):
     """Runs the command of parsed ``keras-kd`` arguments; returns the exit
     status (``run`` returns its report: 0)."""
+    from keras_kd import registration
+
     check_run_options(args)
     module, function = command_module(args)
+    registration.register()  # keras-kd's classes, for the .keras files read
     result = getattr(module, function)(args)
     return 0 if result is None or isinstance(result, dict) else int(result)
 
