@@ -15,8 +15,20 @@ are registered with Keras all the same, for ``keras.models.load_model``
 import importlib
 import sys
 import types
+from typing import TYPE_CHECKING
 
 from keras_kd import registration
+
+if TYPE_CHECKING:  # what type checkers and the API docs (griffe) read
+    from keras_kd import (calibration, callbacks, data, export, objectives,
+                          quantization, soft_labels)
+    from keras_kd.distiller import Distiller
+    from keras_kd.objectives import (
+        DIST, DKD, KD, LS, PKT, RKD, AttentionTransfer, CosineEmbedding,
+        FitNet, HardDistillation, SimilarityPreserving)
+    from keras_kd.on_policy import OnPolicy
+    from keras_kd.search import search
+    from keras_kd.soft_labels import SoftLabels, compute_soft_labels
 
 __version__ = "0.1.0"
 
