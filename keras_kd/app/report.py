@@ -15,7 +15,6 @@ import time
 import numpy as np
 
 from keras_kd import calibration
-from keras_kd.app import plots
 # The plots moved to keras_kd.app.plots; these names stay importable here.
 from keras_kd.app.plots import (  # noqa: F401
     curve_series, plot_accuracy_vs_size, plot_learning_curves,
