@@ -82,12 +82,17 @@ def make_run_dir(output, run_name, default_name, command="run"):
 
 @contextlib.contextmanager
 def temporary_files_in(run_dir):
-    """Sends the run's temporary files to ``run_dir/.tmp`` while the block
-    runs: :data:`tempfile.tempdir` (this process) and ``TMPDIR`` (the
-    processes it starts, such as the export's TensorFlow worker).
+    """Sends this process's temporary files to ``run_dir/.tmp`` while the
+    block runs (:data:`tempfile.tempdir`): the export's ``keras_kd_export_*``
+    folders and the TensorFlow worker's ``keras_kd_tf_worker_*.log``, which
+    this process creates.
 
-    On the way out both are restored and the folder is removed: what a run
-    killed midway leaves is inside its own folder.
+    On the way out ``tempfile.tempdir`` is restored and the folder removed
+    (left in place where the system refuses, e.g. a log file still open on
+    Windows): what a run killed midway leaves is inside its own folder. The
+    environment (``TMPDIR``) is left alone: the export's worker process
+    outlives one run (it is reused by the next export in this process), so
+    it must not hold a folder that goes away with the run.
 
     Example:
 
@@ -100,18 +105,16 @@ def temporary_files_in(run_dir):
     []
     """
     path = ownership.claim_folder(os.path.join(run_dir, TEMP_FOLDER), "temp")
-    saved_tempdir, saved_env = tempfile.tempdir, os.environ.get("TMPDIR")
+    saved = tempfile.tempdir
     tempfile.tempdir = path
-    os.environ["TMPDIR"] = path
     try:
         yield path
     finally:
-        tempfile.tempdir = saved_tempdir
-        if saved_env is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved_env
-        ownership.remove_owned(path, "temp")
+        tempfile.tempdir = saved
+        try:
+            ownership.remove_owned(path, "temp")
+        except OSError:  # kept with the run
+            pass
 
 
 def export_failed(run, error, runtime="TFLite"):

@@ -78,16 +78,18 @@ def test_temporary_files_go_into_the_run_folder(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     before = tempfile.gettempdir()
+    environment = dict(os.environ)
     with runs.temporary_files_in(str(run_dir)) as folder:
         assert folder == str(run_dir / ".tmp")
         made = tempfile.mkdtemp(prefix="keras_kd_export_")
-        assert os.path.dirname(made) == folder
-        # A process the run starts (the export's worker) follows TMPDIR.
-        child = subprocess.run(
-            [sys.executable, "-c", "import tempfile; print(tempfile.gettempdir())"],
-            capture_output=True, text=True, check=True)
-        assert child.stdout.strip() == folder
+        log = tempfile.NamedTemporaryFile(prefix="keras_kd_tf_worker_",
+                                          suffix=".log", delete=False)
+        assert os.path.dirname(made) == os.path.dirname(log.name) == folder
+        log.close()
     assert tempfile.gettempdir() == before
+    # The environment is left alone: the export's worker process outlives
+    # the run (the next export in this process reuses it).
+    assert dict(os.environ) == environment
     assert os.listdir(run_dir) == []  # removed with what was in it
 
 
@@ -159,3 +161,30 @@ def test_the_run_folder_is_marked_and_named_in_the_report(tmp_path):
     name, path = runs.make_run_dir(str(tmp_path), None, "x")
     with open(os.path.join(path, ownership.MARKER)) as f:
         assert json.load(f) == {"created_by": "keras-kd", "kind": "run"}
+
+
+def test_exports_of_two_runs_in_one_process_share_the_worker(tmp_path):
+    # On JAX and PyTorch the export converts in a TensorFlow process that
+    # outlives one run: the second run's export must not find that process
+    # pointed at the first run's removed .tmp folder.
+    import importlib.util
+
+    import keras
+    import numpy as np
+
+    if keras.backend.backend() == "tensorflow" or importlib.util.find_spec(
+            "tensorflow") is None:
+        pytest.skip("the worker process converts on JAX and PyTorch only")
+    from keras_kd import export
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+    x = np.ones((2, 4), "float32")
+    for name in ("first", "second"):
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        with runs.temporary_files_in(str(run_dir)):
+            result = export.to_tflite(model, str(run_dir / "m.tflite"),
+                                      eval_data=(x, np.zeros(2, "int64")),
+                                      latency_runs=1)
+        assert result.path and os.listdir(run_dir) == ["m.tflite"]
