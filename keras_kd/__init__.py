@@ -1,40 +1,86 @@
 """keras-kd: knowledge distillation as a first-class part of Keras 3.
 
 Public API only; see the README for a tour and docs/ for each capability.
+
+``import keras_kd`` imports no Keras: each name below loads on first use
+(PEP 562), so that ``keras-kd --help`` answers at once. keras-kd's classes
+are registered with Keras all the same, for ``keras.models.load_model``
+(:mod:`keras_kd.registration`).
+
+>>> import keras_kd as kd
+>>> kd.KD.__name__, kd.Distiller.__module__
+('KD', 'keras_kd.distiller')
 """
 
-from keras_kd import calibration, callbacks, data, objectives, quantization
-from keras_kd.distiller import Distiller
-from keras_kd.on_policy import OnPolicy
-from keras_kd.search import search
-from keras_kd.objectives import (
-    DIST,
-    DKD,
-    KD,
-    LS,
-    PKT,
-    RKD,
-    AttentionTransfer,
-    CosineEmbedding,
-    FitNet,
-    HardDistillation,
-    SimilarityPreserving,
-)
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING
+
+from keras_kd import registration
+
+if TYPE_CHECKING:  # what type checkers and the API docs (griffe) read
+    from keras_kd import (calibration, callbacks, data, export, objectives,
+                          quantization, soft_labels)
+    from keras_kd.distiller import Distiller
+    from keras_kd.objectives import (
+        DIST, DKD, KD, LS, PKT, RKD, AttentionTransfer, CosineEmbedding,
+        FitNet, HardDistillation, SimilarityPreserving)
+    from keras_kd.on_policy import OnPolicy
+    from keras_kd.search import search
+    from keras_kd.soft_labels import SoftLabels, compute_soft_labels
 
 __version__ = "0.1.0"
 
+# Public name -> the module that defines it.
+_NAMES = {
+    "Distiller": "keras_kd.distiller",
+    "OnPolicy": "keras_kd.on_policy",
+    "search": "keras_kd.search",
+    "SoftLabels": "keras_kd.soft_labels",
+    "compute_soft_labels": "keras_kd.soft_labels",
+    **dict.fromkeys(
+        ("DIST", "DKD", "KD", "LS", "PKT", "RKD", "AttentionTransfer",
+         "CosineEmbedding", "FitNet", "HardDistillation",
+         "SimilarityPreserving"), "keras_kd.objectives"),
+}
+# Public submodules, imported on first use (`export` brings in the TFLite
+# converter, and `python -m keras_kd.export` must not find it imported).
+_MODULES = ("calibration", "callbacks", "data", "export", "objectives",
+            "quantization", "soft_labels")
+
 
 def __getattr__(name):
-    # `export` and `soft_labels` are imported on first use: `export` brings in
-    # the TFLite converter, and `python -m keras_kd.export` must not find the
-    # module already imported.
-    import importlib
+    if name in _NAMES:
+        value = getattr(importlib.import_module(_NAMES[name]), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f"keras_kd.{name}")
+    else:
+        raise AttributeError(f"module 'keras_kd' has no attribute {name!r}")
+    registration.register()
+    if name in _NAMES:
+        globals()[name] = value
+    return value
 
-    if name in ("export", "soft_labels"):
-        return importlib.import_module(f"keras_kd.{name}")
-    if name in ("SoftLabels", "compute_soft_labels"):
-        return getattr(importlib.import_module("keras_kd.soft_labels"), name)
-    raise AttributeError(f"module 'keras_kd' has no attribute {name!r}")
+
+def __dir__():
+    return sorted(set(globals()) | set(_NAMES) | set(_MODULES))
+
+
+class _Package(types.ModuleType):
+    """keras_kd's module type: ``kd.search`` stays the function
+    (:func:`keras_kd.search.search`) when the import system sets the
+    attribute to the submodule ``keras_kd.search`` on its first import."""
+
+    def __setattr__(self, name, value):
+        if (name in _NAMES and isinstance(value, types.ModuleType)
+                and value.__name__ == f"{__name__}.{name}"):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __all__ = [
     "Distiller",
@@ -59,3 +105,5 @@ __all__ = [
     "compute_soft_labels",
     "__version__",
 ]
+
+registration.register_when_keras_loads()

@@ -69,7 +69,21 @@ def is_owned(path, kind=None):
     return marker is not None and (kind is None or marker.get("kind") == kind)
 
 
-def _write_marker(path, kind):
+def _write_marker(path, kind, exclusive=False):
+    if exclusive:
+        # O_EXCL: of two processes that found the folder empty (one of them
+        # may have just made it), exactly one writes the marker.
+        try:
+            fd = os.open(_marker_path(path),
+                         os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise FileExistsError(
+                f"{os.fspath(path)!r} is already in use by another keras-kd "
+                f"{kind}; choose another name (runs never share a "
+                "folder).") from None
+        with os.fdopen(fd, "w") as f:
+            json.dump({"created_by": CREATED_BY, "kind": kind}, f)
+        return
     tmp = _marker_path(path) + ".tmp"
     with open(tmp, "w") as f:
         json.dump({"created_by": CREATED_BY, "kind": kind}, f)
@@ -129,7 +143,7 @@ def claim_folder(path, kind, exclusive=False):
             return path
         if os.listdir(path):
             raise _refusal(path, kind, "it is not empty") from None
-    _write_marker(path, kind)
+    _write_marker(path, kind, exclusive)
     return path
 
 

@@ -198,7 +198,8 @@ def load_model(filepath, compile=False):
     Keras reports a truncated or corrupt ``.keras`` file (one that is not a
     zip archive) as "File not found"; here a missing file is a
     ``FileNotFoundError`` and an unreadable one a ``ValueError`` that says to
-    re-save it. Loading a Distiller needs ``import keras_kd`` (done here).
+    re-save it. keras-kd's classes (a Distiller, its objectives) are
+registered with Keras first (:func:`keras_kd.registration.register`).
 
     Example:
 
@@ -212,6 +213,9 @@ def load_model(filepath, compile=False):
     """
     import zipfile
 
+    from keras_kd import registration
+
+    registration.register()  # keras-kd's classes, for a Distiller's file
     filepath = os.fspath(filepath)
     if not os.path.exists(filepath):
         raise FileNotFoundError(f"No such model file: {filepath!r}.")

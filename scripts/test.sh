@@ -10,7 +10,7 @@
 #     fit test on that backend;
 #   - the package: the wheel and the sdist built (python -m build, into
 #     dist/) and checked (twine check); the wheel, not the source tree,
-#     installed with its [app] extra and JAX into a fresh .venv-wheel, and
+#     installed with its [app,jax] extras into a fresh .venv-wheel, and
 #     `keras-kd run --quick` run from outside the repository.
 #
 #   bash scripts/test.sh                 # everything
@@ -105,7 +105,7 @@ if [ "${KERAS_KD_PACKAGE:-1}" = "1" ]; then
   "$PYTHON" -m venv .venv-wheel
   .venv-wheel/bin/python -m pip install -q --upgrade pip
   wheel=$(ls dist/keras_kd-*.whl)
-  .venv-wheel/bin/python -m pip install -q --no-compile "${wheel}[app]" jax
+  .venv-wheel/bin/python -m pip install -q --no-compile "${wheel}[app,jax]"
   # From a folder outside the repository, so the source tree is not
   # importable: keras_kd and the launcher come from the installed wheel.
   root=$(pwd)
@@ -114,9 +114,11 @@ if [ "${KERAS_KD_PACKAGE:-1}" = "1" ]; then
     set -euo pipefail
     cd "$outside"
     export KERAS_BACKEND=jax
-    "${root}/.venv-wheel/bin/python" -c "import keras_kd, keras_kd_cli
-for m in (keras_kd, keras_kd_cli):
-    assert '/.venv-wheel/lib/' in m.__file__, m.__file__"
+    "${root}/.venv-wheel/bin/python" -c "import sys
+import keras_kd, keras_kd.app.launcher
+for m in (keras_kd, keras_kd.app.launcher):
+    assert '/.venv-wheel/lib/' in m.__file__, m.__file__
+assert 'keras' not in sys.modules, 'import keras_kd imported Keras'"
     "${root}/.venv-wheel/bin/keras-kd" --version
     if ! "${root}/.venv-wheel/bin/keras-kd" run --quick --output "${outside}/runs" \
         --run-name wheel --verbose 0 >"${outside}/run.log" 2>&1; then

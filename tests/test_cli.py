@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from keras_kd import saving
-from keras_kd.app import cli, models, report
+from keras_kd.app import image_run, launcher, models, options, parser, report
 from keras_kd.data import load_dataset
 from tests.conftest import BACKEND
 
@@ -26,7 +26,7 @@ QUICK_RUN_BACKEND = "torch"
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     keras.utils.set_random_seed(0)
-    code = cli.main(["run", "--quick", "--output", str(out), "--run-name", "q",
+    code = launcher.main(["run", "--quick", "--output", str(out), "--run-name", "q",
                      "--verbose", "0"])
     return code, out / "q"
 
@@ -46,9 +46,9 @@ def test_run_quick_writes_models_report_and_plots(quick_run, capsys):
     assert rep["backend"] == BACKEND
     assert [m["key"] for m in rep["models"]] == [
         "teacher", "student_alone", "student_distilled", "student_tflite"]
-    assert rep["config"]["epochs"] == cli.QUICK["epochs"]
+    assert rep["config"]["epochs"] == options.QUICK["epochs"]
     for label in ("teacher", "student alone", "distilled student"):
-        assert len(rep["histories"][label]["accuracy"]) == cli.QUICK["epochs"]
+        assert len(rep["histories"][label]["accuracy"]) == options.QUICK["epochs"]
     md = (run_dir / "report.md").read_text()
     for m in rep["models"]:
         assert m["label"] in md
@@ -66,27 +66,27 @@ def test_run_quick_writes_models_report_and_plots(quick_run, capsys):
 ])
 def test_run_temperature_defaults_to_the_objectives_usual(argv, objective,
                                                           temperature):
-    args = cli.build_parser().parse_args(["run"] + argv)
-    cli._apply_objective_defaults(args)
+    args = parser.build_parser().parse_args(["run"] + argv)
+    image_run.apply_objective_defaults(args)
     assert (args.objective, args.temperature) == (objective, temperature)
 
 
 def test_run_defaults_are_the_measured_mnist1d_run():
     # docs/benchmarks.md, "keras-kd run": MNIST-1D, cnn -> small_cnn, DIST
     # at tau = 1, alpha 0.1, 20 epochs, the package's 5,000 signals.
-    args = cli.build_parser().parse_args(["run"])
-    cli._apply_objective_defaults(args)
+    args = parser.build_parser().parse_args(["run"])
+    image_run.apply_objective_defaults(args)
     assert (args.dataset, args.teacher, args.student, args.objective,
             args.alpha, args.temperature, args.epochs, args.mnist1d_samples,
             args.batch_size, args.learning_rate) == (
         "mnist1d", "cnn", "small_cnn", "dist", 0.1, 1.0, 20, None, 64, 1e-3)
     # --quick stays smoke-sized; keras-kd search keeps the digits.
-    quick = cli.build_parser().parse_args(["run", "--quick"])
-    cli._apply_objective_defaults(quick)
-    cli._apply_quick(quick)
+    quick = parser.build_parser().parse_args(["run", "--quick"])
+    image_run.apply_objective_defaults(quick)
+    image_run.apply_quick(quick)
     assert (quick.dataset, quick.epochs, quick.max_train, quick.max_test) == (
         "mnist1d", 2, 256, 128)
-    assert cli.build_parser().parse_args(["search"]).dataset == "digits"
+    assert parser.build_parser().parse_args(["search"]).dataset == "digits"
 
 
 @pytest.mark.one_backend("torch")
@@ -95,7 +95,7 @@ def test_run_compares_students_trained_on_the_same_batches(tmp_path):
     # the same batches in the same order as the student alone, from the same
     # start, it must train the same way.
     keras.utils.set_random_seed(0)
-    code = cli.main(["run", "--quick", "--alpha", "1.0", "--no-export",
+    code = launcher.main(["run", "--quick", "--alpha", "1.0", "--no-export",
                      "--output", str(tmp_path), "--run-name", "a1",
                      "--verbose", "0"])
     assert code == 0
@@ -116,12 +116,12 @@ def test_run_report_values_match_independent_measurements(quick_run):
     _, run_dir = quick_run
     rep = json.loads((run_dir / "report.json").read_text())
     splits = load_dataset(rep["config"]["dataset"],
-                          max_train=cli.QUICK["max_train"],
-                          max_test=cli.QUICK["max_test"],
+                          max_train=options.QUICK["max_train"],
+                          max_test=options.QUICK["max_test"],
                           seed=rep["config"]["seed"])
     x = np.concatenate([b[0] for b in splits.test.as_numpy_iterator()])
     y = np.concatenate([b[1] for b in splits.test.as_numpy_iterator()])
-    assert len(y) == cli.QUICK["max_test"]
+    assert len(y) == options.QUICK["max_test"]
     by_key = {m["key"]: m for m in rep["models"]}
     right = {}
     for key in ("teacher", "student_alone", "student_distilled"):
@@ -181,7 +181,7 @@ def test_bad_options_name_the_fix(argv, message, capsys, tmp_path):
             for a in argv]
     # Checked while parsing, before any training: the error is one line.
     with pytest.raises(SystemExit) as info:
-        cli.main(["run", "--quick", "--no-export"] + argv)
+        launcher.main(["run", "--quick", "--no-export"] + argv)
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert message in err
@@ -192,13 +192,13 @@ def test_bad_options_name_the_fix(argv, message, capsys, tmp_path):
 
 def test_application_too_small_for_digits_message(tmp_path):
     with pytest.raises(SystemExit, match="--image-size 32"):
-        cli.main(["run", "--quick", "--dataset", "digits", "--teacher",
+        launcher.main(["run", "--quick", "--dataset", "digits", "--teacher",
                   "MobileNetV2", "--image-size", "16", "--output",
                   str(tmp_path)])
 
 
 def test_no_command_prints_help(capsys):
-    assert cli.main([]) == 2
+    assert launcher.main([]) == 2
     out = capsys.readouterr().out
     assert "run" in out and "export" in out
 
@@ -212,7 +212,7 @@ def test_no_command_prints_help(capsys):
 def test_run_tfds_dataset_end_to_end_with_mock_data(dataset, shape, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     with tfds.testing.mock_data(num_examples=24):
-        code = cli.main(["run", "--quick", "--dataset", dataset,
+        code = launcher.main(["run", "--quick", "--dataset", dataset,
                          "--teacher", "small_cnn", "--student", "tiny_cnn",
                          "--epochs", "1", "--max-train", "16", "--max-test",
                          "16", "--no-export", "--latency-runs", "1",
@@ -328,7 +328,7 @@ def test_imagenet_download_failure_names_the_fix(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="pass --weights none"):
         models.build_model("MobileNetV2", (32, 32, 3), 10, weights="imagenet")
     with pytest.raises(SystemExit, match="pass --weights none"):
-        cli.main(["run", "--quick", "--dataset", "digits", "--teacher",
+        launcher.main(["run", "--quick", "--dataset", "digits", "--teacher",
                   "MobileNetV2", "--weights", "imagenet", "--output",
                   str(tmp_path)])
 
@@ -360,7 +360,7 @@ def test_builtin_cnn_refuses_vectors_naming_the_fix():
 @pytest.mark.one_backend("tensorflow")
 def test_run_mnist1d_end_to_end(tmp_path):
     keras.utils.set_random_seed(0)
-    code = cli.main(["run", "--dataset", "mnist1d", "--teacher", "small_cnn",
+    code = launcher.main(["run", "--dataset", "mnist1d", "--teacher", "small_cnn",
                      "--student", "tiny_cnn", "--epochs", "1", "--max-train",
                      "64", "--max-test", "32", "--batch-size", "32",
                      "--calibrate", "--latency-runs", "1", "--output",
@@ -399,7 +399,7 @@ def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):
         raise AssertionError(f"imported {module} for an offline dataset")
 
     monkeypatch.setattr(keras_kd.extras, "require", no_tfds)
-    args = cli.build_parser().parse_args(["run", "--dataset", "mnist1d"])
+    args = parser.build_parser().parse_args(["run", "--dataset", "mnist1d"])
     assert args.dataset == "mnist1d"
 
 
@@ -420,27 +420,23 @@ def test_run_parser_accepts_mnist1d_without_tensorflow_datasets(monkeypatch):
      "--dataset applies to image classification, not --task causal-lm"),
 ])
 def test_run_refuses_bad_mnist1d_samples_in_one_line(argv, message, capsys):
-    import keras_kd_cli
-
     with pytest.raises(SystemExit) as raised:
-        keras_kd_cli.main(["run", *argv])
+        launcher.main(["run", *argv])
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert message in err
 
 
 def test_mnist1d_samples_reaches_the_loader_and_sizes_the_splits():
-    import keras_kd_cli
-
-    args = cli.build_parser().parse_args(
+    args = parser.build_parser().parse_args(
         ["run", "--dataset", "mnist1d", "--mnist1d-samples", "200"])
     assert args.mnist1d_samples == 200
-    assert keras_kd_cli.run_option_error(args) is None
-    assert cli.build_parser().parse_args(
+    assert parser.run_option_error(args) is None
+    assert parser.build_parser().parse_args(
         ["run", "--dataset", "mnist1d"]).mnist1d_samples is None
-    cli.apply_task_defaults(args)
-    run = cli._Run(args)
-    cli._load_data(run)
+    parser.apply_task_defaults(args)
+    run = image_run.Run(args)
+    image_run.load_data(run)
     # 200 signals: 160 for training (16 of them, the last 10%, held out for
     # validation) and 40 for testing.
     assert run.splits.counts == {"train": 144, "validation": 16, "test": 40}
@@ -478,8 +474,8 @@ def test_run_report_calibration_matches_numpy(quick_run):
     assert (run_dir / "reliability.png").read_bytes()[:4] == b"\x89PNG"
     assert "ECE" in (run_dir / "report.md").read_text()
     splits = load_dataset(rep["config"]["dataset"],
-                          max_train=cli.QUICK["max_train"],
-                          max_test=cli.QUICK["max_test"],
+                          max_train=options.QUICK["max_train"],
+                          max_test=options.QUICK["max_test"],
                           seed=rep["config"]["seed"])
     x, y = (np.concatenate(a) for a in zip(*splits.test.as_numpy_iterator()))
     xv, yv = (np.concatenate(a)
@@ -527,7 +523,7 @@ def test_run_qat_reports_qat_and_qad_int8_rows(tmp_path):
     from tests.test_quantization import ops_and_types
 
     keras.utils.set_random_seed(0)
-    code = cli.main(["run", "--quick", "--quantize", "int8", "--qat",
+    code = launcher.main(["run", "--quick", "--quantize", "int8", "--qat",
                      "--output", str(tmp_path), "--run-name", "qat",
                      "--verbose", "0"])
     assert code == 0
@@ -537,8 +533,8 @@ def test_run_qat_reports_qat_and_qad_int8_rows(tmp_path):
         "teacher", "student_alone", "student_distilled", "student_tflite",
         "student_qat_tflite", "student_qad_tflite"]
     md = (run_dir / "report.md").read_text()
-    splits = load_dataset("mnist1d", max_train=cli.QUICK["max_train"],
-                          max_test=cli.QUICK["max_test"])
+    splits = load_dataset("mnist1d", max_train=options.QUICK["max_train"],
+                          max_test=options.QUICK["max_test"])
     x = np.concatenate([b[0] for b in splits.test.as_numpy_iterator()])
     y = np.concatenate([b[1] for b in splits.test.as_numpy_iterator()])
     for record in rep["models"][3:]:

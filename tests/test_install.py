@@ -90,3 +90,65 @@ def test_the_extras_table_names_real_extras():
         "[project.optional-dependencies]")[1].split("[project.scripts]")[0],
         re.M))
     assert set(EXTRAS.values()) <= declared, (set(EXTRAS.values()), declared)
+
+
+# ----------------------------------------------------------------------
+# `import keras_kd` is lazy (PEP 562), yet registers keras-kd with Keras
+# ----------------------------------------------------------------------
+def test_import_keras_kd_imports_no_keras():
+    # What the keras-kd command's --help needs: the package and its parser
+    # load with the standard library alone.
+    loaded = _modules_after("import keras_kd, keras_kd.app.launcher\n"
+                            "assert 'keras' not in sys.modules")
+    assert loaded == set()
+
+
+def test_public_names_load_on_first_use():
+    out = _run(
+        "import sys, keras_kd as kd\n"
+        "assert 'keras' not in sys.modules\n"
+        "from keras_kd import Distiller, KD\n"
+        "import keras_kd.search\n"  # the submodule: kd.search stays the function
+        "print(Distiller.__module__, KD.__name__, kd.DIST.__name__,\n"
+        "      kd.callbacks.StudentCheckpoint.__name__, callable(kd.search),\n"
+        "      kd.search is sys.modules['keras_kd.search'].search,\n"
+        "      'OnPolicy' in dir(kd))\n")
+    assert out.split() == ["keras_kd.distiller", "KD", "DIST",
+                           "StudentCheckpoint", "True", "True", "True"]
+
+
+@pytest.mark.parametrize("imports", [
+    "import keras_kd\nimport keras",  # keras-kd first: registered when Keras loads
+    "import keras\nimport keras_kd",  # Keras first: registered at once
+])
+def test_a_saved_distiller_loads_in_a_fresh_process(tmp_path, imports):
+    import numpy as np
+
+    import keras_kd as kd
+
+    def model(width, name):
+        inputs = keras.Input((4,))
+        return keras.Model(inputs, keras.layers.Dense(3)(
+            keras.layers.Dense(width, activation="relu")(inputs)), name=name)
+
+    distiller = kd.Distiller(model(8, "teacher"), model(2, "student"))
+    distiller.compile("adam", keras.losses.SparseCategoricalCrossentropy(
+        from_logits=True), alpha=0.3, temperature=2.0,
+        distillation_loss=kd.DKD(beta=4.0))
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    distiller.fit(x, np.arange(8) % 3, epochs=1, verbose=0)
+    path = tmp_path / "distiller.keras"
+    distiller.save(path)
+    expected = distiller.student.predict(x, verbose=0)
+    np.save(tmp_path / "x.npy", x)
+    out = _run(
+        f"{imports}\nimport numpy as np\n"
+        f"m = keras.models.load_model({str(path)!r})\n"
+        f"y = m.student.predict(np.load({str(tmp_path / 'x.npy')!r}), "
+        "verbose=0)\n"
+        f"np.save({str(tmp_path / 'y.npy')!r}, y)\n"
+        "print(type(m).__name__, round(float(m.alpha), 4), "
+        "float(m.temperature))\n")
+    assert out.split()[-3:] == ["Distiller", "0.3", "2.0"]
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected,
+                               rtol=1e-5, atol=1e-6)

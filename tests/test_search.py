@@ -215,19 +215,18 @@ def _with_best(result, **best):
 ])
 def test_compile_kwargs_and_run_args_give_the_best_setting(
         grid, teacher, digits, best, expected):
-    import keras_kd_cli
+    from keras_kd.app import parser as app_parser
 
     result = _with_best(grid[0], **best)
     kwargs = result.compile_kwargs()
     assert kwargs == dict(expected, feature_losses=[])
     distiller = _trains_one_step(teacher, digits, kwargs)
     assert distiller.alpha == pytest.approx(expected["alpha"])
-    args = keras_kd_cli.build_parser().parse_args(["run",
-                                                   *result.run_args()])
+    args = app_parser.build_parser().parse_args(["run", *result.run_args()])
     assert (args.objective, args.alpha, args.temperature) == (
         expected["distillation_loss"], expected["alpha"],
         expected["temperature"])
-    assert keras_kd_cli.run_option_error(args) is None
+    assert app_parser.run_option_error(args) is None
 
 
 def test_the_grid_best_compiles_as_found(grid, teacher, digits):
@@ -484,7 +483,8 @@ def test_the_search_extra_installs_what_keras_tuner_imports():
 
 @pytest.mark.one_backend("torch")
 def test_keras_kd_search_quick_writes_a_sorted_ranking(tmp_path, capsys):
-    from keras_kd_cli import build_parser, main
+    from keras_kd.app.launcher import main
+    from keras_kd.app.parser import build_parser
 
     code = main(["search", "--quick", "--teacher", "small_mlp", "--student",
                  "small_mlp", "--objectives", "kd,dist", "--temperatures",
@@ -531,7 +531,7 @@ def test_keras_kd_search_quick_writes_a_sorted_ranking(tmp_path, capsys):
     (["--temperatures", "1,1"], "--temperatures 1,2,4"),
 ])
 def test_keras_kd_search_refuses_bad_options(argv, match, capsys):
-    from keras_kd_cli import build_parser
+    from keras_kd.app.parser import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["search", *argv])

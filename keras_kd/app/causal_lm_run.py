@@ -16,13 +16,14 @@ The training is that of ``examples/language_model.py``
 """
 
 import dataclasses
-import datetime
 import os
 import time
 
 import numpy as np
 
-from keras_kd.app.cli import _stage, export_failed, make_run_dir
+from keras_kd.app.parser import apply_task_defaults
+from keras_kd.app.runs import (
+    export_failed, make_run_dir, stage, temporary_files_in, timestamp)
 
 # Held-out windows scored along training for the learning curves, and
 # points per curve.
@@ -87,13 +88,11 @@ class _LMRun:
         self.start = time.perf_counter()
         self.args = args
         self.backend = keras.backend.backend()
-        self.run_name = args.run_name or "causal-lm-{}-{}-{}".format(
-            args.lm_teacher, args.lm_student,
-            datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-        self.run_dir = os.path.join(args.output, self.run_name)
+        self.run_name, self.run_dir = make_run_dir(  # before any training
+            args.output, args.run_name, "causal-lm-{}-{}-{}".format(
+                args.lm_teacher, args.lm_student, timestamp()))
         self.timings, self.curves, self.models = {}, {}, {}
         self.export_info = None
-        make_run_dir(self.run_dir)  # before any training
         keras.utils.set_random_seed(args.seed)
 
 
@@ -104,10 +103,10 @@ def _load_data(run):
     run.data = load_python_source(sequence_length=args.sequence_length,
                                   max_bytes=args.max_bytes)
     train, held = run.data.train, run.data.held_out
-    _stage(f"data: the Python standard library's source, {train.num_files} "
-           f"training files ({train.num_bytes:,} bytes, {train.num_windows} "
-           f"windows of {args.sequence_length}), {held.num_files} held-out "
-           f"files ({held.num_bytes:,} bytes)")
+    stage(f"data: the Python standard library's source, {train.num_files} "
+          f"training files ({train.num_bytes:,} bytes, {train.num_windows} "
+          f"windows of {args.sequence_length}), {held.num_files} held-out "
+          f"files ({held.num_bytes:,} bytes)")
     run.prompt_length = args.sequence_length // 2
     run.rows = prompt_rows(held, AGREEMENT_PROMPTS)
     if not len(run.rows):
@@ -150,8 +149,8 @@ def _train_teacher(run):
     args = run.args
     keras.utils.set_random_seed(args.seed)
     run.train_windows = run.data.train.shuffled(args.seed)
-    _stage(f"teacher ({args.lm_teacher}): training {args.teacher_steps} "
-           f"steps of {args.batch_size} windows")
+    stage(f"teacher ({args.lm_teacher}): training {args.teacher_steps} "
+          f"steps of {args.batch_size} windows")
     _train(run, "teacher", args.lm_teacher, args.teacher_steps, args.seed)
 
 
@@ -171,12 +170,12 @@ def _train_students(run):
     for key, teacher in (("student alone", None),
                          ("distilled student", run.models["teacher"])):
         keras.utils.set_random_seed(args.seed)
-        _stage(f"{key} ({args.lm_student}): training {args.steps} steps"
-               + ("" if teacher is None else
-                  f", objective {args.objective}, alpha {args.alpha}, T "
-                  f"{args.temperature:g}" + (
-                      f", on-policy λ={args.on_policy:g}" if on_policy
-                      else "")))
+        stage(f"{key} ({args.lm_student}): training {args.steps} steps"
+              + ("" if teacher is None else
+                 f", objective {args.objective}, alpha {args.alpha}, T "
+                 f"{args.temperature:g}" + (
+                     f", on-policy λ={args.on_policy:g}" if on_policy
+                     else "")))
         start = time.perf_counter()
         _train(run, key, args.lm_student, args.steps, args.seed + 1000,
                teacher=teacher, on_policy=on_policy if teacher else None)
@@ -194,8 +193,8 @@ def _measure(run):
 
     args, held = run.args, run.data.held_out
     p = run.prompt_length
-    _stage("saving the models; measuring held-out bits per byte, latency, "
-           "greedy agreement with the teacher and samples")
+    stage("saving the models; measuring held-out bits per byte, latency, "
+          "greedy agreement with the teacher and samples")
     ids, mask = held.token_ids[run.rows], held.padding_mask[run.rows]
     example = {"token_ids": ids[:1], "padding_mask": mask[:1]}
     run.prompt = decode(ids[0, :p])
@@ -236,8 +235,8 @@ def _export(run):
     p = run.prompt_length
     path = os.path.join(run.run_dir,
                         f"student_distilled_{args.quantize}.tflite")
-    _stage(f"exporting the distilled student to LiteRT ({args.quantize}): "
-           f"{path}")
+    stage(f"exporting the distilled student to LiteRT ({args.quantize}): "
+          f"{path}")
     try:
         from keras_kd.export import LiteRTCausalLM, lm_to_tflite
 
@@ -263,7 +262,7 @@ def _export(run):
 def _write_report(run):
     import keras
 
-    from keras_kd.app import report
+    from keras_kd.app import lm_report
 
     data = run.data
     result = dict(
@@ -281,13 +280,15 @@ def _write_report(run):
         prompt=run.prompt, prompt_length=run.prompt_length,
         agreement_prompts=len(run.rows), models=run.records,
         curves=run.curves, export=run.export_info, timings=run.timings,
-        run_dir=run.run_dir)
-    result["paths"] = report.write_lm_report(run.run_dir, result)
-    print(f"\n{report.lm_markdown_table(run.records)}\n")
+        run_dir=run.run_dir, smoke=bool(run.args.quick))
+    result["paths"] = lm_report.write_lm_report(run.run_dir, result)
+    print(f"\n{lm_report.lm_markdown_table(run.records)}\n")
     gain = run.records[1]["bits_per_byte"] - run.records[2]["bits_per_byte"]
-    _stage(f"distillation changed the student's held-out bits per byte by "
-           f"{-gain:+.4f} ({data.held_out.num_targets:,} held-out bytes; "
-           "lower is better)")
+    stage(f"distillation changed the student's held-out bits per byte by "
+          f"{-gain:+.4f} ({data.held_out.num_targets:,} held-out bytes; "
+          "lower is better)" + ("; a smoke run (--quick): no conclusion "
+                                "about distillation" if run.args.quick
+                                else ""))
     return result
 
 
@@ -302,20 +303,19 @@ def run(args):
     skips it); measure; write ``report.json``, ``report.md`` and
     ``learning_curves.png`` under ``OUTPUT/RUN_NAME/``.
     """
-    from keras_kd_cli import apply_task_defaults
-
     state = _LMRun(apply_task_defaults(args))
-    _stage(f"run {state.run_name} (causal-lm): backend {state.backend}, "
-           f"output {state.run_dir}")
+    stage(f"run {state.run_name} (causal-lm): backend {state.backend}, "
+          f"output {state.run_dir}")
     stages = [("data_s", _load_data), ("teacher_s", _train_teacher),
               ("students_s", _train_students), ("measure_s", _measure)]
-    for key, stage in stages + ([] if args.no_export else [
-            ("export_s", _export)]):
-        begun = time.perf_counter()
-        stage(state)
-        state.timings[key] = time.perf_counter() - begun
+    with temporary_files_in(state.run_dir):
+        for key, step in stages + ([] if args.no_export else [
+                ("export_s", _export)]):
+            begun = time.perf_counter()
+            step(state)
+            state.timings[key] = time.perf_counter() - begun
     state.timings["total_s"] = time.perf_counter() - state.start
     result = _write_report(state)
-    _stage(f"done in {state.timings['total_s']:.0f} s; report: "
-           f"{result['paths']['markdown']}")
+    stage(f"done in {state.timings['total_s']:.0f} s; report: "
+          f"{result['paths']['markdown']}")
     return result

@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-import keras_kd_cli
+from keras_kd.app import parser as app_parser
 import numpy as np
 
 import keras_kd  # noqa: F401  (registers the Distiller for loading)
@@ -17,7 +17,7 @@ from keras_kd.export.errors import ExportError
 def add_export_parser(subparsers):
     """Registers the ``export`` sub-command on an argparse ``subparsers``.
 
-    The options are :func:`keras_kd_cli.add_export_arguments`'s (the launcher
+    The options are :func:`keras_kd.app.parser.add_export_arguments`'s (the launcher
     builds the command's parser without importing Keras).
 
     Example:
@@ -27,7 +27,7 @@ def add_export_parser(subparsers):
     >>> add_export_parser(parser.add_subparsers(dest="command"))  # doctest: +ELLIPSIS
     ArgumentParser(prog='keras-kd export', ...)
     """
-    return keras_kd_cli.add_export_parser(subparsers)
+    return app_parser.add_export_parser(subparsers)
 
 
 # The data sets `keras-kd run --dataset` knows without tensorflow-datasets.
@@ -258,7 +258,7 @@ def _export_language_model(args, modes, model):
 
 def main(argv=None):
     """``python -m keras_kd.export MODEL.keras [options]``."""
-    parser = keras_kd_cli.add_export_arguments(argparse.ArgumentParser(
+    parser = app_parser.add_export_arguments(argparse.ArgumentParser(
         prog="python -m keras_kd.export",
         description="Export a .keras student to TFLite."))
     return run_export(parser.parse_args(argv))

@@ -1,10 +1,11 @@
-"""Measurements and the run report of ``keras-kd run``: table, JSON, Markdown, plots.
+"""Measurements and the run report of ``keras-kd run``: table, JSON, Markdown.
 
 The report compares the teacher, the student trained alone, the distilled
 student and its TFLite export on parameters, file size, test accuracy,
 calibration (test NLL and 15-bin expected calibration error, Guo et al., ICML
-2017; see :mod:`keras_kd.calibration`) and single-example latency. Plots are
-drawn with matplotlib's Agg backend (no display needed).
+2017; see :mod:`keras_kd.calibration`) and single-example latency. The plots
+are drawn by :mod:`keras_kd.app.plots`; the language-model run's report is
+:mod:`keras_kd.app.lm_report`.
 """
 
 import json
@@ -14,8 +15,12 @@ import time
 import numpy as np
 
 from keras_kd import calibration
-from keras_kd.extras import require
-from keras_kd.search import paired_difference_interval, wilson_interval
+# The plots moved to keras_kd.app.plots; these names stay importable here.
+from keras_kd.app.plots import (  # noqa: F401
+    curve_series, plot_accuracy_vs_size, plot_learning_curves,
+    plot_reliability, zoomed_limits)
+from keras_kd.search import (  # noqa: F401  (wilson_interval: re-exported)
+    paired_difference_interval, wilson_interval)
 
 
 def count_params(model):
@@ -135,15 +140,29 @@ def distillation_gain(correct_distilled, correct_alone):
         "(Newcombe 1998, method 10), over the test examples")
 
 
-def gain_sentence(gain):
+# What a --quick (smoke) run says instead of a verdict on the gain.
+SMOKE_VERDICT = ("a smoke run (--quick): sizes that check that the pipeline "
+                 "works, too small to say anything about distillation; run "
+                 "without --quick to measure it")
+
+
+def gain_sentence(gain, smoke=False):
     """One sentence on the distillation gain and its 95% interval, in points.
 
-    >>> print(gain_sentence(dict(difference=0.025, low=0.009, high=0.041,
-    ...     test_examples=1000, only_distilled_right=62,
-    ...     only_alone_right=37, beyond_interval=True)))
+    The verdict says whether the interval excludes 0; for a smoke run
+    (``smoke=True``: ``keras-kd run --quick``) it says that no conclusion is
+    drawn (:data:`SMOKE_VERDICT`), whatever the interval.
+
+    >>> gain = dict(difference=0.025, low=0.009, high=0.041,
+    ...     test_examples=1000, only_distilled_right=62, only_alone_right=37,
+    ...     beyond_interval=True)
+    >>> print(gain_sentence(gain))
     distillation changed the student's test accuracy by +2.50 points (95% interval +0.90 to +4.10, paired over 1000 test examples: 62 right only when distilled, 37 only alone): the interval excludes 0, a gain beyond the test set's noise
+    >>> gain_sentence(gain, smoke=True).endswith(SMOKE_VERDICT)
+    True
     """
-    verdict = ("the interval holds 0: not told apart from no change on this "
+    verdict = (SMOKE_VERDICT if smoke else
+               "the interval holds 0: not told apart from no change on this "
                "test set" if not gain["beyond_interval"] else
                "the interval excludes 0, a gain beyond the test set's noise"
                if gain["low"] > 0 else
@@ -154,6 +173,43 @@ def gain_sentence(gain):
             f"over {gain['test_examples']} test examples: "
             f"{gain['only_distilled_right']} right only when distilled, "
             f"{gain['only_alone_right']} only alone): {verdict}")
+
+
+def smoke_note(config, counts=None):
+    """The Markdown paragraph that opens a smoke run's report (``--quick``,
+    ``config["quick"]``), or ``[]`` for a full run.
+
+    >>> smoke_note({"quick": True, "epochs": 2}, {"train": 230})[0][:30]
+    '**Smoke run (`--quick`)**: 2 e'
+    """
+    if not config.get("quick"):
+        return []
+    size = (f" on {counts['train']} training examples"
+            if counts and counts.get("train") else "")
+    return [f"**Smoke run (`--quick`)**: {config.get('epochs')} epochs{size} "
+            "check that every stage works (training, saving, export, "
+            "report). Its accuracies say nothing about distillation: no "
+            "conclusion is drawn about the gain. Run without `--quick` to "
+            "measure it.", ""]
+
+
+def bin_counts_table(models):
+    """Markdown rows of each model's examples per confidence bin: what each
+    bar of the reliability diagrams rests on.
+
+    >>> print("\\n".join(bin_counts_table([{"label": "s",
+    ...     "reliability": {"count": [0, 2, 5]}}])))
+    | Model | Examples per confidence bin (low to high) |
+    |---|---|
+    | s | 0, 2, 5 |
+    """
+    rows = [(r["label"], ", ".join(str(c) for c in r["reliability"]["count"]))
+            for r in models if r.get("reliability")]
+    if not rows:
+        return []
+    return (["| Model | Examples per confidence bin (low to high) |",
+             "|---|---|"] + [f"| {label} | {counts} |"
+                             for label, counts in rows])
 
 
 def keras_latency_ms(model, example, runs=50, warmup=3):
@@ -226,185 +282,14 @@ def aligned_table(columns, rows):
     return "\n".join(out)
 
 
-def curve_series(histories):
-    """What :func:`plot_learning_curves` draws, like with like.
-
-    ``{"accuracy": [...], "loss": [...]}``, each a list of
-    ``(label, split, values)`` with ``split`` ``"train"`` or ``"val"``. The
-    loss panel shows every model's cross-entropy on the labels: a
-    distilled student's ``student_loss`` / ``val_student_loss`` (its hard
-    term, without the distillation term), the other models' ``loss`` /
-    ``val_loss``.
-
-    Example:
-
-    >>> curve_series({"d": {"loss": [9.0], "student_loss": [1.0]}})["loss"]
-    [('d', 'train', [1.0])]
-    """
-    out = {"accuracy": [], "loss": []}
-    for label, hist in histories.items():
-        for split, prefix in (("train", ""), ("val", "val_")):
-            if hist.get(prefix + "accuracy"):
-                out["accuracy"].append((label, split,
-                                        list(hist[prefix + "accuracy"])))
-            key = (prefix + "student_loss" if hist.get(prefix + "student_loss")
-                   else prefix + "loss")
-            if hist.get(key):
-                out["loss"].append((label, split, list(hist[key])))
-    return out
-
-
-def zoomed_limits(series, margin=0.1, floor=0.0, ceiling=1.0):
-    """y-limits around every value of ``series`` (``curve_series`` rows),
-    padded by ``margin`` of their range and kept inside [floor, ceiling].
-
-    Example:
-
-    >>> zoomed_limits([("a", "val", [0.9, 0.95]), ("b", "val", [0.97])])
-    (0.893, 0.977)
-    """
-    values = [v for _, _, vs in series for v in vs if np.isfinite(v)]
-    if not values:
-        return floor, ceiling
-    lo, hi = min(values), max(values)
-    pad = max(hi - lo, 1e-3) * margin
-    return (round(max(floor, lo - pad), 6), round(min(ceiling, hi + pad), 6))
-
-
-def plot_learning_curves(histories, path):
-    """Accuracy and cross-entropy per epoch for each model (training dashed,
-    validation solid).
-
-    The accuracy panel is zoomed to the models' range; the loss panel shows
-    the cross-entropy on the labels for every model (the distilled
-    student's hard term, not its total loss), so the curves compare like
-    with like (:func:`curve_series`).
-
-    Args:
-        histories: ``{label: history_dict}`` (``keras.callbacks.History
-            .history``).
-        path: the PNG to write.
-    """
-    matplotlib = require("matplotlib")
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    series = curve_series(histories)
-    colors = {label: f"C{i}" for i, label in enumerate(histories)}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key in zip(axes, ("accuracy", "loss")):
-        for label, split, values in series[key]:
-            ax.plot(np.arange(1, len(values) + 1), values,
-                    "-" if split == "val" else "--", color=colors[label],
-                    label=f"{label} ({split})")
-    axes[0].set_ylim(*zoomed_limits(series["accuracy"]))
-    axes[0].set(title="Accuracy (zoomed to the models' range)",
-                xlabel="epoch", ylabel="accuracy")
-    axes[1].set(title="Cross-entropy on the labels (every model)",
-                xlabel="epoch", ylabel="cross-entropy")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_accuracy_vs_size(models, path, test_examples=None):
-    """Test accuracy against file size (log scale), one labelled point each.
-
-    Keras files are circles, TFLite files squares. With ``test_examples``
-    (the size of the test set) each point carries its 95% Wilson interval
-    (:func:`wilson_interval`): points whose bars overlap are not told apart
-    by this test set.
-    """
-    matplotlib = require("matplotlib")
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    shown = set()
-    for i, record in enumerate(models):
-        if record.get("size_bytes") is None or record.get("test_accuracy") is None:
-            continue
-        size_kb = record["size_bytes"] / 1024.0
-        accuracy = record["test_accuracy"]
-        tflite = str(record.get("runtime", "")).startswith("tflite")
-        kind = "TFLite file" if tflite else "Keras file"
-        yerr = None
-        if test_examples:
-            lo, hi = wilson_interval(round(accuracy * test_examples),
-                                     test_examples)
-            yerr = [[100 * (accuracy - lo)], [100 * (hi - accuracy)]]
-        ax.errorbar(size_kb, 100 * accuracy, yerr=yerr, fmt="s" if tflite
-                    else "o", color=f"C{i}", markersize=7, capsize=3,
-                    zorder=3, label=None if kind in shown else kind)
-        shown.add(kind)
-        ax.annotate(record["label"], (size_kb, 100 * accuracy),
-                    textcoords="offset points", fontsize=8,
-                    xytext=(6, 6) if i % 2 == 0 else (6, -13))
-    ax.set_xscale("log")
-    ax.margins(x=0.35, y=0.15)
-    interval = (f"; bars: 95% interval over {test_examples} test examples"
-                if test_examples else "")
-    ax.set(xlabel="file size (KB, log scale)", ylabel="test accuracy (%)",
-           title="Accuracy against size" + interval)
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7, loc="lower right")
-    ax.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def plot_reliability(models, path):
-    """Reliability diagrams: accuracy against confidence, one panel per model.
-
-    Each panel draws the accuracy of the examples in each of the 15
-    confidence bins (bars) against the diagonal a calibrated model follows,
-    and gives the model's ECE. ``models`` are report records with a
-    ``reliability`` entry (see :func:`classification_metrics`); the others
-    are left out. Returns ``path``, or None when no record has bins.
-    """
-    records = [r for r in models if r.get("reliability")]
-    if not records:
-        return None
-    matplotlib = require("matplotlib")
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(records), figsize=(3.2 * len(records),
-                                                       3.4), squeeze=False)
-    for i, (ax, record) in enumerate(zip(axes[0], records)):
-        bins = record["reliability"]
-        m = len(bins["count"])
-        centres = (np.arange(m) + 0.5) / m
-        acc = np.array([np.nan if a is None else a for a in bins["accuracy"]])
-        ax.bar(centres, np.nan_to_num(acc), width=1.0 / m, color=f"C{i}",
-               edgecolor="black", linewidth=0.4, label="accuracy")
-        ax.plot([0, 1], [0, 1], "--", color="gray", label="calibrated")
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence",
-               title=f"{record['label']}\nECE {100 * record['test_ece']:.2f}%")
-        ax.title.set_fontsize(8)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("accuracy")
-    axes[0][0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _jsonable(value):
+def jsonable(value):
+    """``value`` with NumPy numbers and arrays as Python ones, tuples as
+    lists and anything else unknown as its ``str``: what ``json.dump``
+    takes."""
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -440,7 +325,7 @@ def write_report(run_dir, report):
         report["models"], os.path.join(run_dir, "reliability.png"))
     plots = [p for p in (curves, sizes, diagrams) if p]
     report = dict(report, plots=[os.path.basename(p) for p in plots])
-    json_path = _write_json(run_dir, report)
+    json_path = write_json(run_dir, report)
     cfg = report.get("config", {})
     lines = [
         f"# keras-kd run `{os.path.basename(os.path.abspath(run_dir))}`",
@@ -451,11 +336,12 @@ def write_report(run_dir, report):
         f"{cfg.get('epochs')} epochs, Keras backend "
         f"**{report.get('backend')}**.",
         "",
+        *smoke_note(cfg, report.get("dataset", {}).get("counts")),
         markdown_table(report["models"]),
         "",
     ]
     if report.get("gain"):
-        sentence = gain_sentence(report["gain"])
+        sentence = gain_sentence(report["gain"], bool(cfg.get("quick")))
         lines += [sentence[0].upper() + sentence[1:] + ". The interval is "
                   "Newcombe's hybrid score interval for paired proportions "
                   "(both students scored on the same test examples; "
@@ -485,145 +371,22 @@ def write_report(run_dir, report):
                   f"{r['test_nll_scaled']:.4f} | "
                   f"{100 * r['test_ece_scaled']:.2f}% |"
                   for r in report["models"] if "temperature" in r]
-        lines += ["", "![reliability diagrams](reliability.png)", ""]
+        lines += ["", "The reliability diagrams: the accuracy of the examples "
+                  "in each of 15 equal-width confidence bins, each bar "
+                  "labelled with its count of examples (a bar of a few "
+                  "examples says little):", "",
+                  *bin_counts_table(report["models"]), "",
+                  "![reliability diagrams](reliability.png)", ""]
     md_path = os.path.join(run_dir, "report.md")
     with open(md_path, "w") as f:
         f.write("\n".join(lines))
     return {"json": json_path, "markdown": md_path, "plots": plots}
 
 
-def _write_json(run_dir, report):
+def write_json(run_dir, report):
+    """Writes ``report`` (:func:`jsonable`) as ``run_dir/report.json``;
+    returns the path."""
     path = os.path.join(run_dir, "report.json")
     with open(path, "w") as f:
-        json.dump(_jsonable(report), f, indent=2)
+        json.dump(jsonable(report), f, indent=2)
     return path
-
-
-# ----------------------------------------------------------------------
-# keras-kd run --task causal-lm
-# ----------------------------------------------------------------------
-LM_TABLE_COLUMNS = ("Model", "Parameters", "File", "Size",
-                    "Held-out bits per byte", "Greedy agreement",
-                    "Latency (ms)")
-
-
-def lm_markdown_table(models):
-    """The language-model comparison table as GitHub Markdown.
-
-    ``models`` are records with ``label``, ``parameters``, ``path``,
-    ``size_bytes``, ``bits_per_byte``, ``greedy_agreement`` (None for the
-    teacher) and ``latency_ms``; missing figures show as ``-``.
-    """
-    def figure(value, spec):
-        return "-" if value is None else format(value, spec)
-
-    rows = [(
-        r["label"],
-        f"{r['parameters']:,}" if r.get("parameters") else "-",
-        os.path.basename(r["path"]) if r.get("path") else "-",
-        format_bytes(r.get("size_bytes")),
-        figure(r.get("bits_per_byte"), ".4f"),
-        figure(r.get("greedy_agreement"), ".3f"),
-        figure(r.get("latency_ms"), ".3f"),
-    ) for r in models]
-    return aligned_table(LM_TABLE_COLUMNS, rows)
-
-
-def plot_bits_per_byte_curves(curves, path):
-    """Held-out bits per byte against training step, one line per model.
-
-    Args:
-        curves: ``{label: {"steps": [...], "bits_per_byte": [...]}}``.
-        path: the PNG to write.
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for i, (label, curve) in enumerate(curves.items()):
-        ax.plot(curve["steps"], curve["bits_per_byte"], "o-", markersize=3,
-                color=f"C{i}", label=label)
-    ax.set(xlabel="training step", ylabel="bits per byte (held-out windows)",
-           title="Learning curves")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save_figure(plt, fig, path)
-
-
-def _pyplot():
-    """matplotlib's pyplot on the Agg backend (no display needed)."""
-    require("matplotlib").use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(plt, fig, path):
-    """Writes ``fig`` to ``path`` (PNG), closes it and returns ``path``."""
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def write_lm_report(run_dir, report):
-    """Writes the language-model run's ``report.json``, ``report.md`` and
-    ``learning_curves.png`` into ``run_dir``.
-
-    Args:
-        run_dir: the run's output directory.
-        report: a dict with ``models`` (records for
-            :func:`lm_markdown_table`, each with its ``sample`` text),
-            ``prompt`` (the text the samples continue), ``curves`` (for
-            :func:`plot_bits_per_byte_curves`), ``config`` and anything else
-            worth keeping (saved as JSON).
-
-    Returns:
-        ``{"json": path, "markdown": path, "plots": [paths]}``.
-    """
-    os.makedirs(run_dir, exist_ok=True)
-    curves = os.path.join(run_dir, "learning_curves.png")
-    plots = [plot_bits_per_byte_curves(report.get("curves", {}), curves)]
-    json_path = _write_json(run_dir, dict(
-        report, plots=[os.path.basename(p) for p in plots]))
-    cfg = report.get("config", {})
-    title = os.path.basename(os.path.abspath(run_dir))
-    lines = [
-        f"# keras-kd run `{title}`", "",
-        f"Causal language models on the Python standard library's source "
-        f"(byte tokens, windows of {cfg.get('sequence_length')}): teacher "
-        f"**{cfg.get('lm_teacher')}** ({cfg.get('teacher_steps')} steps), "
-        f"student **{cfg.get('lm_student')}** ({cfg.get('steps')} steps, "
-        f"batches of {cfg.get('batch_size')}), objective "
-        f"**{cfg.get('objective')}** (alpha={cfg.get('alpha')}, "
-        f"T={cfg.get('temperature')}"
-        + (f", on-policy λ={cfg['on_policy']}" if cfg.get("on_policy")
-           is not None else "")
-        + f"), Keras backend **{report.get('backend')}**.",
-        "",
-        lm_markdown_table(report["models"]),
-        "",
-        "Bits per byte: the mean of -log2 p(next byte) over the held-out "
-        "files (lower is better; 8 is a uniform guess). Greedy agreement: "
-        "the share of greedily generated bytes equal to the teacher's, "
-        "continuing the same held-out prompts. Latency: median milliseconds "
-        "on this machine's CPU, for one sequence (Keras `predict_on_batch`) "
-        "or for one generated token (the LiteRT interpreter; the file has "
-        "no KV cache, so a token costs a full forward pass).",
-        "",
-        "Greedy samples: each model continues the same held-out prompt.",
-        "",
-        "Prompt:",
-        "",
-        "```text",
-        report.get("prompt", ""),
-        "```",
-        "",
-    ]
-    for record in report["models"]:
-        if record.get("sample") is not None:
-            lines += [f"{record['label']}:", "", "```text", record["sample"],
-                      "```", ""]
-    lines += ["![learning curves](learning_curves.png)", ""]
-    md_path = os.path.join(run_dir, "report.md")
-    with open(md_path, "w") as f:
-        f.write("\n".join(lines))
-    return {"json": json_path, "markdown": md_path, "plots": plots}

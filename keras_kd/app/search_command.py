@@ -1,7 +1,7 @@
 """``keras-kd search``: which objective, temperature and alpha for this pair.
 
 Loads the data and trains the teacher as ``keras-kd run`` does (the same
-functions of :mod:`keras_kd.app.cli`), then runs :func:`keras_kd.search` over
+functions of :mod:`keras_kd.app.image_run`), then runs :func:`keras_kd.search` over
 the built-in student, prints the ranking as a Markdown table and writes
 ``OUTPUT/RUN_NAME/search.json``, and prints the ``keras-kd run`` command that
 trains the best setting with the same data, models and sizes.
@@ -13,13 +13,32 @@ Examples::
     keras-kd search --objectives kd,dist --temperatures 1,4 --alphas 0.1
 """
 
-import datetime
 import json
 import os
 import shlex
 import time
 
-from keras_kd_cli import SEARCH_DEFAULTS, SEARCH_QUICK
+from keras_kd.app import image_run
+from keras_kd.app.options import SEARCH_DEFAULTS, SEARCH_QUICK
+from keras_kd.app.runs import stage, temporary_files_in
+
+# What the search imports after the teacher has trained, checked before:
+# keras-tuner, and on the TensorFlow backend the TensorBoard module its
+# tuner imports at the first trial.
+NEEDS = ("keras_tuner",)
+TENSORFLOW_NEEDS = ("tensorboard.plugins.hparams.api",)
+
+
+def require_search_packages(backend):
+    """Imports keras-tuner (:data:`NEEDS`) and, on the ``"tensorflow"``
+    backend, TensorBoard (:data:`TENSORFLOW_NEEDS`) before anything trains;
+    an ``ImportError`` names the ``pip install "keras-kd[search]"`` line
+    (:func:`keras_kd.extras.require`)."""
+    from keras_kd.extras import require
+
+    for module in NEEDS + (TENSORFLOW_NEEDS if backend == "tensorflow"
+                           else ()):
+        require(module)
 
 
 def _apply_quick(args):
@@ -71,41 +90,37 @@ def run_search(args):
     """
     import keras
 
-    from keras_kd.app import cli
+    try:
+        require_search_packages(keras.backend.backend())
+    except ImportError as error:
+        raise SystemExit(f"keras-kd search: {error}") from None
     from keras_kd.search import search
 
     _apply_quick(args)
     start = time.perf_counter()
     keras.utils.set_random_seed(args.seed)
-    if args.run_name is None:
-        args.run_name = "{}-{}-{}-search-{}".format(
-            args.dataset, args.teacher.lower(), args.student.lower(),
-            datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    state = cli._Run(args)
-    try:
-        os.makedirs(state.run_dir, exist_ok=True)
-    except OSError as error:
-        raise SystemExit(
-            f"keras-kd search: cannot make {state.run_dir!r} "
-            f"({error.strerror or error}); pass a directory you can write to, "
-            "e.g. --output ~/keras-kd-runs") from None
-    cli._stage(f"search {state.run_name}: backend {state.backend}")
-    cli._load_data(state)
-    cli._train_teacher(state)
-    teacher_accuracy = max(state.histories["teacher"]["val_accuracy"])
-    cli._stage(f"teacher: best validation accuracy {teacher_accuracy:.4f}; "
-               f"searching objectives {', '.join(args.objectives)}, "
-               f"temperatures {args.temperatures}, alphas {args.alphas}, "
-               f"{args.epochs} epochs a trial")
-    result = search(
-        state.teacher, lambda: cli._build(state, args.student, "student"),
-        # A fresh pipeline for each trial: the same batches in the same order.
-        lambda: cli._same_order_train(state),
-        validation_data=state.splits.validation,
-        objectives=args.objectives, temperatures=args.temperatures,
-        alphas=args.alphas, epochs=args.epochs, batch_size=None,
-        learning_rate=args.learning_rate, max_trials=args.max_trials,
-        seed=args.seed, verbose=args.verbose)
+    state = image_run.Run(args, "search")
+    state.make_dir("search")
+    stage(f"search {state.run_name}: backend {state.backend}")
+    with temporary_files_in(state.run_dir):
+        image_run.load_data(state)
+        image_run.train_teacher(state)
+        teacher_accuracy = max(state.histories["teacher"]["val_accuracy"])
+        stage(f"teacher: best validation accuracy {teacher_accuracy:.4f}; "
+              f"searching objectives {', '.join(args.objectives)}, "
+              f"temperatures {args.temperatures}, alphas {args.alphas}, "
+              f"{args.epochs} epochs a trial")
+        result = search(
+            state.teacher,
+            lambda: image_run.build(state, args.student, "student"),
+            # A fresh pipeline for each trial: the same batches in the same
+            # order.
+            lambda: image_run.same_order_train(state),
+            validation_data=state.splits.validation,
+            objectives=args.objectives, temperatures=args.temperatures,
+            alphas=args.alphas, epochs=args.epochs, batch_size=None,
+            learning_rate=args.learning_rate, max_trials=args.max_trials,
+            seed=args.seed, verbose=args.verbose)
     print()
     print(result.table())
     print()
@@ -120,8 +135,7 @@ def run_search(args):
                        run_command=command, **result.to_dict()), f, indent=2)
     best = result.ranking[0]["setting"]
     gain = result.best_score - result.baseline_score
-    cli._stage(f"best: {best} ({result.metric} {result.best_score:.4f}, "
-               f"{100 * gain:+.2f} points over the student alone); wrote "
-               f"{path}")
+    stage(f"best: {best} ({result.metric} {result.best_score:.4f}, "
+          f"{100 * gain:+.2f} points over the student alone); wrote {path}")
     print(f"To train it: {command}")
     return 0

@@ -28,7 +28,9 @@ def run_job(job_path):
         job = json.load(f)
     for module in job["modules"]:
         importlib.import_module(module)
-    import keras_kd  # noqa: F401  (registers keras-kd serializables)
+    from keras_kd import registration
+
+    registration.register()  # keras-kd's serializables, before the load
 
     result = {}
     try:

@@ -10,8 +10,7 @@ keras_hub = pytest.importorskip("keras_hub")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import keras_kd_cli  # noqa: E402
-from keras_kd.app import causal_lm_run, cli  # noqa: E402
+from keras_kd.app import causal_lm_run, launcher, options, parser  # noqa: E402
 from keras_kd.app.language_models import (  # noqa: E402
     SIZES,
     evaluate_bits_per_byte,
@@ -33,7 +32,7 @@ QUICK_RUN_BACKEND = "torch"
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm_runs")
-    code = cli.main(["run", "--task", "causal-lm", "--quick", "--output",
+    code = launcher.main(["run", "--task", "causal-lm", "--quick", "--output",
                      str(out), "--run-name", "q", "--verbose", "0"])
     run_dir = out / "q"
     report = json.loads((run_dir / "report.json").read_text())
@@ -59,7 +58,7 @@ def test_quick_run_writes_models_and_report(quick_run):
         b"\x89PNG\r\n\x1a\n"
     assert report["backend"] == BACKEND and report["task"] == "causal-lm"
     cfg = report["config"]
-    for name, value in keras_kd_cli.LM_QUICK.items():
+    for name, value in options.LM_QUICK.items():
         assert cfg[name] == value, name
     assert [m["key"] for m in report["models"]] == KEYS
     md = (run_dir / "report.md").read_text()
@@ -168,7 +167,7 @@ def test_decode_replaces_bytes_that_are_not_utf8():
 def test_options_of_the_other_task_stop_with_one_line(argv, fix, tmp_path,
                                                       capsys):
     with pytest.raises(SystemExit) as stop:
-        cli.main(["run", "--output", str(tmp_path)] + argv)
+        launcher.main(["run", "--output", str(tmp_path)] + argv)
     assert stop.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("keras-kd run: error: ")
@@ -178,31 +177,31 @@ def test_options_of_the_other_task_stop_with_one_line(argv, fix, tmp_path,
 
 def test_bad_on_policy_value_names_the_range(capsys):
     with pytest.raises(SystemExit):
-        keras_kd_cli.build_parser().parse_args(
+        parser.build_parser().parse_args(
             ["run", "--task", "causal-lm", "--on-policy", "2"])
     assert "is not in [0, 1]; e.g. --on-policy 0.5" in capsys.readouterr().err
 
 
 def test_task_defaults():
-    parse = keras_kd_cli.build_parser().parse_args
-    image = keras_kd_cli.apply_task_defaults(parse(["run"]))
+    parse = parser.build_parser().parse_args
+    image = parser.apply_task_defaults(parse(["run"]))
     assert (image.objective, image.alpha, image.batch_size,
             image.learning_rate) == ("dist", 0.1, 64, 1e-3)
-    lm = keras_kd_cli.apply_task_defaults(parse(["run", "--task",
+    lm = parser.apply_task_defaults(parse(["run", "--task",
                                                  "causal-lm"]))
-    for name, value in keras_kd_cli.LM_DEFAULTS.items():
+    for name, value in options.LM_DEFAULTS.items():
         assert getattr(lm, name) == value, name
     # --quick shrinks what was not given
-    quick = keras_kd_cli.apply_task_defaults(parse(
+    quick = parser.apply_task_defaults(parse(
         ["run", "--task", "causal-lm", "--quick", "--steps", "7",
          "--objective", "gkd"]))
     assert (quick.steps, quick.objective) == (7, "gkd")
     assert (quick.teacher_steps, quick.lm_student, quick.latency_runs) == (
-        keras_kd_cli.LM_QUICK["teacher_steps"], "tiny",
-        keras_kd_cli.LM_QUICK["latency_runs"])
+        options.LM_QUICK["teacher_steps"], "tiny",
+        options.LM_QUICK["latency_runs"])
 
 
 def test_written_out_names_match_keras_kd():
-    assert sorted(keras_kd_cli.LM_SIZES) == sorted(SIZES)
-    assert sorted(keras_kd_cli.LM_OBJECTIVES) == sorted(SEQUENCE_OBJECTIVES)
-    assert set(keras_kd_cli.LM_OBJECTIVES) <= set(keras_kd_cli.OBJECTIVES)
+    assert sorted(options.LM_SIZES) == sorted(SIZES)
+    assert sorted(options.LM_OBJECTIVES) == sorted(SEQUENCE_OBJECTIVES)
+    assert set(options.LM_OBJECTIVES) <= set(options.OBJECTIVES)

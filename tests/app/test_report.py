@@ -161,3 +161,112 @@ def test_the_report_states_the_gain_with_its_interval(tmp_path):
     saved = json.load(open(paths["json"]))["gain"]
     assert saved["beyond_interval"] is True
     assert saved["difference"] == pytest.approx(0.025)
+
+
+# ----------------------------------------------------------------------
+# The plots: integer epoch ticks, counts on the reliability bars
+# ----------------------------------------------------------------------
+@pytest.mark.parametrize("epochs", [2, 8, 10])
+def test_epoch_axes_have_integer_ticks(epochs):
+    pytest.importorskip("matplotlib")
+    from keras_kd.app import plots
+
+    curve = list(np.linspace(0.5, 0.9, epochs))
+    fig = plots.learning_curves_figure({"student": {
+        "accuracy": curve, "val_accuracy": curve, "loss": curve,
+        "val_loss": curve}})
+    for ax in fig.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]
+        # Without MaxNLocator(integer=True), 2 epochs drew 1.2, 1.4, ...
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    plots.pyplot().close(fig)
+
+
+def test_lm_step_axis_has_integer_ticks():
+    pytest.importorskip("matplotlib")
+    from keras_kd.app import plots
+
+    fig = plots.pyplot().figure()
+    ax = fig.add_subplot()
+    ax.plot([1, 2, 3], [3.0, 2.5, 2.2])
+    plots.integer_ticks(ax)
+    low, high = ax.get_xlim()
+    assert all(float(t).is_integer() for t in ax.get_xticks()
+               if low <= t <= high)
+    plots.pyplot().close(fig)
+
+
+def _record(label, counts):
+    m = len(counts)
+    return dict(label=label, test_ece=0.05, reliability=dict(
+        count=counts, accuracy=[None if c == 0 else 0.5 for c in counts],
+        confidence=[None if c == 0 else (i + 0.5) / m
+                    for i, c in enumerate(counts)]))
+
+
+def test_reliability_bars_carry_their_counts():
+    pytest.importorskip("matplotlib")
+    from keras_kd.app import plots
+
+    counts = [0, 0, 3, 0, 12, 40, 0, 0, 1, 0, 0, 0, 0, 7, 65]
+    fig = plots.reliability_figure([_record("student", counts),
+                                    _record("teacher", counts[::-1])])
+    for ax, expected in zip(fig.axes, (counts, counts[::-1])):
+        shown = [int(t.get_text()) for t in ax.texts]
+        assert shown == [c for c in expected if c]  # every non-empty bin
+        assert f"({sum(expected)} examples)" in ax.get_title()
+    plots.pyplot().close(fig)
+
+
+def _report(quick, gain_low):
+    counts = [0] * 13 + [3, 125]
+    models = [dict(_record("distilled student (small_cnn)", counts),
+                   key="student_distilled", parameters=10, path="s.keras",
+                   size_bytes=100, test_accuracy=0.1484, test_nll=2.2,
+                   latency_ms=1.0, temperature=1.5, test_nll_scaled=2.1,
+                   test_ece_scaled=0.02)]
+    gain = dict(difference=-0.078, low=gain_low, high=-0.02,
+                test_examples=128, only_distilled_right=2,
+                only_alone_right=12, beyond_interval=True)
+    return dict(models=models, gain=gain, histories={},
+                config=dict(dataset="mnist1d", quick=quick, epochs=2),
+                dataset=dict(counts=dict(train=230, test=128)),
+                backend="jax")
+
+
+def test_a_smoke_run_report_draws_no_conclusion(tmp_path):
+    pytest.importorskip("matplotlib")
+    # keras-kd run --quick with a teacher at 12.5% said "a loss beyond the
+    # test set's noise".
+    paths = report.write_report(str(tmp_path / "quick"), _report(True, -0.14))
+    md = open(paths["markdown"]).read()
+    assert "**Smoke run (`--quick`)**: 2 epochs on 230 training examples" in md
+    assert "no conclusion is drawn about the gain" in md
+    assert "beyond the test set's noise" not in md
+    assert report.SMOKE_VERDICT in md
+    # The full run keeps its verdict.
+    paths = report.write_report(str(tmp_path / "full"), _report(False, -0.14))
+    md = open(paths["markdown"]).read()
+    assert "Smoke run" not in md and report.SMOKE_VERDICT not in md
+    assert "a loss beyond the test set's noise" in md
+
+
+def test_the_report_lists_the_examples_per_confidence_bin(tmp_path):
+    pytest.importorskip("matplotlib")
+    paths = report.write_report(str(tmp_path), _report(False, -0.14))
+    md = open(paths["markdown"]).read()
+    assert ("| distilled student (small_cnn) | "
+            "0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 125 |") in md
+    assert "reliability.png" in paths["plots"][-1]
+
+
+def test_a_smoke_language_model_report_draws_no_conclusion():
+    from keras_kd.app import lm_report
+
+    note = lm_report.lm_smoke_note({"quick": True, "teacher_steps": 30,
+                                    "steps": 20})
+    assert note[0].startswith("**Smoke run (`--quick`)**: a teacher of 30 "
+                              "steps and students of 20 steps")
+    assert "no conclusion is drawn" in note[0]
+    assert lm_report.lm_smoke_note({"quick": False}) == []
