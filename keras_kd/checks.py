@@ -218,31 +218,6 @@ def check_logits(teacher_logits, student_logits):
         )
 
 
-def check_objectives(objective, feature_losses, has_hard_loss):
-    """The compile-time objectives: feature ones in ``feature_losses``,
-    something to train on, distinct names."""
-    from keras_kd.objectives.base import Objective
-
-    for f in feature_losses:
-        if not isinstance(f, Objective) or f.kind == "logits":
-            raise ValueError(
-                f"feature_losses takes feature objectives such as "
-                f"kd.FitNet('teacher_layer', 'student_layer'), got {f!r}; "
-                "logit objectives go in distillation_loss=."
-            )
-    if objective is None and not feature_losses and not has_hard_loss:
-        raise ValueError(
-            "Nothing to train on: pass distillation_loss='kd' (the "
-            "default), feature_losses=[...], or a hard-label loss."
-        )
-    names = [f.name for f in feature_losses]
-    if len(set(names)) != len(names):
-        raise ValueError(
-            f"Feature objectives need distinct names to be logged apart, "
-            f"got {names}; pass name='...' to each."
-        )
-
-
 # ----------------------------------------------------------------------
 # The teacher, on the first batch
 # ----------------------------------------------------------------------
@@ -289,7 +264,8 @@ def check_labels(labels, classes, what="the labels"):
             f"{largest + 1} units, or remap the labels to 0..{classes - 1}.")
 
 
-def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
+def warn_if_teacher_untrained(teachers, x, y, validation_data=None,
+                              stacklevel=3):
     """Warns when a teacher does no better than the majority class.
 
     Refuses (``ValueError``) a teacher whose outputs on the batch are
@@ -305,6 +281,7 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
     pipeline that shuffles draws its next order, so a look would shift the
     order of every epoch): ``validation_data`` is read instead, when given.
     Labels that are not integer class indices (or one-hot) are not checked.
+    ``stacklevel`` points the warning at the caller's caller (``fit``).
     """
     source = "x"
     if inputs.is_tf_dataset(x):
@@ -361,7 +338,7 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
                 f"predicting its most frequent label ({majority:.2f}). "
                 "Distilling an untrained teacher teaches nothing: train it "
                 "first (teacher.fit) or load its trained weights.",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
 
