@@ -38,7 +38,9 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
     """Stops ``fit`` at the end of an epoch whose loss is NaN or infinite,
     with the cause (:func:`keras_kd.checks.explain_non_finite`): inputs,
     cached teacher outputs or a teacher's, naming the rows or batch, else
-    the student's own divergence.
+    the student's own divergence at its learning rate. A ``tf.data``
+    training set is read again for at most the epoch's steps (Keras's
+    ``params["steps"]``), so ``fit(ds.repeat(), steps_per_epoch=n)`` ends.
 
     Example:
 
@@ -57,7 +59,9 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             return
         self.model.stop_training = True
         raise FloatingPointError(checks.explain_non_finite(
-            self.teachers, self.x, self.y, self.batch_size, epoch))
+            self.teachers, self.x, self.y, self.batch_size, epoch,
+            steps=(self.params or {}).get("steps"),
+            optimizer=getattr(self.model, "optimizer", None)))
 
 
 def check_before_fit(distiller, x, y, cached, on_policy=None,
