@@ -412,10 +412,23 @@ class Distiller(keras.Model):
         return variables
 
     def _detach_teachers_while(self, detached, method, *args, **kwargs):
+        """Runs Keras's ``fit``/``evaluate``/``predict`` with the teachers'
+        state left out or in, refilling the variables if an error escapes a
+        step (:class:`keras_kd.fit_guards.StateGuard`)."""
         previous = self._kd.teacher_detached
         self._kd.teacher_detached = detached
+        guard = None
+        callbacks = kwargs.get("callbacks")
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            # (a CallbackList: fit's validation, whose guard is in the list)
+            guard = fit_guards.StateGuard()
+            kwargs["callbacks"] = list(callbacks or []) + [guard]
         try:
             return method(*args, **kwargs)
+        except BaseException:
+            if guard is not None:
+                guard.restore(self)
+            raise
         finally:
             self._kd.teacher_detached = previous
 

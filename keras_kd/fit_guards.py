@@ -1,8 +1,14 @@
-"""Callbacks a :class:`~keras_kd.Distiller` adds to its own ``fit``.
+"""What a :class:`~keras_kd.Distiller` checks and adds around ``fit``.
 
-They are added by ``Distiller.fit`` (users never construct them): the
-epoch hook of epoch-dependent objectives and the guard that stops training
-on a NaN or infinite loss with its cause.
+``Distiller.fit`` checks the data before any step (:func:`check_before_fit`)
+and adds callbacks users never construct: the epoch hook of
+epoch-dependent objectives (:class:`ObjectiveEpochHook`), the guard that
+stops training on a NaN or infinite loss with its cause
+(:class:`NonFiniteLossGuard`) and, with ``evaluate`` and ``predict`` too,
+the keeper of the variables' values (:class:`StateGuard`): on JAX, Keras
+takes the values out of the variables while the compiled steps run, so an
+error raised inside a step would otherwise leave the teacher's and the
+student's variables empty.
 """
 
 import keras
@@ -109,3 +115,78 @@ def check_before_fit(distiller, x, y, cached, on_policy=None,
     checks.check_finite_inputs(x)
     checks.warn_if_teacher_untrained(distiller.teachers, x, y,
                                      validation_data, stacklevel=4)
+
+
+def _readable(variable):
+    """Whether ``variable`` holds a value (JAX's trainer empties them while
+    its compiled steps run; reading one then raises TypeError)."""
+    try:
+        variable.value
+    except TypeError:
+        return False
+    return True
+
+
+class StateGuard(keras.callbacks.Callback):
+    """Keeps the variables' values as ``fit``/``evaluate``/``predict`` starts,
+    to put them back if an error leaves them empty.
+
+    On JAX, Keras's trainer passes the variables' values into each compiled
+    step and empties the variables meanwhile (to save memory), putting the
+    values back at the end of an epoch or when a step has run. An error
+    raised inside a step (a ``ValueError`` at trace time, a bug in a custom
+    objective) escapes before that, and the variables of the teacher and
+    the student would stay empty: ``get_weights()`` raises ``TypeError`` and
+    every later ``fit`` fails. This callback takes references to the values
+    at ``on_train_begin`` / ``on_test_begin`` / ``on_predict_begin`` (JAX
+    arrays are immutable: no copy is made, and once a step has run Keras
+    donates them and they are freed), and :meth:`restore` refills every
+    variable left empty: with Keras's last synchronised state
+    (``jax_state_sync``), else with the values kept. On other backends the
+    variables are never emptied and :meth:`restore` changes nothing.
+
+    Example:
+
+    >>> import keras, numpy as np
+    >>> model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    >>> model.compile("sgd", "mse")
+    >>> guard = StateGuard()
+    >>> _ = model.fit(np.ones((4, 2)), np.ones((4, 1)), verbose=0,
+    ...               callbacks=[guard])
+    >>> guard.restore(model)  # nothing was emptied: nothing changes
+    0
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.saved = None
+
+    def _save(self, logs=None):
+        model = self.model
+        variables = list(model.trainable_variables) + list(
+            model.non_trainable_variables) + list(model.metrics_variables)
+        if getattr(model, "optimizer", None) is not None:
+            variables += list(model.optimizer.variables)
+        unique = {id(v): v for v in variables}
+        self.saved = [(v, v.value) for v in unique.values()]
+
+    on_train_begin = on_test_begin = on_predict_begin = _save
+
+    def restore(self, model):
+        """Refills the variables an interrupted step left empty; returns how
+        many were refilled from the values kept."""
+        if self.saved is None:
+            return 0
+        sync = getattr(model, "jax_state_sync", None)
+        if sync is not None:
+            sync()  # the last state a finished step returned
+        refilled = 0
+        for variable, value in self.saved:
+            if _readable(variable):
+                continue
+            deleted = getattr(value, "is_deleted", None)
+            if deleted is not None and deleted():
+                continue  # donated to a step that ran: Keras synced it
+            variable.assign(value)
+            refilled += 1
+        return refilled

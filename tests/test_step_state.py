@@ -208,3 +208,44 @@ def test_cached_logits_of_several_teachers_train_as_live():
                                    err_msg=key)
     for a, b in zip(w_live, w_cached):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+class _FailsWhenTraining(keras.layers.Layer):
+    """Identity that raises while ``armed`` in a training call: inside the
+    traced step of ``fit`` (Keras builds the model with ``training=False``)."""
+
+    armed = True
+
+    def call(self, x, training=None):
+        if training and self.armed:
+            raise RuntimeError("raised inside the training step")
+        return x
+
+
+def test_an_error_inside_a_step_leaves_the_models_readable_and_trainable():
+    # JAX's trainer empties the variables while its compiled steps run; an
+    # error escaping the first step used to leave them empty: get_weights()
+    # raised TypeError and every later fit failed (issue 28 #1).
+    x, y = _data()
+    inputs = keras.Input((64,))
+    fails = _FailsWhenTraining()
+    student = keras.Model(inputs, keras.layers.Dense(10)(fails(
+        keras.layers.Dense(8, activation="relu")(inputs))), name="student")
+    teacher = mlp(16, "teacher")
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(keras.optimizers.SGD(0.1), SCE)
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    student_before = [w.copy() for w in student.get_weights()]
+    with pytest.raises(RuntimeError, match="inside the training step"):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for before, after in ((teacher_before, teacher.get_weights()),
+                          (student_before, student.get_weights())):
+        for b, a in zip(before, after):
+            np.testing.assert_array_equal(b, a)
+    fails.armed = False
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(b, a)
+               for b, a in zip(student_before, student.get_weights()))
+    for b, a in zip(teacher_before, teacher.get_weights()):
+        np.testing.assert_array_equal(b, a)
