@@ -375,12 +375,15 @@ class Distiller(keras.Model):
 
     def get_metrics_result(self):
         """Keras's logs plus one entry per loss term; without labels, the
-        loss and the distillation terms only."""
+        loss, the distillation terms and the on-policy metrics only."""
         logs = {}
         labels_seen = self._kd.labels_seen
         terms = self._kd.composition and self._kd.composition.tracker
+        sampling = {id(m) for m in self._kd.on_policy_metrics or []}
         for metric in self.metrics:
-            if metric is terms:
+            if id(metric) in sampling:  # on-policy: with or without labels
+                logs[metric.name] = metric.result()
+            elif metric is terms:
                 values = metric.result()
                 if not labels_seen:
                     values.pop("student_loss")

@@ -75,7 +75,8 @@ def check_before_fit(distiller, x, y, cached, on_policy=None,
     """What ``Distiller.fit`` checks before any step runs.
 
     * on-policy distillation runs the teacher live: cached teacher outputs
-      (a soft-label cache) are refused;
+      (a soft-label cache) are refused, and its data must leave tokens to
+      sample (:meth:`keras_kd.OnPolicy.check_data`);
     * cached teacher outputs must come from this Distiller's teacher
       (:func:`keras_kd.soft_labels.guards.check_cached_teacher`);
     * on the first ``fit`` (``first``): NumPy labels are read in full
@@ -105,6 +106,8 @@ def check_before_fit(distiller, x, y, cached, on_policy=None,
             "must run live: cached teacher outputs score the data's "
             "tokens, not the student's. Pass the plain inputs and labels, "
             "or compile with on_policy=None to train from the cache.")
+    if on_policy is not None and on_policy.lmbda > 0:
+        on_policy.check_data(x)  # before Keras traces a step
     if cached:  # a soft-label cache's teacher?
         from keras_kd.soft_labels.guards import check_cached_teacher
         check_cached_teacher(distiller, x, y)
