@@ -142,11 +142,12 @@ class StateGuard(keras.callbacks.Callback):
     the student would stay empty: ``get_weights()`` raises ``TypeError`` and
     every later ``fit`` fails. This callback takes references to the values
     at ``on_train_begin`` / ``on_test_begin`` / ``on_predict_begin`` (JAX
-    arrays are immutable: no copy is made, and once a step has run Keras
-    donates them and they are freed), and :meth:`restore` refills every
-    variable left empty: with Keras's last synchronised state
-    (``jax_state_sync``), else with the values kept. On other backends the
-    variables are never emptied and :meth:`restore` changes nothing.
+    arrays are immutable: no copy is made) and lets them go when a second
+    step begins (from then on Keras holds the last step's state), and
+    :meth:`restore` refills every variable left empty: with the values
+    kept when the first step failed, else with the state the last step
+    returned (``jax_state_sync``). On other backends the variables are
+    never emptied and :meth:`restore` changes nothing.
 
     Example:
 
@@ -163,6 +164,7 @@ class StateGuard(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.saved = None
+        self.steps_begun = 0
 
     def _save(self, logs=None):
         model = self.model
@@ -172,17 +174,29 @@ class StateGuard(keras.callbacks.Callback):
             variables += list(model.optimizer.variables)
         unique = {id(v): v for v in variables}
         self.saved = [(v, v.value) for v in unique.values()]
+        self.steps_begun = 0
+
+    def _step_begins(self, batch, logs=None):
+        # From the second step on, Keras holds the state the first returned
+        # (``jax_state_sync`` restores it): the references are let go, so
+        # that nothing is kept alive where Keras does not donate them.
+        self.steps_begun += 1
+        if self.steps_begun > 1:
+            self.saved = None
 
     on_train_begin = on_test_begin = on_predict_begin = _save
+    on_train_batch_begin = on_test_batch_begin = on_predict_batch_begin = \
+        _step_begins
 
     def restore(self, model):
         """Refills the variables an interrupted step left empty; returns how
         many were refilled from the values kept."""
         if self.saved is None:
+            # A step of this call returned: Keras holds its state.
+            sync = getattr(model, "jax_state_sync", None)
+            if sync is not None:
+                sync()
             return 0
-        sync = getattr(model, "jax_state_sync", None)
-        if sync is not None:
-            sync()  # the last state a finished step returned
         refilled = 0
         for variable, value in self.saved:
             if _readable(variable):

@@ -403,7 +403,7 @@ def test_the_nan_diagnosis_of_a_repeated_data_set_ends():
                            r"4 batches read\): the student diverged at "
                            r"learning rate 1e\+30"):
             _fitted(x=data, optimizer=keras.optimizers.SGD(1e30),
-                    steps_per_epoch=4, epochs=2)
+                    steps_per_epoch=4, epochs=2, shuffle=False)
         # Called directly, without the epoch's steps: a stated bound.
         message = kd.checks.explain_non_finite([mlp(16, "teacher")], data,
                                                None)

@@ -249,3 +249,49 @@ def test_an_error_inside_a_step_leaves_the_models_readable_and_trainable():
                for b, a in zip(student_before, student.get_weights()))
     for b, a in zip(teacher_before, teacher.get_weights()):
         np.testing.assert_array_equal(b, a)
+
+
+class _FailsOnBatchesOf(keras.layers.Layer):
+    """Identity that raises when traced on a batch of ``size`` rows."""
+
+    def __init__(self, size, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+
+    def call(self, x, training=None):
+        if training and x.shape[0] == self.size:
+            raise RuntimeError("raised inside a later step")
+        return x
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax",
+                    reason="JAX's trainer empties the variables during fit")
+def test_an_error_inside_a_later_step_keeps_the_trained_state():
+    # The last, smaller batch is traced anew and raises there: the weights
+    # are those the first two steps left, as a fit on those batches gives.
+    x, y = _data(40)
+
+    def student(size):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((64,))
+        hidden = keras.layers.Dense(8, activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(10)(
+            _FailsOnBatchesOf(size)(hidden)), name="student")
+
+    teacher = mlp(16, "teacher")
+    teacher_before = teacher.get_weights()
+    failing, reference = student(8), student(-1)
+    trained = []
+    for model, data in ((failing, (x, y)), (reference, (x[:32], y[:32]))):
+        distiller = kd.Distiller(teacher, model)
+        distiller.compile(keras.optimizers.SGD(0.1), SCE)
+        if model is failing:
+            with pytest.raises(RuntimeError, match="inside a later step"):
+                distiller.fit(*data, batch_size=16, shuffle=False, verbose=0)
+        else:
+            distiller.fit(*data, batch_size=16, shuffle=False, verbose=0)
+        trained.append(model.get_weights())
+    for a, b in zip(*trained):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for b, a in zip(teacher_before, teacher.get_weights()):
+        np.testing.assert_array_equal(b, a)
