@@ -189,7 +189,8 @@ class Distiller(keras.Model):
         objective = (None if distillation_loss is None
                      else objectives_lib.get(distillation_loss))
         feature_losses = list(feature_losses or [])
-        compile_options.check_objectives(objective, feature_losses, loss is not None)
+        compile_options.check_objectives(objective, feature_losses,
+                                         loss is not None)
         if objective is not None and self.teacher_weights is not None and \
                 getattr(objective, "teacher_weights", False) is None:
             # The Distiller's per-teacher weights apply to an objective that
