@@ -295,3 +295,41 @@ def test_an_error_inside_a_later_step_keeps_the_trained_state():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     for b, a in zip(teacher_before, teacher.get_weights()):
         np.testing.assert_array_equal(b, a)
+
+
+class _FailsWhileArmed(keras.layers.Layer):
+    """Identity that raises in any traced call while ``armed``."""
+
+    armed = False
+
+    def call(self, x, training=None):
+        if self.armed:
+            raise RuntimeError("raised inside the step")
+        return x
+
+
+def test_an_error_inside_evaluate_or_predict_leaves_the_models_readable():
+    x, y = _data()
+    inputs = keras.Input((64,))
+    fails = _FailsWhileArmed()
+    student = keras.Model(inputs, keras.layers.Dense(10)(fails(
+        keras.layers.Dense(8, activation="relu")(inputs))), name="student")
+    teacher = mlp(16, "teacher")
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(keras.optimizers.SGD(0.1), SCE)
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    before = [w.copy() for w in distiller.get_weights()]
+    fails.armed = True
+    for call in (lambda: distiller.evaluate(x, y, batch_size=8, verbose=0),
+                 lambda: distiller.predict(x, batch_size=8, verbose=0)):
+        with pytest.raises(RuntimeError, match="inside the step"):
+            call()
+        for b, a in zip(before, distiller.get_weights()):
+            np.testing.assert_array_equal(b, a)
+    fails.armed = False
+    logs = distiller.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    expected = np.mean([np.mean(np_kd(to_numpy(teacher(x[i:i + 8])),
+                                      to_numpy(student(x[i:i + 8])), 4.0))
+                        for i in range(0, 40, 8)])
+    np.testing.assert_allclose(logs["distillation_loss"], expected,
+                               rtol=1e-4)
