@@ -64,31 +64,44 @@ def check_alpha(alpha, what="alpha"):
 # T²-scaled KL is then a difference of nearly equal numbers (relative error
 # 6e-4 at T = 100, 8% at 1,000, 14x at 10,000 in float32 against float64).
 MAX_TEMPERATURE = 100.0
+# Below this, softmax(z / T) is one-hot for logits more than a few hundredths
+# apart: T²·KL tends to T·(margin) and its gradients vanish with T. Below
+# about 1e-19, T² underflows float32 and the loss is exactly 0.0 (issue 20).
+MIN_TEMPERATURE = 0.01
 
 
 def check_temperature(temperature, strict=False, what="temperature"):
-    """Refuses a temperature that is not a finite number in (0, 100].
+    """Refuses a temperature that is not a finite number in [0.01, 100].
 
     Published settings lie between 1 and 20. Above 100 the softened
     distributions are within float32 rounding of uniform and the T²-scaled
-    loss loses its digits, so such temperatures are refused rather than
-    computed wrongly. Tensors and variables (a scheduled temperature) pass
-    unchecked unless ``strict``, which demands a Python or NumPy number; a
-    number comes back as a ``float``.
+    loss loses its digits; below 0.01 they are one-hot, the T²-scaled loss
+    tends to ``T · margin`` and teaches nothing (at ``T = 1e-30``, ``T²``
+    underflows float32 and the loss is 0.0). Such temperatures are refused
+    rather than computed uselessly. Tensors and variables (a scheduled
+    temperature) pass unchecked unless ``strict``, which demands a Python or
+    NumPy number; a number comes back as a ``float``.
 
     Example:
 
     >>> check_temperature(4)
     4.0
+    >>> check_temperature(1e-30)
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be > 0, at least 0.01 and at most 100, got 1e-30. ...
     """
     number = is_number(temperature)
     if (strict and not number) or (number and not (
-            math.isfinite(temperature) and 0 < temperature <= MAX_TEMPERATURE)):
+            math.isfinite(temperature)
+            and MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE)):
         raise ValueError(
-            f"{what} must be > 0 and at most {MAX_TEMPERATURE:g}, got "
-            f"{temperature!r}. Use a value such as temperature=4.0 (T=1 "
-            "leaves the logits unsoftened; above 100 the softened "
-            "distributions are uniform to float32 precision)."
+            f"{what} must be > 0, at least {MIN_TEMPERATURE:g} and at most "
+            f"{MAX_TEMPERATURE:g}, got {temperature!r}. Use a value such as "
+            "temperature=4.0 (T=1 leaves the logits unsoftened; below 0.01 "
+            "the softened distributions are one-hot and the T²-scaled loss "
+            "vanishes with T, reaching 0.0 when T² underflows float32; above "
+            "100 they are uniform to float32 precision)."
         )
     return float(temperature) if number else temperature
 
@@ -218,31 +231,6 @@ def check_logits(teacher_logits, student_logits):
         )
 
 
-def check_objectives(objective, feature_losses, has_hard_loss):
-    """The compile-time objectives: feature ones in ``feature_losses``,
-    something to train on, distinct names."""
-    from keras_kd.objectives.base import Objective
-
-    for f in feature_losses:
-        if not isinstance(f, Objective) or f.kind == "logits":
-            raise ValueError(
-                f"feature_losses takes feature objectives such as "
-                f"kd.FitNet('teacher_layer', 'student_layer'), got {f!r}; "
-                "logit objectives go in distillation_loss=."
-            )
-    if objective is None and not feature_losses and not has_hard_loss:
-        raise ValueError(
-            "Nothing to train on: pass distillation_loss='kd' (the "
-            "default), feature_losses=[...], or a hard-label loss."
-        )
-    names = [f.name for f in feature_losses]
-    if len(set(names)) != len(names):
-        raise ValueError(
-            f"Feature objectives need distinct names to be logged apart, "
-            f"got {names}; pass name='...' to each."
-        )
-
-
 # ----------------------------------------------------------------------
 # The teacher, on the first batch
 # ----------------------------------------------------------------------
@@ -289,12 +277,29 @@ def check_labels(labels, classes, what="the labels"):
             f"{largest + 1} units, or remap the labels to 0..{classes - 1}.")
 
 
-def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
+def _first_inputs(x, limit=256):
+    """The first inputs of a NumPy array or of a ``tf.data`` dataset of
+    plain arrays (its elements ``x`` or ``(x, ...)``), else None."""
+    if isinstance(x, np.ndarray):
+        return x[:limit]
+    if inputs.is_tf_dataset(x):
+        for element in x.take(1):
+            if isinstance(element, (tuple, list)):
+                element = element[0]
+            if isinstance(element, (dict, list, tuple)):
+                return None
+            return np.asarray(element)[:limit]
+    return None
+
+
+def warn_if_teacher_untrained(teachers, x, y, validation_data=None,
+                              stacklevel=3):
     """Warns when a teacher does no better than the majority class.
 
     Refuses (``ValueError``) a teacher whose outputs on the batch are
     probabilities (non-negative rows summing to 1: a softmax last layer)
-    rather than logits.
+    rather than logits. That check needs inputs only: it runs on a transfer
+    set without labels (``fit(x)``) too.
 
     The teacher's top-1 accuracy on the first labeled batch (up to 256
     samples, or elements for sequence labels) is compared with the share of
@@ -305,6 +310,7 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
     pipeline that shuffles draws its next order, so a look would shift the
     order of every epoch): ``validation_data`` is read instead, when given.
     Labels that are not integer class indices (or one-hot) are not checked.
+    ``stacklevel`` points the warning at the caller's caller (``fit``).
     """
     source = "x"
     if inputs.is_tf_dataset(x):
@@ -313,11 +319,14 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
         if isinstance(x, (tuple, list)):  # (x_val, y_val[, weights])
             x, y = x[0], (x[1] if len(x) > 1 else None)
     batch = inputs.first_labeled_batch(x, y)
-    if batch is None:
-        return
-    xb, yb = batch
-    yb = np.asarray(yb)
-    check_labels(yb, None)  # strings are refused before any teacher runs
+    if batch is not None:
+        xb, yb = batch
+        yb = np.asarray(yb)
+        check_labels(yb, None)  # strings are refused before any teacher runs
+    else:  # no labels (a transfer set): the softmax check still runs
+        xb, yb = _first_inputs(x), None
+        if xb is None:
+            return
     for i, teacher in enumerate(teachers):
         logits = np.asarray(keras.ops.convert_to_numpy(
             teacher(xb, training=False)))
@@ -338,6 +347,8 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
                 "keras.applications model with classifier_activation=None; "
                 "keep the softmax for serving in a separate model), or load "
                 "its weights into such a copy.")
+        if yb is None:
+            continue
         labels = yb
         if labels.ndim == logits.ndim and labels.shape[-1] == classes > 1:
             labels = labels.argmax(-1)  # one-hot
@@ -345,11 +356,11 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
             check_labels(labels, classes, "the first batch's labels")
         if classes < 2 or not np.issubdtype(labels.dtype, np.integer) or \
                 labels.size != logits.size // classes:
-            return
+            continue
         labels = labels.reshape(-1)
         keep = labels >= 0
         if keep.sum() < 20:
-            return
+            continue
         predicted = logits.reshape(-1, classes).argmax(-1)[keep]
         labels = labels[keep]
         accuracy = float((predicted == labels).mean())
@@ -362,7 +373,7 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None):
                 f"predicting its most frequent label ({majority:.2f}). "
                 "Distilling an untrained teacher teaches nothing: train it "
                 "first (teacher.fit) or load its trained weights.",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
 
 
@@ -387,11 +398,41 @@ def _non_finite_rows(values):
     return sorted(bad)
 
 
-def _batches(x, y, batch_size):
+# The batches of a data set read to explain a NaN loss when neither the
+# epoch's steps nor the data set's length bound the read.
+SCANNED_BATCHES = 100
+
+
+def scan_limit(x, steps=None):
+    """How many batches of ``x`` :func:`explain_non_finite` reads: the
+    epoch's ``steps`` when known, else the data set's length when finite,
+    else :data:`SCANNED_BATCHES` (an infinite ``ds.repeat()`` or a
+    pipeline of unknown length is never read to an end it may not have).
+
+    Example:
+
+    >>> scan_limit(np.zeros((10, 2)), steps=4)
+    4
+    >>> scan_limit(iter([]))
+    100
+    """
+    if steps is not None:
+        return int(steps)
+    count = inputs.cardinality(x)
+    if isinstance(count, int):
+        return count
+    return SCANNED_BATCHES
+
+
+def _batches(x, y, batch_size, limit=None):
     """``(description, first_row, x_batch, y_batch)`` over NumPy data (in
-    its own order) or the elements of a ``tf.data`` dataset."""
+    its own order) or the first ``limit`` elements of a ``tf.data``
+    dataset (all of a finite one when ``limit`` is None)."""
     if inputs.is_tf_dataset(x):
-        for k, element in enumerate(x.as_numpy_iterator()):
+        if limit is None:
+            limit = scan_limit(x)
+        elements = inputs.bounded(x.as_numpy_iterator(), limit, "x")
+        for k, element in enumerate(elements):
             xb, yb = (element[0], element[1] if len(element) > 1 else None) \
                 if isinstance(element, tuple) else (element, None)
             yield f"batch {k} of the dataset", 0, xb, yb
@@ -441,14 +482,27 @@ def check_finite_inputs(x):
             "-1).all(axis=1); x, y = x[keep], y[keep].")
 
 
-def explain_non_finite(teachers, x, y, batch_size=32, epoch=None):
+def _learning_rate(optimizer):
+    """The optimizer's current learning rate as a float, else None."""
+    try:
+        return float(np.asarray(keras.ops.convert_to_numpy(
+            optimizer.learning_rate)))
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def explain_non_finite(teachers, x, y, batch_size=32, epoch=None, steps=None,
+                       optimizer=None):
     """Says why a loss became NaN or infinite, naming the rows or batch.
 
     Reads the training data once more (NumPy data in its own order,
-    ``tf.data`` batch by batch) and reports the first of: inputs holding
-    NaN or infinity, cached teacher outputs (``y`` dicts) holding them, a
-    teacher whose weights or outputs hold them. When all are finite the
-    student itself diverged, and the message says what to lower.
+    ``tf.data`` batch by batch, at most ``steps`` batches: the epoch's; or
+    :func:`scan_limit`'s bound, so that ``ds.repeat()`` is never read
+    forever) and reports the first of: inputs holding NaN or infinity,
+    cached teacher outputs (``y`` dicts) holding them, a teacher whose
+    weights or outputs hold them. When all are finite the student itself
+    diverged, and the message names its learning rate (from ``optimizer``,
+    the student's) and what to lower.
 
     Example:
 
@@ -457,6 +511,9 @@ def explain_non_finite(teachers, x, y, batch_size=32, epoch=None):
     >>> x = np.array([[0.0, 1.0], [np.nan, 1.0]], "float32")
     >>> print(explain_non_finite([teacher], x, None).split(":")[0])
     The inputs hold NaN or infinite values
+    >>> print(explain_non_finite([teacher], x[:1], None,
+    ...       optimizer=keras.optimizers.SGD(1e30)).split(". ")[0])
+    The loss became NaN or infinite while the inputs and the teacher's outputs are finite: the student diverged at learning rate 1e+30
     """
     when = "" if epoch is None else f" (epoch {epoch + 1})"
     for i, teacher in enumerate(teachers):
@@ -464,8 +521,15 @@ def explain_non_finite(teachers, x, y, batch_size=32, epoch=None):
                    for w in teacher.weights
                    if np.issubdtype(np.dtype(w.dtype), np.floating)):
             return (f"The teacher '{teacher.name}' has NaN or infinite weights"
-                    f"{when}: reload its trained weights.")
-    for where, first, xb, yb in _batches(x, y, batch_size):
+                    f"{when}, so it has nothing to teach: it diverged while "
+                    "it was trained (a learning rate too large for it, e.g.) "
+                    "or was loaded from a broken file. Retrain it with a "
+                    "lower learning rate, or load weights saved from a "
+                    "teacher whose loss stayed finite.")
+    limit = scan_limit(x, steps) if inputs.is_tf_dataset(x) else None
+    read = 0
+    for where, first, xb, yb in _batches(x, y, batch_size, limit):
+        read += 1
         rows = _non_finite_rows(xb)
         if rows:
             at = (f"rows {[first + r for r in rows[:5]]} of x" if where == "x"
@@ -493,8 +557,12 @@ def explain_non_finite(teachers, x, y, batch_size=32, epoch=None):
                         "finite. Check the teacher on them "
                         "(teacher.predict(x[rows])): an overflow in float16 "
                         "or a broken layer; keras-kd cannot distil them.")
+    scanned = (f" (in the first {read} batches read)"
+               if limit is not None and read >= limit else "")
+    rate = None if optimizer is None else _learning_rate(optimizer)
+    at_rate = "" if rate is None else f" at learning rate {rate:g}"
     return ("The loss became NaN or infinite" + when + " while the inputs "
-            "and the teacher's outputs are finite: the student diverged. "
-            "Lower the learning rate, clip gradients (e.g. "
-            "keras.optimizers.Adam(1e-3, clipnorm=1.0)), or check the "
-            "sample weights.")
+            "and the teacher's outputs are finite" + scanned + ": the "
+            f"student diverged{at_rate}. Lower the learning rate, clip "
+            "gradients (e.g. keras.optimizers.Adam(1e-3, clipnorm=1.0)), or "
+            "check the sample weights.")

@@ -3,11 +3,10 @@
 import threading
 
 import keras
-import numpy as np
 
-from keras_kd import checks, composition, hub, saving, targets, taps
+from keras_kd import (checks, compile_options, composition, fit_guards, hub,
+                      saving, targets, taps)
 from keras_kd import objectives as objectives_lib
-from keras_kd import on_policy as on_policy_lib
 
 
 class _Untracked:
@@ -190,7 +189,8 @@ class Distiller(keras.Model):
         objective = (None if distillation_loss is None
                      else objectives_lib.get(distillation_loss))
         feature_losses = list(feature_losses or [])
-        checks.check_objectives(objective, feature_losses, loss is not None)
+        compile_options.check_objectives(objective, feature_losses,
+                                         loss is not None)
         if objective is not None and self.teacher_weights is not None and \
                 getattr(objective, "teacher_weights", False) is None:
             # The Distiller's per-teacher weights apply to an objective that
@@ -209,13 +209,9 @@ class Distiller(keras.Model):
                                 feature_losses=feature_losses)
         if on_policy is not None:
             self._kd.options["on_policy"] = on_policy
-        if kwargs.get("auto_scale_loss", True) and _computes_in_float16(
-                self.student) and self.dtype_policy.name != "mixed_float16":
-            # Keras wraps the optimizer for loss scaling only when the model's
-            # own policy is mixed_float16; here the student's policy decides.
-            optimizer = keras.optimizers.get(optimizer)
-            if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer = compile_options.loss_scaled(
+            optimizer, self.student, self.dtype_policy.name,
+            kwargs.get("auto_scale_loss", True))
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         **kwargs)
 
@@ -239,17 +235,8 @@ class Distiller(keras.Model):
         self._kd.on_policy = None
         if on_policy is None:
             return
-        if not isinstance(on_policy, on_policy_lib.OnPolicy):
-            raise TypeError(
-                f"on_policy must be a kd.OnPolicy(...), got "
-                f"{type(on_policy).__name__}; e.g. on_policy=kd.OnPolicy("
-                "lmbda=0.5, prompt_length=16).")
-        on_policy.check_student(self.student)
-        if feature_losses:
-            raise ValueError(
-                "on_policy works with logit objectives only: feature taps "
-                "would read the forward pass on the data, not on the sampled "
-                "tokens. Drop feature_losses or on_policy.")
+        compile_options.check_on_policy(on_policy, self.student,
+                                        feature_losses)
         if getattr(self, "_on_policy_seed", None) is None:
             self._on_policy_seed = keras.random.SeedGenerator(on_policy.seed)
         self._kd.on_policy = on_policy
@@ -389,12 +376,15 @@ class Distiller(keras.Model):
 
     def get_metrics_result(self):
         """Keras's logs plus one entry per loss term; without labels, the
-        loss and the distillation terms only."""
+        loss, the distillation terms and the on-policy metrics only."""
         logs = {}
         labels_seen = self._kd.labels_seen
         terms = self._kd.composition and self._kd.composition.tracker
+        sampling = {id(m) for m in self._kd.on_policy_metrics or []}
         for metric in self.metrics:
-            if metric is terms:
+            if id(metric) in sampling:  # on-policy: with or without labels
+                logs[metric.name] = metric.result()
+            elif metric is terms:
                 values = metric.result()
                 if not labels_seen:
                     values.pop("student_loss")
@@ -426,46 +416,45 @@ class Distiller(keras.Model):
         return variables
 
     def _detach_teachers_while(self, detached, method, *args, **kwargs):
+        """Runs Keras's ``fit``/``evaluate``/``predict`` with the teachers'
+        state left out or in, refilling the variables if an error escapes a
+        step (:class:`keras_kd.fit_guards.StateGuard`)."""
         previous = self._kd.teacher_detached
         self._kd.teacher_detached = detached
+        guard = None
+        callbacks = kwargs.get("callbacks")
+        if not isinstance(callbacks, keras.callbacks.CallbackList):
+            # (a CallbackList: fit's validation, whose guard is in the list)
+            guard = fit_guards.StateGuard()
+            kwargs["callbacks"] = list(callbacks or []) + [guard]
         try:
             return method(*args, **kwargs)
+        except BaseException:
+            if guard is not None:
+                guard.restore(self)
+            raise
         finally:
             self._kd.teacher_detached = previous
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """``keras.Model.fit``, after checking the teacher on a first batch.
 
-        The first ``fit`` measures the teacher's accuracy on a first labeled
-        batch and warns when it is no better than the majority class
-        (:func:`keras_kd.checks.warn_if_teacher_untrained`). Data from a
-        soft-label cache must come from this Distiller's teacher
-        (:func:`keras_kd.soft_labels.guards.check_cached_teacher`).
+        Checks the data first (:func:`keras_kd.fit_guards.check_before_fit`):
+        the first ``fit`` reads the labels and inputs and measures the
+        teacher on a first batch; data from a soft-label cache must come from
+        this Distiller's teacher.
         """
         x, y, kwargs = self._preprocessed(x, y, kwargs, training=True)
         cached = targets.holds_cached_targets(x, y)
-        if self._kd.on_policy is not None and self._kd.on_policy.lmbda > 0 \
-                and cached:
-            raise ValueError(
-                "on_policy samples new tokens at each step, so the teacher "
-                "must run live: cached teacher outputs score the data's "
-                "tokens, not the student's. Pass the plain inputs and labels, "
-                "or compile with on_policy=None to train from the cache.")
-        if cached:  # a soft-label cache's teacher?
-            from keras_kd.soft_labels.guards import check_cached_teacher
-            check_cached_teacher(self, x, y)
-        if not self._kd.teacher_checked:
-            if isinstance(y, np.ndarray):  # NumPy labels: all of them
-                checks.check_labels(y, checks.class_count(self.student))
-            checks.check_finite_inputs(x)
-            self._kd.teacher_checked = True
-            checks.warn_if_teacher_untrained(
-                self.teachers, x, y, kwargs.get("validation_data"))
+        fit_guards.check_before_fit(
+            self, x, y, cached, self._kd.on_policy,
+            kwargs.get("validation_data"), first=not self._kd.teacher_checked)
+        self._kd.teacher_checked = True
         callbacks = list(kwargs.pop("callbacks", None) or [])
         hooks = [o for o in self._objectives() if hasattr(o, "on_epoch_begin")]
         if hooks:
-            callbacks.append(_ObjectiveEpochHook(hooks))
-        callbacks.append(_NonFiniteLossGuard(
+            callbacks.append(fit_guards.ObjectiveEpochHook(hooks))
+        callbacks.append(fit_guards.NonFiniteLossGuard(
             self.teachers, x, y, kwargs.get("batch_size") or 32))
         return self._detach_teachers_while(
             cached, super().fit, x, y, *args,
@@ -574,47 +563,3 @@ def _fresh(sample_weight):
     if sample_weight is None:
         return None
     return keras.ops.cast(sample_weight, "float32") * 1.0
-
-
-class _ObjectiveEpochHook(keras.callbacks.Callback):
-    """Tells epoch-dependent objectives (e.g. DKD's warm-up) the epoch."""
-
-    def __init__(self, objectives):
-        super().__init__()
-        self.objectives = objectives
-
-    def on_epoch_begin(self, epoch, logs=None):
-        for objective in self.objectives:
-            objective.on_epoch_begin(epoch)
-
-
-class _NonFiniteLossGuard(keras.callbacks.Callback):
-    """Stops ``fit`` at the end of an epoch whose loss is NaN or infinite,
-    with the cause (:func:`keras_kd.checks.explain_non_finite`): inputs,
-    cached teacher outputs or a teacher's, naming the rows or batch, else
-    the student's own divergence."""
-
-    def __init__(self, teachers, x, y, batch_size):
-        super().__init__()
-        self.teachers, self.x, self.y = teachers, x, y
-        self.batch_size = batch_size
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None or np.isfinite(float(loss)):
-            return
-        self.model.stop_training = True
-        raise FloatingPointError(checks.explain_non_finite(
-            self.teachers, self.x, self.y, self.batch_size, epoch))
-
-
-def _computes_in_float16(model):
-    """True when ``model`` or one of its layers computes in float16.
-
-    Gradients of float16 computations underflow without loss scaling, so
-    ``Distiller.compile`` then wraps the optimizer in a ``LossScaleOptimizer``
-    (bfloat16 has float32's exponent range and needs none).
-    """
-    layers = [model] + list(getattr(model, "layers", []))
-    return any(getattr(layer, "compute_dtype", None) == "float16"
-               for layer in layers)

@@ -17,6 +17,19 @@ teacher:
    carry no label, so the hard-label loss leaves them out;
 4. the other sequences keep the batch's own continuations (off-policy).
 
+Which sequences may be sampled: a row is continued by the student only when
+its prompt holds at least one real token, its weights are not all 0 and it
+is right-padded (keras-hub's preprocessors pad on the right). A row of
+padding only, a row the user weighted 0 and a left-padded row (a padding
+token before a real one) keep their own tokens and weights: sampling them
+would invent a sequence from an empty prompt, give weight to a row meant to
+count for nothing, or overwrite real tokens. A batch of padding only thus
+has every weight 0: its loss and gradients are 0 (the step changes nothing
+but the optimizer's own state, as any zero-weight batch in Keras).
+NumPy inputs with left-padded rows, or with sequences no longer than
+``prompt_length``, are refused before ``fit`` starts
+(:meth:`OnPolicy.check_data`).
+
 ``lmbda=0`` is off-policy distillation exactly (no sampling runs);
 ``lmbda=1`` is fully on-policy. The per-sequence draw gives each batch, on
 average, a fraction ``λ`` of sampled sequences (GKD draws once per batch;
@@ -38,7 +51,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd.checks import check_alpha, check_temperature
+from keras_kd import inputs
+from keras_kd.checks import check_temperature, is_number
 
 
 def _sampler_class():
@@ -112,21 +126,38 @@ class OnPolicy:
 
     def __init__(self, lmbda=0.5, prompt_length=1, temperature=1.0,
                  top_k=None, top_p=None, seed=None):
-        self.lmbda = check_alpha(lmbda, "lmbda")
-        if not isinstance(prompt_length, int) or isinstance(
+        if not is_number(lmbda) or not 0.0 <= float(lmbda) <= 1.0:
+            raise ValueError(
+                f"lmbda must be in [0, 1], got {lmbda!r}: the probability "
+                "that a sequence is continued by the student (0: off-policy "
+                "distillation, 1: every sequence sampled), e.g. lmbda=0.5.")
+        self.lmbda = float(lmbda)
+        if not isinstance(prompt_length, (int, np.integer)) or isinstance(
                 prompt_length, bool) or prompt_length < 1:
             raise ValueError(
                 f"prompt_length must be an integer >= 1, got "
                 f"{prompt_length!r}: the number of leading tokens of each "
                 "sequence the student continues from, e.g. prompt_length=16.")
-        self.prompt_length = prompt_length
+        self.prompt_length = int(prompt_length)
         self.temperature = check_temperature(temperature, strict=True,
                                              what="on-policy temperature")
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1 or None, got "
-                             f"{top_k!r}.")
-        if top_p is not None and not 0.0 < float(top_p) <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}.")
+        if top_k is not None and (
+                not isinstance(top_k, (int, np.integer))
+                or isinstance(top_k, bool) or top_k < 1):
+            raise ValueError(
+                f"top_k must be an integer >= 1 or None, got {top_k!r}; "
+                "e.g. top_k=50 samples among the 50 likeliest tokens.")
+        if top_p is not None and not (is_number(top_p)
+                                      and 0.0 < float(top_p) <= 1.0):
+            raise ValueError(
+                f"top_p must be a number in (0, 1] or None, got {top_p!r}; "
+                "e.g. top_p=0.95 samples from the smallest set of tokens "
+                "holding 95% of the probability.")
+        if seed is not None and (not isinstance(seed, (int, np.integer))
+                                 or isinstance(seed, bool)):
+            raise ValueError(f"seed must be an integer or None, got {seed!r}.")
+        top_k = None if top_k is None else int(top_k)
+        seed = None if seed is None else int(seed)
         self.top_k = top_k
         self.top_p = None if top_p is None else float(top_p)
         self.seed = seed
@@ -148,6 +179,61 @@ class OnPolicy:
                 f"with generate_step); '{student.name}' is a "
                 f"{type(student).__name__}. Distil it off-policy "
                 "(on_policy=None).")
+
+    def check_data(self, x):
+        """Refuses, before ``fit``, data the sampling cannot use.
+
+        ``x`` as given to ``fit``: a dict of NumPy ``token_ids`` and
+        ``padding_mask``, or a ``tf.data`` dataset of such batches (its
+        element spec is read, never its data). Sequences no longer than
+        ``prompt_length`` leave nothing to sample; NumPy rows padded on the
+        left would have real tokens overwritten (such rows are kept
+        off-policy inside the step, see :mod:`keras_kd.on_policy`; here the
+        whole input is refused so that the mistake is seen).
+
+        Example:
+
+        >>> x = {"token_ids": np.ones((2, 8), "int32"),
+        ...      "padding_mask": np.ones((2, 8), bool)}
+        >>> OnPolicy(prompt_length=4).check_data(x)
+        >>> OnPolicy(prompt_length=8).check_data(x)
+        Traceback (most recent call last):
+        ...
+        ValueError: prompt_length=8 leaves nothing to sample in sequences of 8 tokens; use a prompt_length below 8.
+        """
+        if inputs.is_tf_dataset(x):
+            spec = x.element_spec
+            spec = spec[0] if isinstance(spec, tuple) else spec
+            if isinstance(spec, dict) and "token_ids" in spec:
+                shape = spec["token_ids"].shape
+                if shape.rank == 2 and shape[1] is not None:
+                    self.check_length(int(shape[1]))
+            return
+        if not isinstance(x, dict) or "token_ids" not in x:
+            return
+        ids = x["token_ids"]
+        if getattr(ids, "ndim", None) == 2 and ids.shape[1] is not None:
+            self.check_length(int(ids.shape[1]))
+        mask = x.get("padding_mask")
+        if isinstance(mask, np.ndarray) and mask.ndim == 2:
+            mask = mask.astype(bool)
+            left = np.flatnonzero((~mask[:, :-1] & mask[:, 1:]).any(axis=1))
+            if left.size:
+                raise ValueError(
+                    f"on_policy needs right-padded sequences (real tokens "
+                    f"first, padding after), but rows {left[:5].tolist()} "
+                    "have padding before a real token (left padding): "
+                    "sampling would overwrite their real tokens. Pad on the "
+                    "right, as keras-hub's CausalLM preprocessors do.")
+
+    def check_length(self, length):
+        """Refuses sequences of ``length`` tokens that leave nothing to
+        sample after the prompt."""
+        if self.prompt_length >= length:
+            raise ValueError(
+                f"prompt_length={self.prompt_length} leaves nothing to sample "
+                f"in sequences of {length} tokens; use a prompt_length below "
+                f"{length}.")
 
     def make_sampler(self, seed_generator):
         """The keras-hub sampler drawing from ``seed_generator``."""
@@ -187,9 +273,12 @@ class OnPolicy:
         Returns ``(x, y, sample_weight, fraction, generated, seconds)``:
         inputs whose
         chosen rows hold the prompt plus sampled tokens (padding mask all
-        true there); labels ``-1`` (unlabeled) on those rows; weights 1 on
-        the positions that predict a sampled token and 0 elsewhere on those
-        rows (the other rows keep their labels and weights); the share of
+        true there); labels ``-1`` (unlabeled) on those rows; weights equal
+        to the row's largest weight (1 for a padding mask, the sequence's
+        weight for per-sequence weights) on the positions that predict a
+        sampled token and 0 elsewhere on those rows (the other rows keep
+        their labels and weights; rows of padding only, weighted 0 or
+        left-padded are never chosen); the share of
         rows sampled, the number of tokens sampled and the seconds spent
         sampling (:func:`timed`; None when ``timing=False``).
         """
@@ -201,35 +290,51 @@ class OnPolicy:
         token_ids = x["token_ids"]
         padding_mask = ops.cast(x["padding_mask"], "bool")
         length = ops.shape(token_ids)[1]
-        if self.prompt_length >= length:
-            raise ValueError(
-                f"prompt_length={self.prompt_length} leaves nothing to sample "
-                f"in sequences of {length} tokens; use a prompt_length below "
-                f"{length}.")
+        self.check_length(length)
         position = ops.arange(length)[None, :]
         prompt_mask = ops.logical_and(padding_mask,
                                       position < self.prompt_length)
+        if sample_weight is None:
+            weights = ops.cast(padding_mask, "float32")
+        else:
+            weights = ops.cast(sample_weight, "float32")
+            if len(weights.shape) == 1:  # one weight per sequence
+                weights = weights[:, None] * ops.ones((1, length), "float32")
+        # Rows that may be sampled: a real token in the prompt, a weight
+        # somewhere, right-padded (no padding before a real token).
+        prompt_ends = ops.sum(ops.cast(prompt_mask, "int32"), axis=1)
+        row_weight = ops.max(weights, axis=1)
+        right_padded = ops.logical_not(ops.any(ops.logical_and(
+            ops.logical_not(padding_mask[:, :-1]), padding_mask[:, 1:]),
+            axis=1))
+        eligible = ops.logical_and(
+            ops.logical_and(prompt_ends > 0, row_weight > 0), right_padded)
+        # The sampler continues every row; the others' samples are dropped,
+        # but an empty prompt would make it read position -1: give those
+        # rows their first token as a prompt.
+        sampling_mask = ops.where(eligible[:, None], prompt_mask,
+                                  position == 0)
+
         def sample(ids):
-            return self.sample(student, sampler, ids, prompt_mask)
+            return self.sample(student, sampler, ids, sampling_mask)
 
         sampled, seconds = (timed(sample, token_ids) if timing
                             else (sample(token_ids), None))
-        rows = keras.random.uniform(ops.shape(token_ids)[:1],
-                                    seed=seed_generator) < self.lmbda
+        rows = ops.logical_and(
+            keras.random.uniform(ops.shape(token_ids)[:1],
+                                 seed=seed_generator) < self.lmbda, eligible)
         rows2d = rows[:, None]
         new_ids = ops.where(rows2d, ops.cast(sampled, token_ids.dtype),
                             token_ids)
         new_mask = ops.logical_or(rows2d, padding_mask)
         # Position t predicts token t + 1: sampled tokens are predicted from
-        # each row's own prompt end to the second-to-last position.
-        prompt_ends = ops.sum(ops.cast(prompt_mask, "int32"), axis=1)
+        # each row's own prompt end to the second-to-last position, with the
+        # row's largest weight (1 for a padding mask).
         predicts_sampled = ops.logical_and(
             position >= prompt_ends[:, None] - 1, position < length - 1)
         on_weights = ops.cast(predicts_sampled, "float32")
-        if sample_weight is None:
-            sample_weight = ops.cast(padding_mask, "float32")
-        new_weights = ops.where(rows2d, on_weights,
-                                ops.cast(sample_weight, "float32"))
+        new_weights = ops.where(rows2d, on_weights * row_weight[:, None],
+                                weights)
         new_y = None if y is None else ops.where(
             rows2d, ops.cast(-1, y.dtype), y)
         generated = ops.sum(on_weights * ops.cast(rows2d, "float32"))

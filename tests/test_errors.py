@@ -9,6 +9,7 @@ import pytest
 import keras_kd as kd
 from tests.helpers import mlp, to_numpy
 from tests.references import kd as np_kd
+from tests.references import log_softmax
 from tests.references import sparse_ce as np_sparse_ce
 
 
@@ -86,7 +87,7 @@ def test_unbuilt_subclassed_student_with_wrong_classes_fails_at_first_step():
 
 
 @pytest.mark.parametrize("temperature", [0.0, -1.0, float("inf"), 1e4,
-                                         np.float32(101.0)])
+                                         np.float32(101.0), 1e-30, 0.009])
 def test_temperature_must_be_positive_and_bounded(temperature):
     distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
     with pytest.raises(ValueError, match="temperature must be > 0"):
@@ -95,6 +96,24 @@ def test_temperature_must_be_positive_and_bounded(temperature):
         kd.KD(temperature=temperature)
     with pytest.raises(ValueError, match="temperature must be > 0"):
         kd.objectives.kd_loss(np.zeros((1, 3)), np.zeros((1, 3)), temperature)
+
+
+def test_a_temperature_below_the_bound_is_refused_with_the_reason():
+    # Issue #20: temperature=1e-30 gave a distillation loss of exactly 0.0:
+    # T² = 1e-60 underflows float32 (while T²·KL ≈ T·margin -> 0 anyway).
+    with pytest.raises(ValueError, match=r"at least 0.01 .*got 1e-30.*one-hot"
+                       r".*vanishes with T, reaching 0.0 when T² underflows"):
+        kd.Distiller(mlp(16, "teacher"), mlp(8, "student")).compile(
+            "sgd", ce(), temperature=1e-30)
+    # The bound itself is computed to float64's value.
+    rng = np.random.default_rng(0)
+    t, s = (3 * rng.normal(size=(64, 10)).astype("float32") for _ in "ts")
+    ours = to_numpy(kd.objectives.kd_loss(t, s, 0.01))
+    # T²·Σ p (log p − log q) in float64, in the log domain (q underflows)
+    log_p, log_q = (log_softmax(z.astype("float64") / 0.01) for z in (t, s))
+    ref = 0.01 ** 2 * (np.exp(log_p) * (log_p - log_q)).sum(-1)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-7)
+    assert ours.max() > 0.01
 
 
 def test_kd_loss_keeps_its_digits_up_to_the_largest_temperature():
@@ -168,6 +187,27 @@ def test_a_teacher_that_outputs_probabilities_is_refused():
     logits.compile("sgd", ce())
     with pytest.warns(UserWarning, match="no better than"):
         logits.fit(x, y, epochs=1, verbose=0)
+
+
+def test_a_softmax_teacher_is_refused_on_a_transfer_set_without_labels():
+    # Issue #18: the check ran only when the first batch had labels.
+    x = np.random.rand(64, 64).astype("float32")
+    inputs = keras.Input((64,))
+    probabilities = keras.Model(inputs, keras.layers.Dense(
+        10, activation="softmax")(inputs), name="softmax_teacher")
+    distiller = kd.Distiller(probabilities, mlp(8, "student"))
+    distiller.compile("sgd", None)
+    student_before = [to_numpy(w) for w in distiller.student.weights]
+    with pytest.raises(ValueError, match="'softmax_teacher' outputs "
+                       "probabilities.*activation=None"):
+        distiller.fit(x, epochs=1, verbose=0)
+    for before, after in zip(student_before, distiller.student.weights):
+        np.testing.assert_array_equal(before, to_numpy(after))  # no step ran
+    # A logits teacher trains on the same transfer set.
+    logits = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
+    logits.compile("sgd", None)
+    history = logits.fit(x, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_a_model_with_several_outputs_is_refused_with_the_fix():
@@ -319,12 +359,58 @@ def test_a_diverging_student_is_named_as_the_cause():
     x = np.random.rand(64, 64).astype("float32")
     y = x[:, :10].argmax(-1)
     with pytest.raises(FloatingPointError, match=r"inputs and the teacher's "
-                       "outputs are finite: the student diverged. Lower the "
-                       "learning rate"):
+                       r"outputs are finite: the student diverged at learning "
+                       r"rate 1e\+30. Lower the learning rate"):
         _fitted(x=x, y=y, optimizer=keras.optimizers.SGD(1e30), epochs=2)
     # A finite run is left alone and trains all its epochs.
     _, history = _fitted(x=x, y=y, epochs=2)
     assert len(history.history["loss"]) == 2
+
+
+def test_a_diverging_student_is_named_with_its_learning_rate():
+    # Issue #25: with --learning-rate 1e30 the message said "reload its
+    # trained weights"; it names the student's learning rate, and a teacher
+    # with NaN weights is said to have diverged in its own training.
+    x = np.random.rand(64, 64).astype("float32")
+    y = x[:, :10].argmax(-1)
+    with pytest.raises(FloatingPointError, match=r"the student diverged at "
+                       r"learning rate 1e\+30\. Lower the learning rate"):
+        _fitted(x=x, y=y, optimizer=keras.optimizers.Adam(1e30), epochs=2)
+    teacher = mlp(16, "teacher")
+    teacher.get_layer("teacher_logits").kernel.assign(
+        np.full((16, 10), np.nan, "float32"))
+    message = kd.checks.explain_non_finite([teacher], x, y)
+    assert "diverged while it was trained" in message
+    assert "Retrain it with a lower learning rate" in message
+
+
+def test_the_nan_diagnosis_of_a_repeated_data_set_ends():
+    # Issue #9: fit(ds.repeat(), steps_per_epoch=4) with a diverging student
+    # read the endless data set forever to explain the NaN loss.
+    tf = pytest.importorskip("tensorflow")
+    import signal
+
+    def too_long(*_):
+        raise TimeoutError("the NaN diagnosis read ds.repeat() for 120 s")
+
+    x = np.random.rand(64, 64).astype("float32")
+    y = x[:, :10].argmax(-1)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16).repeat()
+    previous = signal.signal(signal.SIGALRM, too_long)
+    signal.alarm(120)
+    try:
+        with pytest.raises(FloatingPointError, match=r"finite \(in the first "
+                           r"4 batches read\): the student diverged at "
+                           r"learning rate 1e\+30"):
+            _fitted(x=data, optimizer=keras.optimizers.SGD(1e30),
+                    steps_per_epoch=4, epochs=2, shuffle=False)
+        # Called directly, without the epoch's steps: a stated bound.
+        message = kd.checks.explain_non_finite([mlp(16, "teacher")], data,
+                                               None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert f"in the first {kd.checks.SCANNED_BATCHES} batches read" in message
 
 
 def test_integer_one_hot_labels_train_with_categorical_crossentropy():

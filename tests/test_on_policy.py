@@ -147,7 +147,8 @@ def test_on_policy_options_and_models_are_checked():
         kd.OnPolicy(lmbda=1.5)
     with pytest.raises(ValueError, match="prompt_length must be an integer"):
         kd.OnPolicy(prompt_length=0)
-    with pytest.raises(ValueError, match=r"top_p must be in \(0, 1\]"):
+    with pytest.raises(ValueError,
+                       match=r"top_p must be a number in \(0, 1\]"):
         kd.OnPolicy(top_p=0.0)
     from tests.helpers import mlp
     distiller = kd.Distiller(mlp(16, "teacher"), mlp(8, "student"))
@@ -270,3 +271,140 @@ def test_xla_compiled_tensorflow_steps_log_no_sampling_time():
                          verbose=0).history
     assert logs["on_policy_fraction"] == [1.0]
     assert "sampling_seconds" not in logs
+
+
+def test_an_on_policy_error_leaves_the_models_usable():
+    # prompt_length >= the sequence length: refused before Keras traces a
+    # step (on JAX the error used to escape the first step with the
+    # variables emptied: get_weights() raised TypeError; issue 28 #1).
+    x, labels, weights = lm_batch(4)
+    teacher, student = gpt2("teacher", 32, 2), gpt2("student", 16)
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile("adam", SCE, on_policy=kd.OnPolicy(
+        prompt_length=LENGTH))
+    teacher_before, student_before = teacher.get_weights(), \
+        student.get_weights()
+    with pytest.raises(ValueError, match=f"prompt_length={LENGTH} leaves "
+                       f"nothing to sample in sequences of {LENGTH}"):
+        distiller.fit(x, labels, sample_weight=weights, verbose=0)
+    for before, model in ((teacher_before, teacher),
+                          (student_before, student)):
+        for b, a in zip(before, model.get_weights()):
+            np.testing.assert_array_equal(b, a)
+    distiller.compile("adam", SCE, on_policy=kd.OnPolicy(
+        lmbda=1.0, prompt_length=PROMPT))
+    history = distiller.fit(x, labels, sample_weight=weights, verbose=0)
+    assert history.history["on_policy_fraction"] == [1.0]
+    assert any(not np.array_equal(b, a)
+               for b, a in zip(student_before, student.get_weights()))
+
+
+def test_a_data_set_too_short_for_the_prompt_is_refused_before_fit():
+    tf = pytest.importorskip("tensorflow")
+    x, labels, weights = lm_batch(4)
+    data = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(4)
+    distiller = kd.Distiller(gpt2("teacher", 32, 2), gpt2("student", 16))
+    distiller.compile("adam", SCE, on_policy=kd.OnPolicy(prompt_length=20))
+    with pytest.raises(ValueError, match="prompt_length=20 leaves nothing"):
+        distiller.fit(data, verbose=0)
+    assert distiller.train_function is None  # no step was traced
+
+
+def _recorded_fit(x, labels, weights, lmbda=1.0, optimizer="sgd"):
+    n = len(x["token_ids"])
+    teacher = RecordingTeacher(gpt2("teacher", 32, 2), n, name="teacher")
+    teacher(x)
+    student = gpt2("student", 16, seed=3)
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(optimizer, SCE, alpha=0.0, temperature=1.0,
+                      distillation_loss="forward_kl",
+                      on_policy=kd.OnPolicy(lmbda=lmbda, prompt_length=PROMPT,
+                                            top_k=1))
+    before = [w.copy() for w in student.get_weights()]
+    history = distiller.fit(x, labels, sample_weight=weights, batch_size=n,
+                            shuffle=False, verbose=0)
+    return to_numpy(teacher.seen), history.history, before, student
+
+
+def test_rows_of_padding_or_weighted_zero_are_never_sampled():
+    # Issue #16: a padding-only row with weight 0 was regenerated from an
+    # empty prompt and weighted 1 on every position.
+    x, labels, weights = lm_batch(8, seed=1)
+    x["token_ids"][0] = 0
+    x["padding_mask"][0] = False
+    weights[0] = 0.0  # a row of padding only
+    weights[1] = 0.0  # real tokens the user weighted 0
+    seen, logs, _, _ = _recorded_fit(x, labels, weights)
+    np.testing.assert_array_equal(seen[:2], x["token_ids"][:2])  # kept
+    assert (seen[2:] != x["token_ids"][2:]).any()  # the others sampled
+    ends = prompt_ends(x)
+    assert logs["on_policy_fraction"] == [6 / 8]
+    assert logs["generated_tokens"] == [(LENGTH - ends[2:]).sum()]
+
+
+def test_a_batch_of_padding_only_gives_a_zero_loss_and_no_update():
+    x, labels, weights = lm_batch(4, seed=2)
+    x["token_ids"][:] = 0
+    x["padding_mask"][:] = False
+    weights[:] = 0.0
+    seen, logs, before, student = _recorded_fit(x, labels, weights)
+    np.testing.assert_array_equal(seen, x["token_ids"])  # nothing sampled
+    assert logs["loss"] == [0.0] and logs["generated_tokens"] == [0.0]
+    for b, a in zip(before, student.get_weights()):  # SGD: no update
+        np.testing.assert_array_equal(b, a)
+
+
+def test_left_padded_rows_are_refused_or_kept():
+    x, labels, weights = lm_batch(4, seed=3)
+    left = {key: np.flip(value, axis=1).copy() for key, value in x.items()}
+    distiller = kd.Distiller(gpt2("teacher", 32, 2), gpt2("student", 16))
+    distiller.compile("sgd", SCE, on_policy=kd.OnPolicy(prompt_length=PROMPT))
+    with pytest.raises(ValueError, match=r"right-padded.*rows \[0, 1, 2, 3\]"
+                       r".*left padding.*Pad on the right"):
+        distiller.fit(left, np.flip(labels, 1), verbose=0)
+    # Inside the step (data the pre-fit check cannot read), a left-padded
+    # row keeps its own tokens.
+    tf = pytest.importorskip("tensorflow")
+    if keras.config.backend() != "tensorflow":
+        return
+    x, labels, weights = lm_batch(4, seed=3)
+    for key in x:
+        x[key][0] = np.flip(x[key][0])
+    teacher = RecordingTeacher(gpt2("teacher", 32, 2), 4, name="teacher")
+    teacher(x)
+    distiller = kd.Distiller(teacher, gpt2("student", 16))
+    distiller.compile("sgd", SCE, alpha=0.0, on_policy=kd.OnPolicy(
+        lmbda=1.0, prompt_length=PROMPT))
+    data = tf.data.Dataset.from_tensor_slices((x, labels, weights)).batch(4)
+    logs = distiller.fit(data, shuffle=False, verbose=0).history
+    seen = to_numpy(teacher.seen)
+    np.testing.assert_array_equal(seen[0], x["token_ids"][0])
+    assert logs["on_policy_fraction"] == [3 / 4]
+
+
+def test_on_policy_metrics_are_logged_without_labels():
+    x, _, weights = lm_batch(4, seed=4)
+    distiller = kd.Distiller(gpt2("teacher", 32, 2), gpt2("student", 16))
+    distiller.compile("sgd", None, on_policy=kd.OnPolicy(
+        lmbda=1.0, prompt_length=PROMPT))
+    logs = distiller.fit(x, sample_weight=weights, verbose=0).history
+    assert logs["on_policy_fraction"] == [1.0]
+    assert logs["generated_tokens"] == [(LENGTH - prompt_ends(x)).sum()]
+    assert "sampling_seconds" in logs and "distillation_loss" in logs
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(lmbda=1.5), r"lmbda must be in \[0, 1\], got 1.5: the probability "
+     "that a sequence is continued by the student"),
+    (dict(lmbda="half"), "lmbda must be in"),
+    (dict(top_p="abc"), r"top_p must be a number in \(0, 1\] or None, got "
+     "'abc'"),
+    (dict(top_k=True), "top_k must be an integer >= 1 or None"),
+    (dict(top_k=2.5), "top_k must be an integer >= 1 or None"),
+    (dict(seed="x"), "seed must be an integer or None, got 'x'"),
+    (dict(temperature=1e-30), "on-policy temperature must be > 0"),
+])
+def test_on_policy_arguments_get_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message) as error:
+        kd.OnPolicy(**kwargs)
+    assert "alpha" not in str(error.value)

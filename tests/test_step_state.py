@@ -208,3 +208,128 @@ def test_cached_logits_of_several_teachers_train_as_live():
                                    err_msg=key)
     for a, b in zip(w_live, w_cached):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+class _FailsWhenTraining(keras.layers.Layer):
+    """Identity that raises while ``armed`` in a training call: inside the
+    traced step of ``fit`` (Keras builds the model with ``training=False``)."""
+
+    armed = True
+
+    def call(self, x, training=None):
+        if training and self.armed:
+            raise RuntimeError("raised inside the training step")
+        return x
+
+
+def test_an_error_inside_a_step_leaves_the_models_readable_and_trainable():
+    # JAX's trainer empties the variables while its compiled steps run; an
+    # error escaping the first step used to leave them empty: get_weights()
+    # raised TypeError and every later fit failed (issue 28 #1).
+    x, y = _data()
+    inputs = keras.Input((64,))
+    fails = _FailsWhenTraining()
+    student = keras.Model(inputs, keras.layers.Dense(10)(fails(
+        keras.layers.Dense(8, activation="relu")(inputs))), name="student")
+    teacher = mlp(16, "teacher")
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(keras.optimizers.SGD(0.1), SCE)
+    teacher_before = [w.copy() for w in teacher.get_weights()]
+    student_before = [w.copy() for w in student.get_weights()]
+    with pytest.raises(RuntimeError, match="inside the training step"):
+        distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for before, after in ((teacher_before, teacher.get_weights()),
+                          (student_before, student.get_weights())):
+        for b, a in zip(before, after):
+            np.testing.assert_array_equal(b, a)
+    fails.armed = False
+    history = distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    assert any(not np.array_equal(b, a)
+               for b, a in zip(student_before, student.get_weights()))
+    for b, a in zip(teacher_before, teacher.get_weights()):
+        np.testing.assert_array_equal(b, a)
+
+
+class _FailsOnBatchesOf(keras.layers.Layer):
+    """Identity that raises when traced on a batch of ``size`` rows."""
+
+    def __init__(self, size, **kwargs):
+        super().__init__(**kwargs)
+        self.size = size
+
+    def call(self, x, training=None):
+        if training and x.shape[0] == self.size:
+            raise RuntimeError("raised inside a later step")
+        return x
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax",
+                    reason="JAX's trainer empties the variables during fit")
+def test_an_error_inside_a_later_step_keeps_the_trained_state():
+    # The last, smaller batch is traced anew and raises there: the weights
+    # are those the first two steps left, as a fit on those batches gives.
+    x, y = _data(40)
+
+    def student(size):
+        keras.utils.set_random_seed(1)
+        inputs = keras.Input((64,))
+        hidden = keras.layers.Dense(8, activation="relu")(inputs)
+        return keras.Model(inputs, keras.layers.Dense(10)(
+            _FailsOnBatchesOf(size)(hidden)), name="student")
+
+    teacher = mlp(16, "teacher")
+    teacher_before = teacher.get_weights()
+    failing, reference = student(8), student(-1)
+    trained = []
+    for model, data in ((failing, (x, y)), (reference, (x[:32], y[:32]))):
+        distiller = kd.Distiller(teacher, model)
+        distiller.compile(keras.optimizers.SGD(0.1), SCE)
+        if model is failing:
+            with pytest.raises(RuntimeError, match="inside a later step"):
+                distiller.fit(*data, batch_size=16, shuffle=False, verbose=0)
+        else:
+            distiller.fit(*data, batch_size=16, shuffle=False, verbose=0)
+        trained.append(model.get_weights())
+    for a, b in zip(*trained):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for b, a in zip(teacher_before, teacher.get_weights()):
+        np.testing.assert_array_equal(b, a)
+
+
+class _FailsWhileArmed(keras.layers.Layer):
+    """Identity that raises in any traced call while ``armed``."""
+
+    armed = False
+
+    def call(self, x, training=None):
+        if self.armed:
+            raise RuntimeError("raised inside the step")
+        return x
+
+
+def test_an_error_inside_evaluate_or_predict_leaves_the_models_readable():
+    x, y = _data()
+    inputs = keras.Input((64,))
+    fails = _FailsWhileArmed()
+    student = keras.Model(inputs, keras.layers.Dense(10)(fails(
+        keras.layers.Dense(8, activation="relu")(inputs))), name="student")
+    teacher = mlp(16, "teacher")
+    distiller = kd.Distiller(teacher, student)
+    distiller.compile(keras.optimizers.SGD(0.1), SCE)
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    before = [w.copy() for w in distiller.get_weights()]
+    fails.armed = True
+    for call in (lambda: distiller.evaluate(x, y, batch_size=8, verbose=0),
+                 lambda: distiller.predict(x, batch_size=8, verbose=0)):
+        with pytest.raises(RuntimeError, match="inside the step"):
+            call()
+        for b, a in zip(before, distiller.get_weights()):
+            np.testing.assert_array_equal(b, a)
+    fails.armed = False
+    logs = distiller.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    expected = np.mean([np.mean(np_kd(to_numpy(teacher(x[i:i + 8])),
+                                      to_numpy(student(x[i:i + 8])), 4.0))
+                        for i in range(0, 40, 8)])
+    np.testing.assert_allclose(logs["distillation_loss"], expected,
+                               rtol=1e-4)
