@@ -63,6 +63,9 @@ def _launch(argv, env=None):
     (["run", "--run-name", "../../escaped"], 2, "is not a folder name"),
     (["run", "--run-name", "/abs/path"], 2, "choose the parent folder with "
      "--output"),
+    # Refused by the parser, not by Distiller.compile after the teacher trained.
+    (["run", "--temperature", "1e-30"], 2, "a temperature in [0.01, 100]"),
+    (["search", "--temperatures", "1,500"], 2, "a temperature in [0.01, 100]"),
 ])
 def test_answers_without_importing_keras(argv, status, shown):
     got, out, err, imported = _launch(argv)
@@ -125,6 +128,10 @@ def test_written_out_names_match_keras_kd():
     import keras_kd
 
     assert parser.version() == keras_kd.__version__
+    from keras_kd import checks
+
+    assert options.TEMPERATURE_RANGE == (checks.MIN_TEMPERATURE,
+                                         checks.MAX_TEMPERATURE)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,

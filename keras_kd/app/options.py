@@ -165,6 +165,18 @@ def positive_float(name, example):
                   f"a positive finite number; e.g. --{name} {example}")
 
 
+# keras_kd.checks.check_temperature's range, written out so that the parser
+# needs no import of keras_kd (tests/test_launcher.py checks they agree).
+TEMPERATURE_RANGE = (0.01, 100.0)
+
+
+def temperature(name, example):
+    low, high = TEMPERATURE_RANGE
+    return number(float, lambda v: low <= v <= high,
+                  f"a temperature in [{low:g}, {high:g}] (below, T^2 underflows "
+                  f"and the loss teaches nothing); e.g. --{name} {example}")
+
+
 def positive_int(name, example):
     return number(int, lambda v: v >= 1,
                   f"a positive integer; e.g. --{name} {example}")

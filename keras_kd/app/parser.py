@@ -143,7 +143,7 @@ def add_run_parser(subparsers):
                    help="weight of the hard-label loss; 1 - alpha on the "
                    f"distillation loss (default: {d['alpha']}; "
                    f"{lm['alpha']} for --task causal-lm)")
-    p.add_argument("--temperature", type=options.positive_float("temperature", 4),
+    p.add_argument("--temperature", type=options.temperature("temperature", 4),
                    default=d["temperature"],
                    help="softening temperature (default: the objective's "
                    "usual value, " + ", ".join(
@@ -308,7 +308,7 @@ def add_search_parser(subparsers):
         options.objective, "objectives", "kd,dist"), default=d["objectives"],
         help="comma-separated objectives: " + ", ".join(OBJECTIVES))
     p.add_argument("--temperatures", type=options.comma_list(
-        options.positive_float("temperatures", "1,4"), "temperatures", "1,2,4"),
+        options.temperature("temperatures", "1,4"), "temperatures", "1,2,4"),
         default=d["temperatures"],
         help="comma-separated temperatures, tried with every objective but "
         "hard")
