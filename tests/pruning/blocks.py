@@ -67,8 +67,12 @@ def randomize(model, seed=0):
 def kill(model, conv, bn, channels):
     """Make ``channels`` of ``conv`` dead: zero filters and bias, and the
     BatchNorm after it with γ = β = 0."""
-    kernel, *rest = model.get_layer(conv).get_weights()
-    kernel[..., channels] = 0.0
+    layer = model.get_layer(conv)
+    kernel, *rest = layer.get_weights()
+    if isinstance(layer, keras.layers.DepthwiseConv2D):   # (kh, kw, C, 1)
+        kernel[:, :, channels, :] = 0.0
+    else:
+        kernel[..., channels] = 0.0
     rest = [b.copy() for b in rest]
     for b in rest:
         b[channels] = 0.0
