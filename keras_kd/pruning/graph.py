@@ -48,7 +48,8 @@ _PASS = tuple(getattr(L, name) for name in (
 _CHANNEL_MIXING = ("softmax", "log_softmax")
 _SUPPORTED = ("Dense, Conv1D/2D/3D (groups=1), DepthwiseConv1D/2D, "
               "SeparableConv1D/2D, Embedding, BatchNormalization, "
-              "LayerNormalization, Activation, ReLU, LeakyReLU, ELU, Softmax, "
+              "LayerNormalization, Normalization, Rescaling, Reshape (keeping the "
+              "last axis), Activation, ReLU, LeakyReLU, ELU, Softmax, "
               "pooling, ZeroPadding, Cropping, UpSampling, Dropout, Flatten, "
               "Add, Subtract, Multiply, Average, Maximum, Minimum, Concatenate")
 
@@ -118,7 +119,9 @@ class DependencyGraph:
         self.slices = []
         self.out = {}          # layer name -> channel ids of its output
         self.producers = {}    # layer name -> fresh ids it made
+        self.reshapes = {}     # Reshape layer name -> ids of its last axis
         self._walk()
+        self.slice_roots = [self.roots(s.ids) for s in self.slices]
         self.groups = self._groups()
 
     # union-find over channel ids ------------------------------------
@@ -268,10 +271,20 @@ class DependencyGraph:
                 and getattr(layer.activation, "__name__", "") in _CHANNEL_MIXING):
             self._freeze(a)   # mixes channels: a cut would change the others
             return a
-        if type(layer) is L.Activation or isinstance(layer, _PASS):
+        if isinstance(layer, (L.Normalization, L.Rescaling)):
+            # per-channel constants (usually on the input): kept whole
+            if type(layer) is L.Rescaling and np.ndim(layer.scale) == 0 \
+                    and np.ndim(layer.offset) == 0:
+                return a
+            self._freeze(a)
             return a
-        if type(layer) is L.Rescaling and np.ndim(layer.scale) == 0 \
-                and np.ndim(layer.offset) == 0:
+        if isinstance(layer, L.Reshape) \
+                and layer.input.shape[-1] == layer.output.shape[-1]:
+            # row-major: the last index of every element is unchanged;
+            # its target_shape[-1] follows the kept channels
+            self.reshapes[node.name] = a
+            return a
+        if type(layer) is L.Activation or isinstance(layer, _PASS):
             return a
         if isinstance(layer, _MERGE):
             width = layer.output.shape[-1]
@@ -319,8 +332,8 @@ class DependencyGraph:
         for names, roots in by_key.items():
             roots = np.array(sorted(roots, key=first.get), dtype=int)
             members = []
-            for s in self.slices:
-                if np.isin(self.roots(s.ids), roots).any():
+            for s, slice_roots in zip(self.slices, self.slice_roots):
+                if np.isin(slice_roots, roots).any():
                     members.append((s.layer, s.name, s.axis))
             groups.append(Group(names[0], list(names), len(roots), roots,
                                 members))
@@ -335,17 +348,17 @@ class DependencyGraph:
         """
         scores = {}
         for index, values in per_slice.items():
-            for root, v in zip(self.roots(self.slices[index].ids), values):
+            for root, v in zip(self.slice_roots[index], values):
                 scores[root] = scores.get(root, 0.0) + float(v)
         return scores
 
     def kept_positions(self, removed_roots):
         """``{layer: {weight index: {axis: kept positions}}}`` for the
         slices that lose at least one position when ``removed_roots`` go."""
-        removed = set(int(r) for r in removed_roots)
+        removed = np.asarray(list(removed_roots), dtype=int)
         kept = {}
-        for s in self.slices:
-            mask = np.array([r not in removed for r in self.roots(s.ids)])
+        for s, roots in zip(self.slices, self.slice_roots):
+            mask = ~np.isin(roots, removed)
             if mask.all():
                 continue
             kept.setdefault(s.layer, {}).setdefault(s.weight, {})[s.axis] = \

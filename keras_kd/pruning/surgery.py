@@ -44,7 +44,8 @@ def _default_never_prune(model):
 
 
 def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
-          round_to=1, calibration_data=None, loss=None, calibration_steps=None):
+          round_to=1, calibration_data=None, loss=None, calibration_steps=None,
+          params=None):
     """Remove the least important channels of every dependency group.
 
     Args:
@@ -64,6 +65,10 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
             batches, for ``"activation"`` and ``"taylor"``.
         loss: ``loss(y, y_pred)`` (or a Keras loss name) for ``"taylor"``.
         calibration_steps: the most batches of ``calibration_data`` to read.
+        params: a global budget instead of ``ratio``: the most parameters the
+            pruned model may have. The smallest share ``ratio`` (one for
+            every group, found by bisection) that meets it is used, and
+            reported as ``report["ratio"]``.
 
     Returns:
         ``(pruned_model, report)``. ``report["groups"]``: per group its
@@ -89,6 +94,31 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
     graph = DependencyGraph(model, never_prune)
     class_scores, fallback = importance.scores(
         graph, criterion, calibration_data, loss, calibration_steps)
+    if params is not None:
+        ratio = _ratio_for_budget(model, graph, class_scores, int(params),
+                                  min_channels, round_to)
+    removed, groups = _plan(graph, class_scores, ratio, min_channels, round_to)
+    positions = graph.kept_positions(removed)
+    gone = set(removed)
+    widths = {name: sum(int(r) not in gone for r in graph.roots(ids))
+              for name, ids in graph.reshapes.items()}
+    new = _rebuild(model, positions, widths)
+    layers = {}
+    for name, per_weight in positions.items():
+        layer = model.get_layer(name)
+        layers[name] = {layer.weights[w].name: {axis: idx.tolist()
+                                                for axis, idx in axes.items()}
+                        for w, axes in per_weight.items()}
+    return new, dict(
+        criterion=criterion, ratio=ratio, fallback_to_l1=fallback,
+        groups=groups, layers=layers, never_prune=sorted(never_prune),
+        params_before=model.count_params(), params_after=new.count_params(),
+        flops_before=counting.count_flops(model),
+        flops_after=counting.count_flops(new))
+
+
+def _plan(graph, class_scores, ratio, min_channels, round_to):
+    """The removed classes and the report's group entries for ``ratio``."""
     removed, groups = [], []
     for group in graph.groups:
         share = ratio.get(group.name, 0.0) if isinstance(ratio, dict) else ratio
@@ -101,20 +131,51 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
         groups.append(dict(name=group.name, producers=list(group.producers),
                            channels_before=group.size, channels_after=keep_n,
                            kept=kept.tolist()))
-    positions = graph.kept_positions(removed)
-    new = _rebuild(model, positions)
-    layers = {}
-    for name, per_weight in positions.items():
-        layer = model.get_layer(name)
-        layers[name] = {layer.weights[w].name: {axis: idx.tolist()
-                                                for axis, idx in axes.items()}
-                        for w, axes in per_weight.items()}
-    return new, dict(
-        criterion=criterion, fallback_to_l1=fallback, groups=groups,
-        layers=layers, never_prune=sorted(never_prune),
-        params_before=model.count_params(), params_after=new.count_params(),
-        flops_before=counting.count_flops(model),
-        flops_after=counting.count_flops(new))
+    return removed, groups
+
+
+def params_after(model, graph, removed):
+    """``count_params()`` of the model pruned of the classes ``removed``,
+    counted from the weight shapes without building it."""
+    removed = np.asarray(list(removed), dtype=int)
+    shapes = {}
+    for s, roots in zip(graph.slices, graph.slice_roots):
+        shape = shapes.setdefault(
+            (s.layer, s.weight),
+            list(model.get_layer(s.layer).weights[s.weight].shape))
+        shape[s.axis] = int((~np.isin(roots, removed)).sum())
+    total = model.count_params()
+    for (name, w), shape in shapes.items():
+        before = model.get_layer(name).weights[w].shape
+        total += int(np.prod(shape)) - int(np.prod(before))
+    return total
+
+
+def _ratio_for_budget(model, graph, class_scores, budget, min_channels,
+                      round_to):
+    """The smallest ratio in [0, 1) whose pruned model has <= budget
+    parameters (params fall as the ratio grows), by bisection."""
+    def count(share):
+        removed, _ = _plan(graph, class_scores, share, min_channels, round_to)
+        return params_after(model, graph, removed)
+
+    low, high = 0.0, 1.0 - 1e-9
+    if count(low) <= budget:
+        return low
+    smallest = count(high)
+    if smallest > budget:
+        raise ValueError(
+            f"params={budget} cannot be reached: pruning every group down to "
+            f"min_channels={min_channels} (round_to={round_to}) leaves "
+            f"{smallest} parameters. Raise params=, lower min_channels or "
+            "round_to, or remove layers from never_prune.")
+    for _ in range(40):
+        middle = (low + high) / 2
+        if count(middle) <= budget:
+            high = middle
+        else:
+            low = middle
+    return high
 
 
 def _check_args(ratio, min_channels, round_to):
@@ -128,10 +189,14 @@ def _check_args(ratio, min_channels, round_to):
                          f"{min_channels!r} and {round_to!r}.")
 
 
-def _rebuild(model, positions):
-    """The model with every weight sliced to its kept positions."""
+def _rebuild(model, positions, reshape_widths):
+    """The model with every weight sliced to its kept positions and each
+    Reshape's last target dimension set to its kept channels."""
     config = model.get_config()
     entries = nodes_lib.layer_entries(config)
+    for name, width in reshape_widths.items():
+        target = list(entries[name]["config"]["target_shape"])
+        entries[name]["config"]["target_shape"] = target[:-1] + [width]
     weights = {}
     for name, per_weight in positions.items():
         layer = model.get_layer(name)

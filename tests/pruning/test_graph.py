@@ -93,7 +93,7 @@ def test_sequential_and_layer_norm():
 def test_refusals_name_the_layer_and_the_fix():
     i = keras.Input((4, 4, 2))
     x = L.Conv2D(4, 1, name="c")(i)
-    x = L.Reshape((16, 4), name="reshape")(x)
+    x = L.Reshape((8, 8), name="reshape")(x)
     x = L.GlobalAveragePooling1D()(x)
     model = keras.Model(i, L.Dense(2, name="head")(x))
     with pytest.raises(ValueError, match="'reshape'.*Reshape.*never_prune"):

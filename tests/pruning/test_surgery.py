@@ -148,7 +148,47 @@ def test_refusals_name_the_fix():
         prune(model, ratio=0.5, round_to=0)
     i = keras.Input((4, 4, 2))
     x = L.Conv2D(4, 1, name="c")(i)
-    x = L.Reshape((16, 4), name="reshape")(x)
+    x = L.Reshape((8, 8), name="reshape")(x)
     x = L.GlobalAveragePooling1D()(x)
     with pytest.raises(ValueError, match="'reshape'"):
         prune(keras.Model(i, L.Dense(2, name="head")(x)), ratio=0.5)
+
+
+def test_squeeze_excitation_with_reshape_follows_the_kept_channels():
+    """EfficientNet's SE block: pooling, Reshape((1, 1, C)), reduce, expand,
+    Multiply; the Reshape's target shape shrinks with the channels."""
+    i = keras.Input((6, 6, 3))
+    x = L.Conv2D(8, 3, padding="same", activation="swish", name="c")(i)
+    s = L.GlobalAveragePooling2D(name="squeeze")(x)
+    s = L.Reshape((1, 1, 8), name="se_reshape")(s)
+    s = L.Conv2D(4, 1, activation="swish", name="se_reduce")(s)
+    s = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(s)
+    x = L.Multiply(name="excite")([x, s])
+    x = L.GlobalAveragePooling2D()(x)
+    model = randomize(keras.Model(i, L.Dense(3, name="head")(x)))
+    small, report = prune(model, ratio=0.5)
+    assert small.get_layer("se_reshape").target_shape == (1, 1, 4)
+    assert small.get_layer("se_expand").filters == 4
+    x = images()
+    np.testing.assert_allclose(_predict(small, x),
+                               _predict(_masked(model, report), x), atol=1e-5)
+
+
+def test_a_global_parameter_budget_picks_the_smallest_ratio():
+    model = randomize(resnet_block())
+    target = 1000          # 1515 at 8 channels, 1200 at 7, 921 at 6
+    small, report = prune(model, params=target)
+    assert report["params_after"] == small.count_params() <= target
+    # the smallest ratio: one channel fewer removed would break the budget
+    # (8 channels: ratios step by 1/8)
+    ratio = report["ratio"]
+    assert 0 < ratio < 1
+    _, looser = prune(model, ratio=ratio - 1 / 8)
+    assert looser["params_after"] > target
+    # per group counts by hand: both groups at 8 - ⌊8 ratio⌋ channels
+    w = 8 - int(np.floor(8 * ratio + 1e-9))
+    assert report["params_after"] == _resnet_counts(w, w)[0]
+    with pytest.raises(ValueError, match="params=10 cannot be reached.*min_channels=1"):
+        prune(model, params=10)
+    unpruned, report = prune(model, params=10 ** 6)
+    assert report["ratio"] == 0.0 and unpruned.count_params() == model.count_params()
