@@ -117,3 +117,21 @@ def test_refusals_name_the_layer_and_the_fix():
             return x
     with pytest.raises(ValueError, match="subclassed model"):
         DependencyGraph(Sub())
+
+
+def test_more_refusals_name_the_layer():
+    i = keras.Input((4, 4, 2))
+    x = L.Conv2D(4, 1, name="c")(i)
+    x = L.BatchNormalization(axis=1, name="bn_h")(x)
+    x = L.GlobalAveragePooling2D()(x)
+    with pytest.raises(ValueError, match="'bn_h'.*axis=1.*never_prune"):
+        DependencyGraph(keras.Model(i, L.Dense(2)(x)))
+    i = keras.Input((4, 4, 2))
+    x = L.MaxPooling2D(data_format="channels_first", name="pool_cf")(i)
+    with pytest.raises(ValueError, match="'pool_cf'.*channels_first"):
+        DependencyGraph(keras.Model(i, x))
+    model = keras.Sequential([keras.Input((3,)), L.Dense(4, name="lora"),
+                              L.Dense(2)])
+    model.get_layer("lora").enable_lora(2)
+    with pytest.raises(ValueError, match="'lora'.*LoRA or quantized"):
+        DependencyGraph(model)
