@@ -1,0 +1,18 @@
+"""Making the student from the teacher: structured pruning and low-rank
+factorization of Functional and Sequential Keras models (keras + numpy only,
+every backend).
+
+- :class:`DependencyGraph`: the channel groups that must be cut together.
+- :func:`prune`: a smaller model of the same layers, without masks.
+- :mod:`~keras_kd.pruning.importance`: L1/L2, BatchNorm scale, activation, Taylor.
+- :func:`factorize`: Dense / 1x1 convolutions split in two by truncated SVD.
+"""
+
+from keras_kd.pruning.graph import DependencyGraph, Group, Slice
+from keras_kd.pruning import importance
+from keras_kd.pruning.counting import count_flops, layer_flops
+from keras_kd.pruning.surgery import kept_count, prune
+from keras_kd.pruning.low_rank import factorize, factorizable, svd_rank
+
+__all__ = ["DependencyGraph", "Group", "Slice", "count_flops", "importance",
+           "kept_count", "layer_flops", "prune", "factorize", "factorizable", "svd_rank"]

@@ -1,0 +1,221 @@
+"""Structured pruning: a smaller model of the same layers with the kept weights.
+
+:func:`prune` scores every channel class (:mod:`keras_kd.pruning.importance`),
+removes the lowest-scored share of each dependency group
+(:class:`keras_kd.pruning.graph.DependencyGraph`) and rebuilds the model from
+its config with fewer units / filters, slicing every weight that is indexed
+by a removed channel. No masks: the result is an ordinary, smaller Keras model
+that saves, loads and exports like the original.
+
+Per group of ``n`` channels the number kept is
+
+    k = min(n, max(min_channels, round_to · ⌈(n − ⌊ratio · n⌋) / round_to⌉))
+
+so ``ratio`` is the share removed, ``round_to`` rounds the kept count up to a
+multiple (8 for fast kernels), and ``min_channels`` is a floor.
+"""
+
+import copy
+
+import keras
+import numpy as np
+
+from keras_kd.pruning import counting
+from keras_kd.pruning import importance
+from keras_kd.pruning import nodes as nodes_lib
+from keras_kd.pruning.graph import DependencyGraph
+
+_WIDTH_KEYS = ("units", "filters", "output_dim")
+
+
+def kept_count(n, ratio, min_channels=1, round_to=1):
+    """How many of ``n`` channels a group keeps (see the module docstring).
+
+    >>> kept_count(64, 0.3), kept_count(64, 0.3, round_to=8), kept_count(4, 0.9, min_channels=2)
+    (45, 48, 2)
+    """
+    keep = n - int(np.floor(ratio * n + 1e-9))
+    keep = int(round_to * np.ceil(keep / round_to))
+    return int(min(n, max(min_channels, keep)))
+
+
+def _default_never_prune(model):
+    return list(nodes_lib.output_names(model))
+
+
+def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
+          round_to=1, calibration_data=None, loss=None, calibration_steps=None,
+          params=None):
+    """Remove the least important channels of every dependency group.
+
+    Args:
+        model: a built Functional or Sequential model (``channels_last``)
+            made of the layers :class:`DependencyGraph` supports.
+        ratio: the share of each group's channels to remove, in [0, 1), or
+            a dict ``{group name: ratio}`` (a group is named after its first
+            producing layer; groups left out are not pruned).
+        criterion: ``"l1"``, ``"l2"``, ``"bn"``, ``"activation"`` or
+            ``"taylor"`` (see :mod:`keras_kd.pruning.importance`).
+        never_prune: layer names whose output channels are kept whole;
+            default: the layers producing the model's outputs (the
+            classifier). Model outputs are never cut in any case.
+        min_channels: the fewest channels a group keeps.
+        round_to: kept counts are rounded up to a multiple of it.
+        calibration_data: inputs, ``(x, y)``, or a finite data set of
+            batches, for ``"activation"`` and ``"taylor"``.
+        loss: ``loss(y, y_pred)`` (or a Keras loss name) for ``"taylor"``.
+        calibration_steps: the most batches of ``calibration_data`` to read.
+        params: a global budget instead of ``ratio``: the most parameters the
+            pruned model may have. The smallest share ``ratio`` (one for
+            every group, found by bisection) that meets it is used, and
+            reported as ``report["ratio"]``.
+
+    Returns:
+        ``(pruned_model, report)``. ``report["groups"]``: per group its
+        ``name``, ``producers``, ``channels_before``, ``channels_after`` and
+        ``kept`` (indices into the group's channels, in the first producer's
+        order); ``report["layers"][name][weight name]``: ``{axis: kept
+        indices}`` for every weight that lost positions (what the pruned
+        model's weights are sliced from); ``params_before/after`` (equal to
+        ``count_params()``) and ``flops_before/after``
+        (:func:`keras_kd.pruning.counting.count_flops`).
+
+    >>> import keras, numpy as np
+    >>> from keras_kd.pruning import prune
+    >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+    ...                       keras.layers.Dense(3, name="head")])
+    >>> small, report = prune(m, ratio=0.5)
+    >>> small.layers[0].units, report["params_before"], report["params_after"]
+    (8, 195, 99)
+    """
+    _check_args(ratio, min_channels, round_to)
+    if never_prune is None:
+        never_prune = _default_never_prune(model)
+    graph = DependencyGraph(model, never_prune)
+    class_scores, fallback = importance.scores(
+        graph, criterion, calibration_data, loss, calibration_steps)
+    if params is not None:
+        ratio = _ratio_for_budget(model, graph, class_scores, int(params),
+                                  min_channels, round_to)
+    removed, groups = _plan(graph, class_scores, ratio, min_channels, round_to)
+    positions = graph.kept_positions(removed)
+    gone = set(removed)
+    widths = {name: sum(int(r) not in gone for r in graph.roots(ids))
+              for name, ids in graph.reshapes.items()}
+    new = _rebuild(model, positions, widths)
+    layers = {}
+    for name, per_weight in positions.items():
+        layer = model.get_layer(name)
+        layers[name] = {layer.weights[w].name: {axis: idx.tolist()
+                                                for axis, idx in axes.items()}
+                        for w, axes in per_weight.items()}
+    return new, dict(
+        criterion=criterion, ratio=ratio, fallback_to_l1=fallback,
+        groups=groups, layers=layers, never_prune=sorted(never_prune),
+        params_before=model.count_params(), params_after=new.count_params(),
+        flops_before=counting.count_flops(model),
+        flops_after=counting.count_flops(new))
+
+
+def _plan(graph, class_scores, ratio, min_channels, round_to):
+    """The removed classes and the report's group entries for ``ratio``."""
+    removed, groups = [], []
+    for group in graph.groups:
+        share = ratio.get(group.name, 0.0) if isinstance(ratio, dict) else ratio
+        keep_n = kept_count(group.size, share, min_channels, round_to)
+        values = importance.group_scores(graph, group, class_scores)
+        # stable: equal scores keep the earlier channels
+        order = np.argsort(-values, kind="stable")
+        kept = np.sort(order[:keep_n])
+        removed.extend(int(r) for r in np.delete(group.roots, kept))
+        groups.append(dict(name=group.name, producers=list(group.producers),
+                           channels_before=group.size, channels_after=keep_n,
+                           kept=kept.tolist()))
+    return removed, groups
+
+
+def params_after(model, graph, removed):
+    """``count_params()`` of the model pruned of the classes ``removed``,
+    counted from the weight shapes without building it."""
+    removed = np.asarray(list(removed), dtype=int)
+    shapes = {}
+    for s, roots in zip(graph.slices, graph.slice_roots):
+        shape = shapes.setdefault(
+            (s.layer, s.weight),
+            list(model.get_layer(s.layer).weights[s.weight].shape))
+        shape[s.axis] = int((~np.isin(roots, removed)).sum())
+    total = model.count_params()
+    for (name, w), shape in shapes.items():
+        before = model.get_layer(name).weights[w].shape
+        total += int(np.prod(shape)) - int(np.prod(before))
+    return total
+
+
+def _ratio_for_budget(model, graph, class_scores, budget, min_channels,
+                      round_to):
+    """The smallest ratio in [0, 1) whose pruned model has <= budget
+    parameters (params fall as the ratio grows), by bisection."""
+    def count(share):
+        removed, _ = _plan(graph, class_scores, share, min_channels, round_to)
+        return params_after(model, graph, removed)
+
+    low, high = 0.0, 1.0 - 1e-9
+    if count(low) <= budget:
+        return low
+    smallest = count(high)
+    if smallest > budget:
+        raise ValueError(
+            f"params={budget} cannot be reached: pruning every group down to "
+            f"min_channels={min_channels} (round_to={round_to}) leaves "
+            f"{smallest} parameters. Raise params=, lower min_channels or "
+            "round_to, or remove layers from never_prune.")
+    for _ in range(40):
+        middle = (low + high) / 2
+        if count(middle) <= budget:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def _check_args(ratio, min_channels, round_to):
+    shares = ratio.values() if isinstance(ratio, dict) else [ratio]
+    for share in shares:
+        if not 0.0 <= share < 1.0:
+            raise ValueError(f"ratio={share!r} must be in [0, 1): the share "
+                             "of each group's channels to remove.")
+    if int(min_channels) < 1 or int(round_to) < 1:
+        raise ValueError("min_channels and round_to must be ints >= 1, got "
+                         f"{min_channels!r} and {round_to!r}.")
+
+
+def _rebuild(model, positions, reshape_widths):
+    """The model with every weight sliced to its kept positions and each
+    Reshape's last target dimension set to its kept channels."""
+    config = model.get_config()
+    entries = nodes_lib.layer_entries(config)
+    for name, width in reshape_widths.items():
+        target = list(entries[name]["config"]["target_shape"])
+        entries[name]["config"]["target_shape"] = target[:-1] + [width]
+    weights = {}
+    for name, per_weight in positions.items():
+        layer = model.get_layer(name)
+        arrays = [keras.ops.convert_to_numpy(w) for w in layer.weights]
+        for w, axes in per_weight.items():
+            for axis, idx in axes.items():
+                arrays[w] = np.take(arrays[w], idx, axis=axis)
+        weights[name] = arrays
+        layer_config = entries[name]["config"]
+        for key in _WIDTH_KEYS:
+            if key in layer_config:
+                layer_config[key] = int(arrays[_width_weight(layer)].shape[-1])
+    return nodes_lib.rebuild(model, copy.deepcopy(config), weights)
+
+
+def _width_weight(layer):
+    """Index of the weight whose last axis is the layer's width."""
+    names = [w.name for w in layer.weights]
+    for candidate in ("pointwise_kernel", "kernel", "embeddings"):
+        if candidate in names:
+            return names.index(candidate)
+    raise ValueError(f"Cannot resize the layer {layer.name!r}: no kernel.")
