@@ -21,7 +21,7 @@ from keras_kd import registration
 
 if TYPE_CHECKING:  # what type checkers and the API docs (griffe) read
     from keras_kd import (calibration, callbacks, data, export, objectives,
-                          quantization, soft_labels)
+                          pruning, quantization, soft_labels)
     from keras_kd.distiller import Distiller
     from keras_kd.objectives import (
         DIST, DKD, KD, LS, PKT, RKD, AttentionTransfer, CosineEmbedding,
@@ -47,7 +47,7 @@ _NAMES = {
 # Public submodules, imported on first use (`export` brings in the TFLite
 # converter, and `python -m keras_kd.export` must not find it imported).
 _MODULES = ("calibration", "callbacks", "data", "export", "objectives",
-            "quantization", "soft_labels")
+            "pruning", "quantization", "soft_labels")
 
 
 def __getattr__(name):
@@ -99,6 +99,7 @@ __all__ = [
     "data",
     "export",
     "objectives",
+    "pruning",
     "quantization",
     "soft_labels",
     "SoftLabels",

@@ -44,7 +44,7 @@ def test_import_loads_no_extra_and_no_other_backend():
     baseline = _modules_after("import keras")
     loaded = _modules_after(
         "import keras_kd, keras_kd.export, keras_kd.soft_labels, "
-        "keras_kd.hub, keras_kd.data")
+        "keras_kd.hub, keras_kd.data, keras_kd.pruning")
     assert loaded - baseline == set(), (loaded, baseline)
     assert BACKEND_MODULES[keras.backend.backend()] in baseline
 
