@@ -21,6 +21,7 @@ probabilities) as NumPy arrays and integer labels, and compute in float64.
 """
 
 import math
+import numbers
 
 import numpy as np
 
@@ -62,12 +63,40 @@ def _check(logits, labels):
     return z, y
 
 
+def _is_number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_temperature(temperature):
-    t = float(temperature)
-    if not (t > 0 and math.isfinite(t)):
+    if not (_is_number(temperature) and temperature > 0
+            and math.isfinite(temperature)):
         raise ValueError(f"temperature must be a positive finite number, got "
                          f"{temperature!r}; e.g. temperature=1.5.")
-    return t
+    return float(temperature)
+
+
+def _check_num_bins(num_bins):
+    if not (isinstance(num_bins, numbers.Integral)
+            and not isinstance(num_bins, bool) and num_bins >= 1):
+        raise ValueError(f"num_bins must be an integer >= 1, got "
+                         f"{num_bins!r}; e.g. num_bins=15 (Guo et al.).")
+    return int(num_bins)
+
+
+def _check_bounds(bounds):
+    """``(low, high)`` as floats with ``0 < low < high < inf``."""
+    fix = (f"pass two temperatures, bounds=(low, high) with 0 < low < high, "
+           f"e.g. bounds={TEMPERATURE_RANGE}.")
+    if isinstance(bounds, (str, bytes)) or not hasattr(bounds, "__len__") \
+            or len(bounds) != 2:
+        raise ValueError(f"bounds must be a pair (low, high), got "
+                         f"{bounds!r}; {fix}")
+    low, high = bounds
+    if not (_is_number(low) and _is_number(high) and 0 < low < high
+            and math.isfinite(high)):
+        raise ValueError(f"bounds must be 0 < low < high (finite numbers), "
+                         f"got {bounds!r}; {fix}")
+    return float(low), float(high)
 
 
 def _log_softmax(z):
@@ -138,9 +167,7 @@ def reliability(logits, labels, num_bins=DEFAULT_BINS, temperature=1.0):
     ([0, 0, 1, 0, 1], [0.0, 1.0])
     """
     z, y = _check(logits, labels)
-    if int(num_bins) < 1:
-        raise ValueError(f"num_bins must be >= 1, got {num_bins!r}; e.g. 15.")
-    num_bins = int(num_bins)
+    num_bins = _check_num_bins(num_bins)
     p = np.exp(_log_softmax(z / _check_temperature(temperature)))
     confidence = p.max(axis=1)
     correct = (p.argmax(axis=1) == y).astype("float64")
@@ -225,10 +252,11 @@ def fit_temperature(logits, labels, bounds=TEMPERATURE_RANGE, tol=1e-6):
     True
     """
     z, y = _check(logits, labels)
-    low, high = (float(b) for b in bounds)
-    if not 0 < low < high or not math.isfinite(high):
-        raise ValueError(f"bounds must be 0 < low < high, got {bounds!r}; "
-                         f"e.g. {TEMPERATURE_RANGE}.")
+    low, high = _check_bounds(bounds)
+    if not (_is_number(tol) and 0 < tol < 1):
+        # tol <= 0 would never end the search; the bracket is in log T.
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}; "
+                         "e.g. tol=1e-6.")
     rows = np.arange(len(y))
     z = z - z.max(axis=1, keepdims=True)  # the NLL does not change
     true = z[rows, y]
@@ -268,6 +296,14 @@ def with_temperature(model, temperature, name=None):
     like any student (the scaling is one multiplication). The original model
     is left unchanged and shares no weights with the copy.
 
+    A model that outputs probabilities (a softmax or sigmoid last layer, the
+    default of keras.applications and keras-hub classifiers) is refused with
+    a ValueError naming the fix: dividing probabilities by ``T`` is not
+    ``softmax(z / T)`` (the rows would sum to ``1 / T``). Build it with
+    ``activation=None`` (``classifier_activation=None``), copy the weights,
+    and add ``keras.layers.Softmax()`` after the returned model to serve
+    probabilities.
+
     Args:
         model: a functional or Sequential ``keras.Model`` with one logits
             output (a keras-kd student).
@@ -304,8 +340,90 @@ def with_temperature(model, temperature, name=None):
         raise ValueError(
             f"The model has {len(outputs)} outputs; temperature scaling "
             "needs one logits output.")
+    found = _probability_output(keras, model)
+    if found is not None:
+        raise ValueError(
+            f"with_temperature needs a model that outputs logits, but "
+            f"'{model.name}' outputs probabilities ({found}): dividing "
+            "probabilities by T gives rows that no longer sum to 1, not "
+            "softmax(z / T). Pass the same model built without its final "
+            "activation (activation=None on its last layer; "
+            "classifier_activation=None for keras.applications models, "
+            "activation=None for keras-hub classifiers), with the same "
+            "weights: logits_model.set_weights(model.get_weights()). Fit T "
+            "on that model's outputs too, and add keras.layers.Softmax() "
+            "after the returned copy to serve probabilities.")
     clone = keras.models.clone_model(model)
     clone.set_weights(model.get_weights())
     scaled = keras.layers.Rescaling(1.0 / t, name="temperature_scaling")(
         clone.outputs[0])
     return keras.Model(clone.inputs, scaled, name=name or model.name)
+
+
+def _output_layer(model):
+    """The layer of a graph model that produces its (single) output, or None.
+
+    Only public attributes: a layer whose ``output`` is the model's output
+    tensor (layers called more than once have no single ``output``).
+    """
+    target = model.outputs[0]
+    for layer in reversed(model.layers):
+        try:
+            out = layer.output
+        except (AttributeError, ValueError):
+            continue
+        if out is target:
+            return layer
+    return None
+
+
+def _probability_output(keras, model):
+    """How ``model``'s outputs come out as probabilities, or None for logits.
+
+    Looks at the layer producing the output (into nested models): a softmax
+    or sigmoid activation (``Dense(activation="softmax")``,
+    ``Activation("softmax")``, ``Softmax()``), as keras.applications and
+    keras-hub classifiers build it by default. Failing that, when every
+    input is a float tensor of known shape, the model is run on two random
+    rows: non-negative rows summing to 1 are probabilities whatever made
+    them. (``log_softmax`` outputs are logits up to a shift per row, so they
+    pass.)
+    """
+    softmax, sigmoid = (keras.activations.get("softmax"),
+                        keras.activations.get("sigmoid"))
+    current = model
+    while True:
+        layer = _output_layer(current)
+        if layer is None:
+            break
+        if isinstance(layer, keras.layers.Softmax):
+            return f"its last layer '{layer.name}' is a Softmax layer"
+        activation = getattr(layer, "activation", None)
+        for fn, name in ((softmax, "softmax"), (sigmoid, "sigmoid")):
+            if activation is fn:
+                return (f"its last layer '{layer.name}' applies "
+                        f"activation='{name}'")
+        if not (isinstance(layer, keras.Model) and getattr(
+                layer, "outputs", None) and len(layer.outputs) == 1):
+            break
+        current = layer  # a nested model's output is the outer one's
+    return _probabilities_on_random_rows(keras, model)
+
+
+def _probabilities_on_random_rows(keras, model):
+    specs = list(model.inputs)
+    if not all(None not in tuple(t.shape)[1:] and "float" in
+               keras.backend.standardize_dtype(t.dtype) for t in specs):
+        return None  # token ids, unknown lengths: not probed
+    rng = np.random.default_rng(0)
+    rows = [rng.standard_normal((2,) + tuple(t.shape)[1:]).astype(
+        keras.backend.standardize_dtype(t.dtype)) for t in specs]
+    try:
+        out = model(rows[0] if len(rows) == 1 else rows, training=False)
+        out = np.asarray(keras.ops.convert_to_numpy(out), "float64")
+    except Exception:  # noqa: BLE001 - an input structure the probe can't build
+        return None
+    if out.ndim >= 2 and out.shape[-1] > 1 and np.all(out >= 0) and \
+            np.allclose(out.sum(-1), 1.0, atol=1e-3):
+        return "every row of its outputs on random inputs is >= 0 and sums to 1"
+    return None

@@ -26,6 +26,8 @@ broadcasting rule), and scalar terms (relations over the batch) are used as
 they are.
 """
 
+import threading
+
 import keras
 from keras import ops
 
@@ -151,6 +153,7 @@ class Composition:
             f"{f.name}_loss" for f in self.feature_objectives]
         self.tracker = LossTerms(self.term_names)
         self.masks = masking.ElementMasks()
+        self._prepared = threading.local()  # see prepare()
 
     def prepare(self, y_pred, labels):
         """The batch's elements that count (see :mod:`keras_kd.masking`).
@@ -158,10 +161,25 @@ class Composition:
         Returns a dict: ``valid`` and ``labeled`` masks, the ``labels`` with
         values below 0 replaced by 0, and ``y_pred`` carrying the mask of
         labeled elements, for Keras's compiled loss and metrics.
+
+        A step asks twice, for its loss and for its metrics, with the same
+        ``y_pred`` and ``labels`` objects: the second call returns the first
+        one's dict and forgets it, so the masks are computed once per step
+        (on PyTorch, whose steps run eagerly, that saves two layer calls and
+        the mask ops at every step). Any other call computes afresh; the
+        dict is remembered per thread (``tf.distribute`` replicas run their
+        steps in threads).
         """
-        valid, labeled, labels = self.masks(y_pred, labels)
-        return {"valid": valid, "labeled": labeled, "labels": labels,
-                "y_pred": self.masks.attach(y_pred, labeled)}
+        memo = self._prepared
+        last = getattr(memo, "value", None)
+        memo.value = None
+        if last is not None and last[0] is y_pred and last[1] is labels:
+            return last[2]
+        valid, labeled, new_labels = self.masks(y_pred, labels)
+        batch = {"valid": valid, "labeled": labeled, "labels": new_labels,
+                 "y_pred": self.masks.attach(y_pred, labeled)}
+        memo.value = (y_pred, labels, batch)
+        return batch
 
     def __call__(self, batch, hard, y_pred, sample_weight, teacher_logits,
                  teacher_features, student_features, alpha, temperature,

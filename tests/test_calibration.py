@@ -169,3 +169,142 @@ def test_with_temperature_refuses_a_subclassed_model():
     model(np.ones((1, 3), "float32"))
     with pytest.raises(ValueError, match="keras.Model\\(inputs, model"):
         calibration.with_temperature(model, 2.0)
+
+
+# ----------------------------------------------------------------------
+# Models that output probabilities (issue 28 #19)
+# ----------------------------------------------------------------------
+def _np_softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _dense_head(activation, name="head"):
+    inputs = keras.Input((3,))
+    return keras.Model(inputs, keras.layers.Dense(
+        4, activation=activation, name="predictions")(inputs), name=name)
+
+
+def _softmax_layer_model():
+    inputs = keras.Input((3,))
+    z = keras.layers.Dense(4)(inputs)
+    return keras.Model(inputs, keras.layers.Softmax(name="probs")(z))
+
+
+def _activation_layer_model():
+    return keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                             keras.layers.Activation("softmax")])
+
+
+def _nested_softmax_model():
+    inputs = keras.Input((3,))
+    h = keras.layers.Dense(5, activation="relu")(inputs)
+    head = keras.Sequential([keras.Input((5,)),
+                             keras.layers.Dense(4, activation="softmax")],
+                            name="inner_head")
+    return keras.Model(inputs, head(h))
+
+
+def _lambda_softmax_model():  # no layer says "softmax": found by its outputs
+    inputs = keras.Input((3,))
+    z = keras.layers.Dense(4)(inputs)
+    return keras.Model(inputs, keras.layers.Lambda(
+        lambda t: keras.ops.softmax(t, axis=-1))(z))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: _dense_head("softmax"), lambda: _dense_head("sigmoid"),
+    _softmax_layer_model, _activation_layer_model, _nested_softmax_model,
+    _lambda_softmax_model,
+], ids=["dense_softmax", "dense_sigmoid", "softmax_layer", "activation",
+        "nested", "lambda"])
+def test_with_temperature_refuses_a_model_that_outputs_probabilities(make):
+    # Before the fix the copy's rows summed to 1 / T (0.5 at T = 2).
+    with pytest.raises(ValueError, match="outputs probabilities") as info:
+        calibration.with_temperature(make(), 2.0)
+    assert "classifier_activation=None" in str(info.value)
+    assert "set_weights" in str(info.value)
+
+
+def test_the_named_fix_gives_softmax_of_logits_over_t():
+    keras.utils.set_random_seed(1)
+    probs_model = _dense_head("softmax")
+    x = np.random.default_rng(2).standard_normal((6, 3)).astype("float32")
+    # The fix the error names: the same model without the activation, same
+    # weights, then Softmax after the calibrated copy.
+    logits_model = _dense_head(None, name="logits")
+    logits_model.set_weights(probs_model.get_weights())
+    scaled = calibration.with_temperature(logits_model, 2.0)
+    serving = keras.Sequential([scaled, keras.layers.Softmax()])
+    kernel, bias = probs_model.get_weights()
+    z = x.astype("float64") @ kernel + bias  # NumPy, independent of Keras
+    expected = _np_softmax(z / 2.0)
+    np.testing.assert_allclose(serving.predict(x, verbose=0), expected,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(serving.predict(x, verbose=0).sum(-1), 1.0,
+                               rtol=1e-6)
+    # The original model's probabilities are softmax(z), as built.
+    np.testing.assert_allclose(probs_model.predict(x, verbose=0),
+                               _np_softmax(z), rtol=1e-5, atol=1e-6)
+
+
+def test_with_temperature_accepts_log_softmax_outputs():
+    # Log-probabilities are logits shifted per row: softmax(log p / T) is
+    # softmax(z / T), so such a model is not refused.
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((3,))
+    dense = keras.layers.Dense(4)
+    model = keras.Model(inputs, keras.layers.Activation("log_softmax")(
+        dense(inputs)))
+    x = np.random.default_rng(4).standard_normal((5, 3)).astype("float32")
+    out = calibration.with_temperature(model, 3.0).predict(x, verbose=0)
+    kernel, bias = dense.get_weights()
+    np.testing.assert_allclose(_np_softmax(out.astype("float64")),
+                               _np_softmax((x @ kernel + bias) / 3.0),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("call, message", [
+    # (#25) each used to fail inside the function: an unpack error, a
+    # "'float' object is not iterable", "could not convert string to float"
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1],
+                                         bounds=(0.05,)), "a pair"),
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1],
+                                         bounds=0.05), "a pair"),
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1],
+                                         bounds=(0.05, 20.0, 40.0)), "a pair"),
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1],
+                                         bounds=("a", "b")), "finite numbers"),
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1],
+                                         bounds=(0.0, 1.0)), "0 < low < high"),
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1],
+                                         bounds=(1.0, np.inf)), "finite"),
+    # tol <= 0 never ended the golden-section search
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1], tol=0),
+     "tol must be"),
+    (lambda: calibration.fit_temperature(np.zeros((2, 2)), [0, 1], tol=-1.0),
+     "tol must be"),
+    (lambda: calibration.nll(np.zeros((2, 2)), [0, 1], temperature="abc"),
+     "temperature must be a positive"),
+    (lambda: calibration.softmax(np.zeros((2, 2)), temperature=None),
+     "temperature must be a positive"),
+    (lambda: calibration.ece(np.zeros((2, 2)), [0, 1], num_bins="abc"),
+     "num_bins must be an integer"),
+    (lambda: calibration.ece(np.zeros((2, 2)), [0, 1], num_bins=2.5),
+     "num_bins must be an integer"),
+])
+def test_malformed_arguments_get_a_clear_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_numpy_scalars_are_accepted_as_bounds_and_bins():
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(200, 4))
+    y = rng.integers(0, 4, 200)
+    t = calibration.fit_temperature(z, y, bounds=(np.float32(0.1),
+                                                  np.float64(10.0)))
+    assert t == pytest.approx(calibration.fit_temperature(z, y,
+                                                          bounds=(0.1, 10.0)))
+    assert calibration.ece(z, y, num_bins=np.int64(10)) == pytest.approx(
+        calibration.ece(z, y, num_bins=10))

@@ -14,15 +14,13 @@ from keras_kd.objectives.features import (
     attention_transfer_loss,
     fitnet_loss,
 )
+from keras_kd.objectives.dist import DIST, dist_loss
+from keras_kd.objectives.hard import HardDistillation, hard_loss
 from keras_kd.objectives.logits import (
-    DIST,
     DKD,
     KD,
     LS,
-    HardDistillation,
-    dist_loss,
     dkd_loss,
-    hard_loss,
     kd_loss,
     ls_loss,
     standardize_logits,

@@ -26,7 +26,7 @@ import keras
 from keras import ops
 
 from keras_kd.objectives.base import Objective, check_temperature
-from keras_kd.objectives.logits import _as_temperature, _f32
+from keras_kd.objectives.distributions import as_temperature, float32_tensor
 
 # Logit given to the classes outside the kept support: exp() of it underflows
 # to exactly 0 in float32, yet it stays finite, so gradients stay finite too.
@@ -144,9 +144,9 @@ def _log_probs(teacher_logits, student_logits, temperature, top_k, top_p,
     """``(log p̃, log q̃, T)``: float32 log-softmaxes over the kept support."""
     _check_single_teacher(teacher_logits, name)
     top_k, top_p = _check_top_k(top_k), _check_top_p(top_p)
-    T = _as_temperature(temperature)
-    t = _f32(teacher_logits) / T
-    s = _f32(student_logits) / T
+    T = as_temperature(temperature)
+    t = float32_tensor(teacher_logits) / T
+    s = float32_tensor(student_logits) / T
     _check_vocabulary(t, s)
     mask = _support(t, top_k, top_p)
     if mask is not None:

@@ -456,6 +456,12 @@ TEMPERATURE_ERROR = (r"temperature must be (a finite number )?> 0"
     (lambda: seq.skew_reverse_kl(T2, T2, alpha=1.5), r"0 <= alpha < 1"),
     (lambda: seq.forward_kl(T2, T2, temperature=0.0),
      TEMPERATURE_ERROR),
+    # (#25) strings and NaN name the argument and a valid value
+    (lambda: seq.ForwardKL(top_p="abc"), r"top_p must be a number.*'abc'"),
+    (lambda: seq.reverse_kl(T2, T2, top_p="abc"), r"top_p must be.*0.95"),
+    (lambda: seq.skew_kl(T2, T2, top_p=float("nan")), r"top_p must be"),
+    (lambda: seq.SkewKL(top_k="abc"), r"top_k must be an integer.*'abc'"),
+    (lambda: seq.generalized_jsd(T2, T2, top_k="5"), r"top_k must be"),
 ])
 def test_bad_options_raise(make, match):
     with pytest.raises(ValueError, match=match):
