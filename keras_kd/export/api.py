@@ -144,7 +144,18 @@ def input_spec(model):
     return shape, str(inputs[0].dtype)
 
 
-def _check_path(path, suffix):
+def check_path(path, suffix):
+    """``path`` as a string, refused unless it ends with ``suffix`` (when
+    given), and the folder it goes into, created if missing.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path, folder = check_path(os.path.join(tempfile.mkdtemp(), "s.tflite"),
+    ...                           ".tflite")
+    >>> os.path.isdir(folder)
+    True
+    """
     path = os.fspath(path)
     if suffix and not path.endswith(suffix):
         raise ValueError(
@@ -305,7 +316,7 @@ def to_keras(model, path):
     '/tmp/student.keras'
     """
     model = student_of(model)
-    path, _ = _check_path(path, ".keras")
+    path, _ = check_path(path, ".keras")
     saving.save_atomically(model, path)
     return path
 
@@ -343,7 +354,7 @@ def to_saved_model(model, path):
     True
     """
     model = student_of(model)
-    path, directory = _check_path(path, None)
+    path, directory = check_path(path, None)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{path!r} is a file; a SavedModel is a directory. "
                          "Pass a directory path such as 'saved_models/student'.")
@@ -467,7 +478,7 @@ def to_tflite(model, path, quantize="float32", representative_data=None,
         raise ValueError(f"latency_runs must be an int >= 0, got "
                          f"{latency_runs!r}; e.g. 50, or 0 to skip timing.")
     shape, dtype = input_spec(model)
-    path, directory = _check_path(path, ".tflite")
+    path, directory = check_path(path, ".tflite")
 
     representative = None
     if representative_data is not None:

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 from keras_kd.export import litert
-from keras_kd.export.api import _check_path, converted, student_of
+from keras_kd.export.api import check_path, converted, student_of
 
 LM_QUANTIZE_MODES = ("float32", "float16", "dynamic")
 """The precisions :func:`lm_to_tflite` offers (see
@@ -253,7 +253,7 @@ def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
     if not isinstance(latency_runs, int) or latency_runs < 0:
         raise ValueError(f"latency_runs must be an int >= 0, got "
                          f"{latency_runs!r}; e.g. 20, or 0 to skip timing.")
-    path, _ = _check_path(path, ".tflite")
+    path, _ = check_path(path, ".tflite")
     vocabulary_size = int(model.outputs[0].shape[-1]) if getattr(
         model, "outputs", None) else model.backbone.vocabulary_size
     sample = _sample(sample_token_ids, sequence_length, vocabulary_size)
