@@ -194,6 +194,25 @@ def test_a_missing_backend_is_one_line_naming_the_install(tmp_path, backend,
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_missing_extra_is_one_line_naming_the_install(tmp_path):
+    # The backend is there but the command's extra is not (a JAX user who
+    # installed keras-kd[jax] only): one line naming the extra, no traceback.
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['mnist1d'] = None\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path),
+                                                       str(ROOT)]))
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_kd.app.launcher", "run", "--quick",
+         "--output", str(tmp_path / "runs"), "--verbose", "0"], cwd=ROOT,
+        env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == ('keras-kd: error: mnist1d is needed here but is not '
+                         'installed. Install it with: pip install '
+                         '"keras-kd[data]"'), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_the_backend_is_found_as_keras_finds_it(tmp_path):
     (tmp_path / "keras.json").write_text('{"backend": "torch"}')
     assert launcher.keras_backend({"KERAS_HOME": str(tmp_path)}) == "torch"

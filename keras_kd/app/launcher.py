@@ -245,6 +245,14 @@ def main(argv=None):
         os.environ["KERAS_KD_VERBOSE"] = "1"
     try:
         return execute(args)
+    except ImportError as error:
+        # A missing optional dependency (keras_kd.extras.require names its
+        # pip line): one line, as for a missing backend; --verbose keeps the
+        # traceback.
+        if verbose or 'pip install "keras-kd[' not in str(error):
+            raise
+        sys.stderr.write(f"{PROG}: error: {error}\n")
+        return 1
     finally:
         if show:
             os.environ.pop("KERAS_KD_VERBOSE", None)
