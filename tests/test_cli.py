@@ -151,7 +151,8 @@ def test_run_report_values_match_independent_measurements(quick_run):
 @pytest.mark.parametrize("argv, message", [
     (["--alpha", "1.5"], "--alpha 0.1"),
     (["--temperature", "0"], "--temperature 4"),
-    (["--temperature", "inf"], "not a positive finite number"),
+    (["--temperature", "inf"], "is not a temperature in [0.01, 100]"),
+    (["--temperature", "0.001"], "is not a temperature in [0.01, 100]"),
     (["--learning-rate", "inf"], "not a positive finite number"),
     (["--learning-rate", "nan"], "not a positive finite number"),
     (["--epochs", "0"], "--epochs 20"),
