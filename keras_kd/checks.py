@@ -200,13 +200,17 @@ def check_pair(teacher, student, role="teacher", wider_teacher=False):
 
 
 def check_teacher_weights(teacher_weights, count=None):
-    """Per-teacher weights: non-negative, a positive sum, one per teacher."""
+    """Per-teacher weights: finite, non-negative, a positive sum, one per teacher."""
     if teacher_weights is None:
         return None
-    weights = [float(w) for w in teacher_weights]
-    if not weights or min(weights) < 0 or sum(weights) <= 0 or (
-            count is not None and len(weights) != count):
-        per = f" per teacher ({count})" if count is not None else " per teacher"
+    per = f" per teacher ({count})" if count is not None else " per teacher"
+    try:
+        weights = [float(w) for w in teacher_weights]
+    except (TypeError, ValueError):
+        weights = None   # a string, or items that are no numbers
+    if isinstance(teacher_weights, str) or not weights or min(weights) < 0 \
+            or sum(weights) <= 0 or not all(math.isfinite(w) for w in weights) \
+            or (count is not None and len(weights) != count):
         raise ValueError(
             f"teacher_weights must hold one non-negative weight{per} with a "
             f"positive sum, got {teacher_weights!r}; e.g. [0.5, 0.5]."

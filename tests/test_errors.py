@@ -426,3 +426,19 @@ def test_integer_one_hot_labels_train_with_categorical_crossentropy():
     logs = distiller.evaluate(x, one_hot, verbose=0, return_dict=True)
     expected = np_sparse_ce(labels, to_numpy(distiller.student(x))).mean()
     np.testing.assert_allclose(logs["student_loss"], expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ["ab", ["a", "b"], [1.0, float("nan")],
+                                     [1.0, float("inf")], [1.0], [-1.0, 2.0],
+                                     [0.0, 0.0], 3.0])
+def test_bad_teacher_weights_are_one_clear_error(weights):
+    t1, t2 = mlp(16, "t1"), mlp(16, "t2")
+    with pytest.raises(ValueError, match=r"teacher_weights must hold one "
+                       r"non-negative weight per teacher \(2\).*e\.g\. \[0\.5"):
+        kd.Distiller([t1, t2], mlp(8, "student"), teacher_weights=weights)
+
+
+def test_good_teacher_weights_are_kept_as_floats():
+    from keras_kd.checks import check_teacher_weights
+    assert check_teacher_weights((1, 3), count=2) == [1.0, 3.0]
+    assert check_teacher_weights(np.array([0.25, 0.75])) == [0.25, 0.75]
