@@ -40,9 +40,12 @@ def _owner(name, owners):
     return owners[best] if best is not None else None
 
 
-def carry_optimizer_state(old_optimizer, new_optimizer, pruned_model, report):
+def carry_optimizer_state(old_optimizer, new_optimizer, pruned_model, report,
+                          fresh=()):
     """Fill ``new_optimizer``'s variables from ``old_optimizer``'s, slicing
     the slots of pruned weights at the kept indices of ``report``.
+
+    Variables are matched by name (positions when names repeat).
 
     Args:
         old_optimizer: the optimizer that trained the unpruned model (built).
@@ -51,11 +54,13 @@ def carry_optimizer_state(old_optimizer, new_optimizer, pruned_model, report):
             pruned model itself, or a Distiller around it).
         pruned_model: the model :func:`~keras_kd.pruning.prune` returned.
         report: the report it returned (``report["layers"]``).
+        fresh: new weights whose slots keep their initial value (weights
+            created anew, such as a distillation adapter's).
 
     Returns:
         The names of the new optimizer's variables left at their initial
-        value because no old value maps onto them (for example the slots of
-        a distillation adapter whose input width changed).
+        value: the slots of ``fresh`` weights, and variables no old value
+        maps onto.
 
     >>> import keras, numpy as np
     >>> from keras_kd.pruning import prune, carry_optimizer_state
@@ -77,18 +82,31 @@ def carry_optimizer_state(old_optimizer, new_optimizer, pruned_model, report):
                          "on the pruned weights: call "
                          "new_optimizer.build(model.trainable_variables) first.")
     old_vars, new_vars = list(old_optimizer.variables), list(new_optimizer.variables)
-    if type(old_optimizer) is not type(new_optimizer) \
-            or len(old_vars) != len(new_vars):
+    if type(old_optimizer) is not type(new_optimizer):
         raise ValueError(
-            f"Cannot carry the state of {type(old_optimizer).__name__} "
-            f"({len(old_vars)} variables) into {type(new_optimizer).__name__} "
-            f"({len(new_vars)} variables): build the new optimizer from the "
+            f"Cannot carry the state of {type(old_optimizer).__name__} into "
+            f"{type(new_optimizer).__name__}: build the new optimizer from the "
             "old one's config (type(old).from_config(old.get_config())) on "
             "the pruned model's trainable weights.")
+    names = [v.name for v in old_vars]
+    if len(set(names)) == len(names):
+        by_name = dict(zip(names, old_vars))
+        pairs = [(by_name.get(v.name), v) for v in new_vars]
+    elif len(old_vars) == len(new_vars):
+        pairs = list(zip(old_vars, new_vars))
+    else:
+        raise ValueError(
+            f"Cannot match the {len(old_vars)} variables of the old "
+            f"{type(old_optimizer).__name__} (their names repeat) with the "
+            f"{len(new_vars)} of the new one.")
     owners = _slot_owners(pruned_model)
+    skipped = {w.path.replace("/", "_") for w in fresh}
     layers = report["layers"]
     untouched = []
-    for old, new in zip(old_vars, new_vars):
+    for old, new in pairs:
+        if old is None or any(new.name.startswith(key + "_") for key in skipped):
+            untouched.append(new.name)
+            continue
         value = keras.ops.convert_to_numpy(old)
         owner = _owner(new.name, owners)
         if owner is not None:

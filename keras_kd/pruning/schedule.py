@@ -265,8 +265,10 @@ class GradualPruning:
         new = _recompiled(model, new_net)
         reset = []
         if model.optimizer is not None and model.optimizer.built:
+            own = {id(v) for v in new_net.weights}
+            fresh = [v for v in new.trainable_variables if id(v) not in own]
             reset = optimizer_state.carry_optimizer_state(
-                model.optimizer, new.optimizer, new_net, report)
+                model.optimizer, new.optimizer, new_net, report, fresh)
         for group in report["groups"]:
             if group["name"] in self.kept:
                 self.kept[group["name"]] = [
@@ -274,7 +276,7 @@ class GradualPruning:
         report.update(epoch=int(epoch), sparsity=share, optimizer_reset=reset)
         self.reports.append(report)
         if self.verbose:
-            print(f"GradualPruning: epoch {epoch + 1}, sparsity {share:.3f}: "
+            print(f"GradualPruning: before epoch {epoch + 1}, sparsity {share:.3f}: "
                   f"{report['params_before']} -> {report['params_after']} "
                   f"parameters, {report['flops_before']} -> "
                   f"{report['flops_after']} FLOPs")
