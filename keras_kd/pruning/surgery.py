@@ -82,7 +82,8 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
         indices}`` for every weight that lost positions (what the pruned
         model's weights are sliced from); ``params_before/after`` (equal to
         ``count_params()``) and ``flops_before/after``
-        (:func:`keras_kd.pruning.counting.count_flops`).
+        (:func:`keras_kd.pruning.counting.count_flops`); ``budget``
+        (``{"params", "flops"}``), ``global_ranking`` and ``threshold``.
 
     >>> import keras, numpy as np
     >>> from keras_kd.pruning import prune

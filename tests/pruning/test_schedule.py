@@ -123,6 +123,29 @@ def test_the_distiller_is_rebuilt_around_the_pruned_student(distilled):
     assert int(keras.ops.convert_to_numpy(new.optimizer.iterations)) == 4
 
 
+def test_sgd_momentum_of_a_plain_model_follows_the_kept_channels():
+    model = randomize(resnet_block())
+    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _data()
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+    old = _optimizer_values(model.optimizer)
+    pruner = GradualPruning(PolynomialDecay(0.25, end_epoch=1), verbose=0)
+    new = pruner.prune_at(model, 1)
+    report = pruner.reports[-1]
+    got = _optimizer_values(new.optimizer)
+    assert isinstance(new.optimizer, keras.optimizers.SGD) and new is not model
+    for layer, weight in (("c1", "kernel"), ("bn1", "gamma"), ("head", "kernel")):
+        name = f"{new.get_layer(layer).path}_{weight}_momentum"
+        expected = old[name]
+        for axis, kept in report["layers"][layer][weight].items():
+            expected = np.take(expected, kept, axis=axis)
+        np.testing.assert_array_equal(got[name], expected)
+        assert np.abs(expected).max() > 0
+    assert report["optimizer_reset"] == []
+    assert int(got["iteration"]) == 1
+
+
 def _plain_model():
     model = randomize(resnet_block())
     model.compile(optimizer=keras.optimizers.Adam(0.01),
