@@ -6,13 +6,19 @@ every backend).
 - :func:`prune`: a smaller model of the same layers, without masks.
 - :mod:`~keras_kd.pruning.importance`: L1/L2, BatchNorm scale, activation, Taylor.
 - :func:`factorize`: Dense / 1x1 convolutions split in two by truncated SVD.
+- :class:`GradualPruning`: pruning on a :class:`PolynomialDecay` schedule
+  during ``fit()``, the optimizer state following the kept weights.
 """
 
 from keras_kd.pruning.graph import DependencyGraph, Group, Slice
 from keras_kd.pruning import importance
 from keras_kd.pruning.counting import count_flops, layer_flops
+from keras_kd.pruning import budget
 from keras_kd.pruning.surgery import kept_count, prune
 from keras_kd.pruning.low_rank import factorize, factorizable, svd_rank
+from keras_kd.pruning.optimizer_state import carry_optimizer_state
+from keras_kd.pruning.schedule import GradualPruning, PolynomialDecay
 
-__all__ = ["DependencyGraph", "Group", "Slice", "count_flops", "importance",
-           "kept_count", "layer_flops", "prune", "factorize", "factorizable", "svd_rank"]
+__all__ = ["DependencyGraph", "Group", "Slice", "budget", "count_flops", "importance",
+           "kept_count", "layer_flops", "prune", "factorize", "factorizable", "svd_rank",
+           "carry_optimizer_state", "GradualPruning", "PolynomialDecay"]

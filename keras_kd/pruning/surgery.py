@@ -12,7 +12,9 @@ Per group of ``n`` channels the number kept is
     k = min(n, max(min_channels, round_to · ⌈(n − ⌊ratio · n⌋) / round_to⌉))
 
 so ``ratio`` is the share removed, ``round_to`` rounds the kept count up to a
-multiple (8 for fast kernels), and ``min_channels`` is a floor.
+multiple (8 for fast kernels), and ``min_channels`` is a floor. Budgets in
+parameters or FLOPs, uniform or ranked across groups, are
+:mod:`keras_kd.pruning.budget`.
 """
 
 import copy
@@ -20,23 +22,16 @@ import copy
 import keras
 import numpy as np
 
+from keras_kd.pruning import budget
 from keras_kd.pruning import counting
 from keras_kd.pruning import importance
 from keras_kd.pruning import nodes as nodes_lib
+from keras_kd.pruning.budget import kept_count, params_after
 from keras_kd.pruning.graph import DependencyGraph
 
+__all__ = ["prune", "kept_count", "params_after"]
+
 _WIDTH_KEYS = ("units", "filters", "output_dim")
-
-
-def kept_count(n, ratio, min_channels=1, round_to=1):
-    """How many of ``n`` channels a group keeps (see the module docstring).
-
-    >>> kept_count(64, 0.3), kept_count(64, 0.3, round_to=8), kept_count(4, 0.9, min_channels=2)
-    (45, 48, 2)
-    """
-    keep = n - int(np.floor(ratio * n + 1e-9))
-    keep = int(round_to * np.ceil(keep / round_to))
-    return int(min(n, max(min_channels, keep)))
 
 
 def _default_never_prune(model):
@@ -45,7 +40,7 @@ def _default_never_prune(model):
 
 def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
           round_to=1, calibration_data=None, loss=None, calibration_steps=None,
-          params=None):
+          params=None, flops=None, global_ranking=False):
     """Remove the least important channels of every dependency group.
 
     Args:
@@ -69,6 +64,15 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
             pruned model may have. The smallest share ``ratio`` (one for
             every group, found by bisection) that meets it is used, and
             reported as ``report["ratio"]``.
+        flops: a budget in FLOPs per sample
+            (:func:`keras_kd.pruning.count_flops`), alone or with ``params``
+            (then both are met).
+        global_ranking: with ``params`` or ``flops``: rank the channels of
+            all groups together on their mean-normalised scores and remove
+            the least important model-wide until the budget is met (groups
+            then keep different shares; ``report["threshold"]`` is the
+            normalised score below which channels went, see
+            :mod:`keras_kd.pruning.budget`).
 
     Returns:
         ``(pruned_model, report)``. ``report["groups"]``: per group its
@@ -78,7 +82,8 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
         indices}`` for every weight that lost positions (what the pruned
         model's weights are sliced from); ``params_before/after`` (equal to
         ``count_params()``) and ``flops_before/after``
-        (:func:`keras_kd.pruning.counting.count_flops`).
+        (:func:`keras_kd.pruning.counting.count_flops`); ``budget``
+        (``{"params", "flops"}``), ``global_ranking`` and ``threshold``.
 
     >>> import keras, numpy as np
     >>> from keras_kd.pruning import prune
@@ -89,15 +94,26 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
     (8, 195, 99)
     """
     _check_args(ratio, min_channels, round_to)
+    params = budget.check_budget(params, "params")
+    flops = budget.check_budget(flops, "flops")
+    if global_ranking and params is None and flops is None:
+        raise ValueError(
+            "global_ranking=True ranks channels across groups against a "
+            "budget: pass params= or flops= (or drop global_ranking to "
+            "remove the same share of every group).")
     if never_prune is None:
         never_prune = _default_never_prune(model)
     graph = DependencyGraph(model, never_prune)
     class_scores, fallback = importance.scores(
         graph, criterion, calibration_data, loss, calibration_steps)
-    if params is not None:
-        ratio = _ratio_for_budget(model, graph, class_scores, int(params),
-                                  min_channels, round_to)
-    removed, groups = _plan(graph, class_scores, ratio, min_channels, round_to)
+    threshold = None
+    if params is not None or flops is not None:
+        keep, ratio, threshold = budget.keep_for_budget(
+            model, graph, class_scores, params, flops, min_channels, round_to,
+            global_ranking)
+    else:
+        keep = budget.uniform_keep(graph, ratio, min_channels, round_to)
+    removed, groups = budget.plan(graph, class_scores, keep)
     positions = graph.kept_positions(removed)
     gone = set(removed)
     widths = {name: sum(int(r) not in gone for r in graph.roots(ids))
@@ -111,71 +127,12 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
                         for w, axes in per_weight.items()}
     return new, dict(
         criterion=criterion, ratio=ratio, fallback_to_l1=fallback,
+        global_ranking=bool(global_ranking), threshold=threshold,
+        budget=dict(params=params, flops=flops),
         groups=groups, layers=layers, never_prune=sorted(never_prune),
         params_before=model.count_params(), params_after=new.count_params(),
         flops_before=counting.count_flops(model),
         flops_after=counting.count_flops(new))
-
-
-def _plan(graph, class_scores, ratio, min_channels, round_to):
-    """The removed classes and the report's group entries for ``ratio``."""
-    removed, groups = [], []
-    for group in graph.groups:
-        share = ratio.get(group.name, 0.0) if isinstance(ratio, dict) else ratio
-        keep_n = kept_count(group.size, share, min_channels, round_to)
-        values = importance.group_scores(graph, group, class_scores)
-        # stable: equal scores keep the earlier channels
-        order = np.argsort(-values, kind="stable")
-        kept = np.sort(order[:keep_n])
-        removed.extend(int(r) for r in np.delete(group.roots, kept))
-        groups.append(dict(name=group.name, producers=list(group.producers),
-                           channels_before=group.size, channels_after=keep_n,
-                           kept=kept.tolist()))
-    return removed, groups
-
-
-def params_after(model, graph, removed):
-    """``count_params()`` of the model pruned of the classes ``removed``,
-    counted from the weight shapes without building it."""
-    removed = np.asarray(list(removed), dtype=int)
-    shapes = {}
-    for s, roots in zip(graph.slices, graph.slice_roots):
-        shape = shapes.setdefault(
-            (s.layer, s.weight),
-            list(model.get_layer(s.layer).weights[s.weight].shape))
-        shape[s.axis] = int((~np.isin(roots, removed)).sum())
-    total = model.count_params()
-    for (name, w), shape in shapes.items():
-        before = model.get_layer(name).weights[w].shape
-        total += int(np.prod(shape)) - int(np.prod(before))
-    return total
-
-
-def _ratio_for_budget(model, graph, class_scores, budget, min_channels,
-                      round_to):
-    """The smallest ratio in [0, 1) whose pruned model has <= budget
-    parameters (params fall as the ratio grows), by bisection."""
-    def count(share):
-        removed, _ = _plan(graph, class_scores, share, min_channels, round_to)
-        return params_after(model, graph, removed)
-
-    low, high = 0.0, 1.0 - 1e-9
-    if count(low) <= budget:
-        return low
-    smallest = count(high)
-    if smallest > budget:
-        raise ValueError(
-            f"params={budget} cannot be reached: pruning every group down to "
-            f"min_channels={min_channels} (round_to={round_to}) leaves "
-            f"{smallest} parameters. Raise params=, lower min_channels or "
-            "round_to, or remove layers from never_prune.")
-    for _ in range(40):
-        middle = (low + high) / 2
-        if count(middle) <= budget:
-            high = middle
-        else:
-            low = middle
-    return high
 
 
 def _check_args(ratio, min_channels, round_to):
