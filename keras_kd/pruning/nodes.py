@@ -135,18 +135,47 @@ def layer_entries(config):
     return {entry["config"]["name"]: entry for entry in config["layers"]}
 
 
+def zero_initializers(layer_config):
+    """Replaces the initializers of one layer's config by ``"zeros"``, in
+    place, and returns the originals (``{key: value}``).
+
+    A rebuilt layer's weights are all set from the pruned arrays, so its
+    initializers never matter; random ones cost a compile per new weight
+    shape under JAX (seconds each), zeros almost nothing.
+    """
+    original = {key: value for key, value in layer_config.items()
+                if key.endswith("_initializer") and value is not None}
+    for key in original:
+        layer_config[key] = "zeros"
+    return original
+
+
+def restore_initializers(layer, original):
+    """Gives ``layer`` back the initializers ``zero_initializers`` took, so
+    its config (and a later ``from_config``) is the original one."""
+    for key, value in original.items():
+        if hasattr(layer, key):
+            setattr(layer, key, keras.initializers.get(value))
+
+
 def rebuild(model, config, weights):
     """A new model of ``model``'s class from an edited ``config``.
 
     ``weights`` maps layer names to the list of arrays to set; layers not
     in it keep the weights of the layer of the same name in ``model``.
     Each layer's stored ``build_config`` (its old input shape) is dropped so
-    that layers are built for their new inputs.
+    that layers are built for their new inputs; layers are built with zero
+    initializers (every weight is then set) and get their own back.
     """
+    initializers = {}
     for entry in config["layers"]:
         entry.pop("build_config", None)
+        initializers[entry["config"]["name"]] = zero_initializers(
+            entry["config"])
     cls = keras.Sequential if is_sequential(model) else keras.Model
     new = cls.from_config(config)
+    for layer in new.layers:
+        restore_initializers(layer, initializers.get(layer.name, {}))
     for layer in new.layers:
         if layer.name in weights:
             layer.set_weights(weights[layer.name])

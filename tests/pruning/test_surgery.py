@@ -121,6 +121,24 @@ def test_save_and_load_a_pruned_model(tmp_path):
     assert [type(l) for l in again.layers] == [type(l) for l in model.layers]
 
 
+def test_a_pruned_model_keeps_the_original_initializers():
+    """The rebuild builds layers with zero initializers (their weights are all
+    set), then gives each its own back: configs and re-initialisation are
+    the original model's."""
+    model = randomize(mobilenet_block())
+    small, _ = prune(model, ratio=0.5)
+    for layer in model.layers:
+        before = layer.get_config()
+        after = small.get_layer(layer.name).get_config()
+        keys = [k for k in before if k.endswith("_initializer")]
+        for key in keys:
+            assert after[key] == before[key], (layer.name, key)
+    fresh = keras.Model.from_config(small.get_config())
+    kernels = [w for w in fresh.weights if "kernel" in w.path]
+    assert kernels and all(np.abs(keras.ops.convert_to_numpy(w)).max() > 0
+                           for w in kernels)
+
+
 def test_sequential_with_flatten_keeps_its_class():
     model = keras.Sequential([
         keras.Input((4, 4, 2)), L.Conv2D(6, 3, padding="same", name="c"),
