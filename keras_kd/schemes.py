@@ -268,6 +268,7 @@ def born_again(teacher, generations=2, x=None, y=None, make_student=None,
     if make_student is None:
         def make_student(k):
             clone = keras.models.clone_model(teacher)
+            clone.trainable = True  # a teacher a Distiller froze clones frozen
             inputs, outputs = clone.inputs, clone.outputs
             return keras.Model(inputs[0] if len(inputs) == 1 else inputs,
                                outputs[0] if len(outputs) == 1 else outputs,

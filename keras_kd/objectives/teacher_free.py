@@ -173,6 +173,9 @@ class ConstantLogits(keras.layers.Layer):
     (2, 3)
     """
 
+    # Read by the untrained-teacher check: a stand-in has nothing to score.
+    is_virtual_teacher = True
+
     def __init__(self, classes, **kwargs):
         super().__init__(**kwargs)
         self.classes = int(classes)

@@ -252,3 +252,15 @@ def test_registry_and_errors():
         obj.TfKD().compute(None, np.zeros((2, 3)), labels=None)
     with pytest.raises(ValueError, match="one output"):
         obj.virtual_teacher(keras.Sequential([keras.layers.Dense(3)]))
+
+
+def test_the_virtual_teacher_is_not_reported_untrained():
+    import warnings
+    student = mlp(8, "student")
+    distiller = kd.Distiller(teacher=obj.virtual_teacher(student),
+                             student=student)
+    distiller.compile(optimizer="sgd", distillation_loss="tfkd")
+    x, y = batch()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*untrained teacher")
+        distiller.fit(x, y, epochs=1, batch_size=16, verbose=0)
