@@ -268,7 +268,9 @@ def born_again(teacher, generations=2, x=None, y=None, make_student=None,
     if make_student is None:
         def make_student(k):
             clone = keras.models.clone_model(teacher)
-            clone.trainable = True  # a teacher a Distiller froze clones frozen
+            # A teacher that a Distiller froze clones into frozen layers.
+            for layer in [clone] + list(clone.layers):
+                layer.trainable = True
             inputs, outputs = clone.inputs, clone.outputs
             return keras.Model(inputs[0] if len(inputs) == 1 else inputs,
                                outputs[0] if len(outputs) == 1 else outputs,

@@ -80,7 +80,7 @@ def mlkd_loss(teacher_logits, student_logits, temperatures=MLKD_TEMPERATURES,
     >>> import numpy as np
     >>> from keras import ops
     >>> t = np.array([[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]])
-    >>> float(ops.max(mlkd_loss(t, t))) < 1e-6
+    >>> float(ops.max(mlkd_loss(t, t))) < 1e-4
     True
     """
     temperatures = _check_temperatures(temperatures)

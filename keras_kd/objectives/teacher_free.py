@@ -169,7 +169,7 @@ class ConstantLogits(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
-    >>> ConstantLogits(3)(np.ones((2, 5))).shape
+    >>> tuple(ConstantLogits(3)(np.ones((2, 5))).shape)
     (2, 3)
     """
 

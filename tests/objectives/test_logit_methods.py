@@ -14,7 +14,6 @@ from tests.references_logit_schemes import (
     ctkd as np_ctkd,
     ctkd_lambda as np_ctkd_lambda,
     ctkd_temperature as np_ctkd_temperature,
-    kd as np_kd,
     mlkd as np_mlkd,
     sparse_ce as np_sparse_ce,
     tfkd as np_tfkd,
