@@ -54,12 +54,13 @@ def mlkd_loss(teacher_logits, student_logits, temperatures=MLKD_TEMPERATURES,
     The batch and class terms couple the samples, so they are spread evenly
     over the samples (the vector's mean is the MLKD loss), as in
     :func:`~keras_kd.objectives.dist_loss`; logits of higher rank are
-    flattened to rows first. Follows the paper's equations. The authors'
-    code also multiplies each weak-augmentation term by the share of
-    samples (or classes) whose teacher confidence is below the batch
-    median, and adds the same terms on a strongly augmented view of the
-    batch; both are left out here (strong augmentation belongs to the
-    input pipeline).
+    flattened to rows first. The three terms and their normalisations
+    (T² on the KL, 1/B and 1/C on the Gram gaps) are those of the authors'
+    code (``kd_loss``, ``bc_loss``, ``cc_loss``). That code also multiplies
+    each weak-augmentation term by the share of samples (or classes) whose
+    teacher confidence is below the batch median, and adds the same terms
+    on a strongly augmented view of the batch; both are left out here
+    (strong augmentation belongs to the input pipeline).
 
     Usual settings: 𝒯 = {2, 3, 4, 5, 6}, all weights 1.
 
