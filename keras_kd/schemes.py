@@ -100,8 +100,11 @@ class MutualLearning(keras.Model):
         self.temperature = check_temperature(temperature, strict=True)
         self.kl_weight = check_number("kl_weight", kl_weight,
                                       "the paper's value is kl_weight=1.0.")
-        self._hard = keras.losses.get(loss) if loss is not None else \
+        hard = keras.losses.get(loss) if loss is not None else \
             keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if not isinstance(hard, keras.losses.Loss):  # a name or a function
+            hard = _mean_of(hard)
+        self._hard = hard
         names = [s.name for s in self.students]
         self._terms = LossTerms(
             [f"{n}_{part}" for n in names for part in ("loss", "kl")],
@@ -152,6 +155,17 @@ class MutualLearning(keras.Model):
         own = ([self._terms] if self.__dict__.get("_terms") else []) + list(
             self.__dict__.get("_accuracy", []))
         return super().metrics + own
+
+
+def _mean_of(loss_fn):
+    """A per-sample loss function reduced as Keras's losses are: the mean
+    of ``values · sample_weight`` over the batch."""
+    def reduced(y_true, y_pred, sample_weight=None):
+        values = ops.cast(loss_fn(y_true, y_pred), "float32")
+        if sample_weight is not None:
+            values = values * ops.cast(sample_weight, "float32")
+        return ops.mean(values)
+    return reduced
 
 
 def _fresh_optimizer(optimizer):
