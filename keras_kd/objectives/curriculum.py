@@ -13,6 +13,7 @@ from keras import ops
 
 from keras_kd.checks import check_number, check_teacher_weights, is_number
 from keras_kd.objectives.base import Objective, check_temperature
+from keras_kd.objectives.distributions import float32_tensor
 from keras_kd.objectives.logits import kd_loss
 
 
@@ -174,7 +175,12 @@ class CTKD(Objective):
                 temperature=None):
         theta = reverse_gradient(self._parameter.value, self._lambda.value)
         T = ctkd_temperature(theta, self.t_start, self.t_end)
-        return kd_loss(teacher_logits, student_logits, T,
+        # Tensors first: NumPy logits divided by a tensor T fail on PyTorch.
+        if isinstance(teacher_logits, (list, tuple)):
+            teacher_logits = [float32_tensor(t) for t in teacher_logits]
+        else:
+            teacher_logits = float32_tensor(teacher_logits)
+        return kd_loss(teacher_logits, float32_tensor(student_logits), T,
                        self.teacher_weights)
 
     def get_config(self):
