@@ -56,6 +56,7 @@ def conv_net(name, filters, embed, classes=10, input_shape=(8, 8, 1)):
 def configs(epochs):
     """(name, settings shown in the table, compile kwargs) per objective."""
     warmup = max(1, epochs // 4)
+    ramp = max(1, round(epochs * 10 / 240))  # CTKD: 10 of 240 epochs
     return [
         ("KD", "α=0.1, T=4", dict(alpha=0.1, temperature=4.0)),
         ("DKD", f"α_CE=0.5, T=4, α=1, β=8, warm-up {warmup} ep",
@@ -84,6 +85,14 @@ def configs(epochs):
         ("PKT", "CE + 30000·PKT (embed)", dict(
             alpha=1.0, distillation_loss=None, feature_losses=[
                 obj.PKT("teacher_embed", "student_embed", weight=30000.0)])),
+        # Logit methods: teacher-free, multi-level, curriculum temperature.
+        ("Tf-KD", "α_reg=0.1, a=0.99, T=20, multiplier 100 (weight 10); "
+         "teacher unused", dict(alpha=0.9, distillation_loss=obj.TfKD(
+             correct_prob=0.99, temperature=20.0, weight=10.0))),
+        ("MLKD", "α=0.1, T ∈ {2, 3, 4, 5, 6}, weights 1",
+         dict(alpha=0.1, distillation_loss="mlkd")),
+        ("CTKD", f"α=0.1, T = 1 + 20·σ(θ), θ₀=1, λ 0→1 over {ramp} ep",
+         dict(alpha=0.1, distillation_loss=obj.CTKD(decay_epochs=ramp))),
     ]
 
 

@@ -43,11 +43,13 @@ _NAMES = {
         ("DIST", "DKD", "KD", "LS", "PKT", "RKD", "AttentionTransfer",
          "CosineEmbedding", "FitNet", "HardDistillation",
          "SimilarityPreserving"), "keras_kd.objectives"),
+    **dict.fromkeys(("TfKD", "MLKD", "CTKD"), "keras_kd.objectives"),
+    "MutualLearning": "keras_kd.schemes",
 }
 # Public submodules, imported on first use (`export` brings in the TFLite
 # converter, and `python -m keras_kd.export` must not find it imported).
 _MODULES = ("calibration", "callbacks", "data", "export", "objectives",
-            "pruning", "quantization", "soft_labels")
+            "pruning", "quantization", "soft_labels", "schemes")
 
 
 def __getattr__(name):
@@ -95,6 +97,10 @@ __all__ = [
     "RKD",
     "SimilarityPreserving",
     "PKT",
+    "TfKD",
+    "MLKD",
+    "CTKD",
+    "MutualLearning",
     "callbacks",
     "data",
     "export",
@@ -102,6 +108,7 @@ __all__ = [
     "pruning",
     "quantization",
     "soft_labels",
+    "schemes",
     "SoftLabels",
     "compute_soft_labels",
     "__version__",

@@ -351,8 +351,9 @@ def warn_if_teacher_untrained(teachers, x, y, validation_data=None,
                 "keras.applications model with classifier_activation=None; "
                 "keep the softmax for serving in a separate model), or load "
                 "its weights into such a copy.")
-        if yb is None:
-            continue
+        if yb is None or any(getattr(layer, "is_virtual_teacher", False)
+                             for layer in getattr(teacher, "layers", [])):
+            continue  # no labels, or a stand-in teacher with nothing learned
         labels = yb
         if labels.ndim == logits.ndim and labels.shape[-1] == classes > 1:
             labels = labels.argmax(-1)  # one-hot

@@ -49,6 +49,22 @@ from keras_kd.objectives.relations import (
     rkd_loss,
     sp_loss,
 )
+# Logit methods: teacher-free (Tf-KD), multi-level (MLKD), curriculum
+# temperature (CTKD).
+from keras_kd.objectives.teacher_free import (
+    ConstantLogits,
+    TfKD,
+    tfkd_loss,
+    virtual_teacher,
+    virtual_teacher_probabilities,
+)
+from keras_kd.objectives.multilevel import MLKD, mlkd_loss
+from keras_kd.objectives.curriculum import (
+    CTKD,
+    ctkd_lambda,
+    ctkd_temperature,
+    reverse_gradient,
+)
 
 # Names usable as `distillation_loss=` in `Distiller.compile`: the label
 # objectives, then the token-level ones (any name maps to a class whose
@@ -60,6 +76,10 @@ LOGIT_OBJECTIVES = {
     "dist": DIST,
     "hard": HardDistillation,
     **SEQUENCE_OBJECTIVES,
+    # Logit methods: teacher-free, multi-level, curriculum temperature.
+    "tfkd": TfKD,
+    "mlkd": MLKD,
+    "ctkd": CTKD,
 }
 
 
