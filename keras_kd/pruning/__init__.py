@@ -13,6 +13,7 @@ from keras_kd.pruning import importance
 from keras_kd.pruning.counting import count_flops, layer_flops
 from keras_kd.pruning.surgery import kept_count, prune
 from keras_kd.pruning.low_rank import factorize, factorizable, svd_rank
+from keras_kd.pruning.transformers import prune_transformer  # noqa: F401 -- keras-hub models
 
 __all__ = ["DependencyGraph", "Group", "Slice", "count_flops", "importance",
            "kept_count", "layer_flops", "prune", "factorize", "factorizable", "svd_rank"]
