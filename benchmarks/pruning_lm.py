@@ -62,7 +62,7 @@ PRUNED = {
 VARIANTS = (
     "pruned (width), distilled", "pruned (width + depth), distilled",
     "random, distilled", "random, alone", "pruned (width), alone")
-QUICK = dict(steps=20, teacher_steps=40, max_bytes=40_000, sequence_length=32,
+QUICK = dict(steps=10, teacher_steps=20, max_bytes=20_000, sequence_length=32,
              batch_size=8, seeds=[0], calibration=16)
 QUICK_PRUNED = {  # the "tiny" teacher: 1 block, hidden 16, 32 units
     "pruned (width)": dict(hidden=8, intermediate=16),
