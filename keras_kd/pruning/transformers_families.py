@@ -50,7 +50,18 @@ _TOP_ROLES = (
 
 
 class Family:
-    """The prunable dimensions of one keras-hub backbone class."""
+    """The prunable dimensions of one keras-hub backbone class.
+
+    Example:
+
+    >>> gemma = FAMILIES["GemmaBackbone"]
+    >>> config = dict(num_layers=2, hidden_dim=16, num_query_heads=4,
+    ...               num_key_value_heads=2, head_dim=4, intermediate_dim=32)
+    >>> gemma.sizes(config)
+    {'L': 2, 'H': 16, 'N': 4, 'K': 2, 'D': 4, 'I': 16}
+    >>> gemma.axis_roles("decoder_block_0/attention/key/kernel", 3)
+    ('K', 'H', 'Dq')
+    """
 
     def __init__(self, name, heads_key, kv_key, head_dim_key, mlp_factor,
                  roles, head_dim_prunable, note):

@@ -102,6 +102,19 @@ def activation_importance(backbone, family, data, batch_size=16):
         A dict: ``"heads"`` (L, N), ``"query_key"`` (L, N, D),
         ``"value"`` (L, N, D), ``"units"`` (L, I), ``"hidden"`` (H,),
         ``"blocks"`` (L,), NumPy float64.
+
+    Example:
+
+    >>> import keras_hub
+    >>> from keras_kd.pruning.transformers_families import family_of
+    >>> backbone = keras_hub.models.GPT2Backbone(
+    ...     vocabulary_size=32, num_layers=2, num_heads=2, hidden_dim=8,
+    ...     intermediate_dim=16, max_sequence_length=4)
+    >>> x = {"token_ids": np.ones((2, 4), "int32"),
+    ...      "padding_mask": np.ones((2, 4), "int32")}
+    >>> scores = activation_importance(backbone, family_of(backbone), x)
+    >>> scores["heads"].shape, scores["units"].shape, scores["blocks"].shape
+    ((2, 2), (2, 16), (2,))
     """
     blocks = list(backbone.transformer_layers)
     means = {key: [_Mean() for _ in blocks] for key in (
