@@ -161,6 +161,19 @@ def test_pruned_bert_classifier_equals_the_masked_original():
              "feedforward_output_dense/kernel", _zero_rows(gone))
     assert type(small).__name__ == "BertTextClassifier"
     np.testing.assert_allclose(_out(small, x), _out(twin, x), atol=1e-5)
+    # whole heads and hidden channels: the pooler and the classifier's own
+    # kernel are cut on the hidden axis too
+    small, report = prune_transformer(model, heads=1, hidden=8,
+                                      calibration_data=x)
+    kept = report["hidden"]
+    old = {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+    new = {v.path: keras.ops.convert_to_numpy(v) for v in small.weights}
+    np.testing.assert_array_equal(new["pooled_dense/kernel"],
+                                  old["pooled_dense/kernel"][kept][:, kept])
+    head = [p for p in new if p.endswith("kernel") and new[p].shape == (8, 3)]
+    assert len(head) == 1
+    np.testing.assert_array_equal(new[head[0]], old[head[0]][kept])
+    assert _out(small, x).shape == (6, 3)
 
 
 def _block_scores(lm, x):
