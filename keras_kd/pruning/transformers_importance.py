@@ -75,8 +75,9 @@ def _recording(layers_and_hooks):
             del layer.call
 
 
-def _batches(data, batch_size):
-    """Dict batches of bounded calibration data."""
+def _batches(data, batch_size, inputs):
+    """Dict batches of bounded calibration data; a missing padding mask
+    (or BERT's segment ids) among ``inputs`` is all ones (zeros)."""
     if isinstance(data, (tuple, list)) and data and isinstance(data[0], dict):
         data = data[0]
     if not isinstance(data, dict) or "token_ids" not in data:
@@ -84,14 +85,22 @@ def _batches(data, batch_size):
             "calibration_data must be a dict of NumPy arrays with "
             "'token_ids' (and 'padding_mask', plus 'segment_ids' for BERT), "
             f"as the backbone takes them, or an (x, y) tuple of one; got "
-            f"{type(data).__name__}. Take a bounded sample of your data, "
-            "e.g. a few hundred windows, as arrays.")
+            f"{type(data).__name__}. A data set or generator, which may be "
+            "endless, is not read: take a bounded sample of your data, e.g. "
+            "a few hundred windows, as arrays.")
     arrays = {k: np.asarray(v) for k, v in data.items()}
     n = len(arrays["token_ids"])
-    if "padding_mask" not in arrays:
-        arrays["padding_mask"] = np.ones_like(arrays["token_ids"])
+    for name in ("padding_mask", "segment_ids"):  # all real, one segment
+        if name in inputs and name not in arrays:
+            arrays[name] = (np.ones_like if name == "padding_mask"
+                            else np.zeros_like)(arrays["token_ids"])
     for start in range(0, n, batch_size):
         yield {k: v[start:start + batch_size] for k, v in arrays.items()}
+
+
+def _input_names(model):
+    spec = model.input
+    return set(spec) if isinstance(spec, dict) else {"token_ids"}
 
 
 def activation_importance(backbone, family, data, batch_size=16):
@@ -167,7 +176,7 @@ def activation_importance(backbone, family, data, batch_size=16):
     hooks += [(layer, norm_hook(layer.name)) for layer in backbone.layers
               if "norm" in layer.name]
     with _recording(hooks):
-        for batch in _batches(data, batch_size):
+        for batch in _batches(data, batch_size, _input_names(backbone)):
             state["mask"] = np.asarray(batch["padding_mask"], np.float64)
             backbone(batch, training=False)
     if means["blocks"][0].weight == 0:
