@@ -281,6 +281,14 @@ def test_report_counts_parameters_and_flops():
     assert report["flops_after"] == flops
     assert report["sizes_after"] == {"L": 2, "H": 8, "N": 2, "K": 2,
                                      "D": 4, "I": 12}
+    # a backbone prunes to a backbone of its class, the same weights
+    backbone, again = prune_transformer(lm.backbone, layers=2, hidden=8,
+                                        intermediate=0.5, calibration_data=x)
+    assert type(backbone).__name__ == "GPT2Backbone"
+    assert again["params_after"] == backbone.count_params() == expected
+    for a, b in zip(backbone.weights, small.backbone.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a),
+                                      keras.ops.convert_to_numpy(b))
 
 
 def test_pruned_task_saves_and_loads(tmp_path):
