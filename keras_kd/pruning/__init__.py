@@ -6,6 +6,7 @@ every backend).
 - :func:`prune`: a smaller model of the same layers, without masks.
 - :mod:`~keras_kd.pruning.importance`: L1/L2, BatchNorm scale, activation, Taylor.
 - :func:`factorize`: Dense / 1x1 convolutions split in two by truncated SVD.
+- :func:`prune_transformer`: keras-hub GPT-2, BERT and Gemma in width and depth.
 - :class:`GradualPruning`: pruning on a :class:`PolynomialDecay` schedule
   during ``fit()``, the optimizer state following the kept weights.
 """
@@ -18,7 +19,9 @@ from keras_kd.pruning.surgery import kept_count, prune
 from keras_kd.pruning.low_rank import factorize, factorizable, svd_rank
 from keras_kd.pruning.optimizer_state import carry_optimizer_state
 from keras_kd.pruning.schedule import GradualPruning, PolynomialDecay
+from keras_kd.pruning.transformers import prune_transformer
 
 __all__ = ["DependencyGraph", "Group", "Slice", "budget", "count_flops", "importance",
            "kept_count", "layer_flops", "prune", "factorize", "factorizable", "svd_rank",
-           "carry_optimizer_state", "GradualPruning", "PolynomialDecay"]
+           "carry_optimizer_state", "GradualPruning", "PolynomialDecay",
+           "prune_transformer"]
