@@ -312,10 +312,10 @@ def markdown(runs, args, n_test):
                 f"| {row['quantize']} | {row['size_bytes'] / 1024:.1f} KiB"
                 + ("ᵃ " if row["file_shared"] else " ") +
                 f"| {_mean_std(row['latency_us']) if row['latency_us'] else '-'} |")
-        lines += ["", "ᵃ The float32 file of the model of the same "
-                  "architecture and size above it (pruned, DIST; default "
-                  "student, DIST): the same shapes give the same file, so "
-                  "it is exported once per architecture and seed.", "",
+        lines += ["", "ᵃ Measured on the float32 file of the unmarked row "
+                  "of the same architecture (pruned, DIST; default student, "
+                  "DIST): the same shapes give the same file, so it is "
+                  "exported once per architecture and seed.", "",
                   "Pruned, DIST minus random, DIST (points, paired 95% "
                   "interval): " + "; ".join(
                       f"seed {g['seed']} {100 * g['difference']:+.1f} "
