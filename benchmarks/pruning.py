@@ -83,6 +83,7 @@ ROWS = (
 LABELS = {key: label for key, label, _ in ROWS}
 QUICK = dict(seeds=1, epochs=1, teacher_epochs=1, samples=500,
              latency_runs=5)
+BUDGETS = ("student", "quarter")
 
 
 def _loss():
@@ -168,6 +169,7 @@ def run_seed(seed, args, data, out_dir):
                           model_name="student")
     budgets = {"student": default.count_params(),
                "quarter": pruned_lib.budget(teacher.count_params(), 0.25)}
+    budgets = {name: budgets[name] for name in args.budgets}
     out = {"seed": seed, "teacher_accuracy": teacher_acc,
            "teacher_parameters": int(teacher.count_params()),
            "teacher_flops": pruning.count_flops(teacher), "budgets": {}}
@@ -388,9 +390,15 @@ def parse(argv=None):
                         help="MNIST-1D signals generated (a fifth for "
                         "testing): keras-kd run's 5,000")
     parser.add_argument("--latency-runs", type=int, default=100)
+    parser.add_argument("--budgets", nargs="+", choices=BUDGETS,
+                        default=None,
+                        help="student: the default student's parameter "
+                        "count; quarter: a quarter of the teacher's (default: "
+                        "both; --quick: student)")
     parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 1 epoch, 500 signals: checks that the "
-                        "benchmark runs, measures nothing")
+                        help="1 seed, 1 epoch, 500 signals, the student "
+                        "budget: checks that the benchmark runs, measures "
+                        "nothing")
     parser.add_argument("--json", default=None,
                         help="also write the per-seed results here (a new "
                         "file)")
@@ -406,6 +414,8 @@ def parse(argv=None):
     if args.quick:
         for name, value in QUICK.items():
             setattr(args, name, value)
+    if args.budgets is None:
+        args.budgets = BUDGETS[:1] if args.quick else BUDGETS
     for name in ("seeds", "epochs", "teacher_epochs", "batch_size",
                  "latency_runs"):
         if getattr(args, name) < 1:

@@ -27,12 +27,9 @@ def test_quick_run_measures_every_row_within_its_budget(quick, capsys):
     teacher_params = run["teacher_parameters"]
     assert teacher_params == 125_770
     budgets = run["budgets"]
+    assert list(budgets) == ["student"]  # --quick: one budget
     assert budgets["student"]["budget"] == 3_162  # small_cnn's count
-    assert budgets["quarter"]["budget"] == teacher_params // 4
-    every = {key for key, _, _ in bench.ROWS}
-    assert set(budgets["student"]["rows"]) == every
-    assert set(budgets["quarter"]["rows"]) == every - {"default_alone",
-                                                      "default_dist"}
+    assert set(budgets["student"]["rows"]) == {key for key, _, _ in bench.ROWS}
     for name, b in budgets.items():
         rows = b["rows"]
         assert 0.0 <= b["pruned_accuracy_before"] <= 1.0
@@ -55,15 +52,13 @@ def test_quick_run_measures_every_row_within_its_budget(quick, capsys):
                    - rows["pruned_dist"]["accuracy"]) <= 1 / 100
         assert np.mean(rows["pruned_dist"]["correct"]) == pytest.approx(
             rows["pruned_dist"]["accuracy"])
-    assert budgets["quarter"]["rows"]["pruned_dist"]["parameters"] > \
-        budgets["student"]["rows"]["pruned_dist"]["parameters"]
-    # the default student once, each budget: float32, int8, QAD int8
-    assert len(list(out.glob("*.tflite"))) == 1 + 2 * 3
+    # the default student, and the pruned one as float32, int8, QAD int8
+    assert len(list(out.glob("*.tflite"))) == 1 + 3
     # The tables print again from the JSON.
     capsys.readouterr()
     bench.main(["--tables-from", str(out / "r.json")])
     printed = capsys.readouterr().out
-    assert printed.count("| student | test accuracy (%) |") == 2
+    assert printed.count("| student | test accuracy (%) |") == 1
     assert "| pruned, DIST, QAD int8 |" in printed
     assert "Pruned, DIST minus random, DIST" in printed
 
@@ -96,6 +91,14 @@ def test_summary_and_gains_against_independent_intervals():
         pytest.approx(expected)
     assert gains[0]["difference"] == pytest.approx(0.3)
     assert gains[1]["difference"] == pytest.approx(-0.3)
+
+
+def test_budgets_choose_the_tables(monkeypatch):
+    bench = benchmark_module("pruning")
+    assert bench.parse([])[0].budgets == ("student", "quarter")
+    assert bench.parse(["--quick"])[0].budgets == ("student",)
+    assert bench.parse(["--quick", "--budgets", "quarter"])[0].budgets == [
+        "quarter"]
 
 
 def test_lm_part_without_its_module_says_so(monkeypatch):

@@ -88,7 +88,6 @@ def prune_teacher(teacher, share, x, y, criterion=CRITERION,
             loss=loss)
     finally:
         teacher.trainable = trainable
-    model.trainable = True
     report = dict(report, share=float(share), budget=limit,
                   calibration_examples=n if criterion in (
                       "activation", "taylor") else 0)
