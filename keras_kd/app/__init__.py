@@ -8,7 +8,8 @@ no Keras), and the modules that run its commands
 :mod:`~keras_kd.app.runs` (each run's folder). What they build on: built-in
 models (:mod:`~keras_kd.app.models`), the report and its plots
 (:mod:`~keras_kd.app.report`, :mod:`~keras_kd.app.plots`,
-:mod:`~keras_kd.app.lm_report`). Unlike the library, this side may need
+:mod:`~keras_kd.app.lm_report`), the pruned teacher as a student
+(:mod:`~keras_kd.app.pruned`, ``keras-kd run --prune``). Unlike the library, this side may need
 TensorFlow, tensorflow-datasets, scikit-learn and matplotlib:
 ``pip install "keras-kd[app]"``.
 """

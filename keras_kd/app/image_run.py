@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from keras_kd.app import report
+from keras_kd.app import pruned, report
 from keras_kd.app.parser import apply_task_defaults
 from keras_kd.app.options import (
     DEFAULT_TEMPERATURE, DEFAULTS, QUICK, USUAL_TEMPERATURE)
@@ -121,7 +121,8 @@ class Run:
         self.args = args
         self.backend = keras.backend.backend()
         self.default_name = "-".join(
-            [args.dataset, args.teacher.lower(), args.student.lower()]
+            [args.dataset, args.teacher.lower(),
+             pruned.student_name(args).lower()]
             + ([kind] if kind else []) + [timestamp()])
         self.run_name = args.run_name or self.default_name
         self.run_dir = os.path.join(args.output, self.run_name)
@@ -247,11 +248,13 @@ def _train_student_alone(run):
 
 
     args = run.args
-    run.student = build(run, args.student, "student")
+    if getattr(run, "student", None) is None:  # --prune made it
+        run.student = build(run, args.student, "student")
     alone = keras.models.clone_model(run.student)
     alone.set_weights(run.student.get_weights())
-    stage(f"student {args.student} alone: {report.count_params(alone):,} "
-          f"parameters; training {args.epochs} epochs on the labels")
+    stage(f"student {pruned.student_name(args)} alone: "
+          f"{report.count_params(alone):,} parameters; training "
+          f"{args.epochs} epochs on the labels")
     _compile(alone, args.learning_rate)
     run.histories["student alone"] = _history(alone.fit(
         same_order_train(run), validation_data=run.splits.validation,
@@ -291,11 +294,15 @@ def _measure(run):
                         .as_numpy_iterator()))
     run.validation_labels = report.labels_of(run.splits.validation)
     run.records, run.correct = [], {}
-    for key, label, model, arch in (
-            ("teacher", "teacher", run.teacher, args.teacher),
-            ("student_alone", "student alone", run.alone, args.student),
-            ("student_distilled", "distilled student", run.student,
-             args.student)):
+    student = pruned.student_name(args)
+    models = [("teacher", "teacher", run.teacher, args.teacher),
+              ("student_alone", "student alone", run.alone, student),
+              ("student_distilled", "distilled student", run.student,
+               student)]
+    if getattr(run, "pruned_initial", None) is not None:
+        models.insert(1, ("student_pruned", "pruned student, before "
+                          "training", run.pruned_initial, student))
+    for key, label, model, arch in models:
         path = os.path.join(run.run_dir, f"{key}.keras")
         size = saving.save_model_only(model, path)
         # Accuracy, test NLL and ECE from one pass; a temperature fitted on
@@ -314,21 +321,29 @@ def _measure(run):
             latency_ms=report.keras_latency_ms(model, example,
                                                runs=args.latency_runs),
             runtime=f"keras ({run.backend})"))
+        if getattr(args, "prune", None) is not None:
+            from keras_kd.pruning import count_flops
+
+            run.records[-1]["flops"] = count_flops(model)
 
 
-def _export(run):
-    """Exports the distilled student with ``to_tflite``; a failure is
+def _export(run, quantize=None):
+    """Exports the distilled student with ``to_tflite`` (``quantize``:
+    ``--quantize`` by default; another mode adds a row); a failure is
     reported, and the trained models are kept."""
     args, splits = run.args, run.splits
-    path = os.path.join(run.run_dir, f"student_distilled_{args.quantize}"
+    main = quantize is None
+    quantize = args.quantize if main else quantize
+    path = os.path.join(run.run_dir, f"student_distilled_{quantize}"
                         ".tflite")
-    stage(f"exporting the distilled student to TFLite ({args.quantize}): "
+    stage(f"exporting the distilled student to TFLite ({quantize}): "
           f"{path}")
     try:
         from keras_kd import export
     except ImportError as error:
         stage(f"TFLite export unavailable ({error}); skipped")
-        run.export_info = {"error": str(error)}
+        if main:
+            run.export_info = {"error": str(error)}
         return
     representative = splits.train.map(report.inputs_of).unbatch().take(100) \
         .batch(1)
@@ -345,20 +360,39 @@ def _export(run):
               "split) into the exported student")
     try:
         result = export.to_tflite(
-            student, path, quantize=args.quantize,
+            student, path, quantize=quantize,
             representative_data=representative, eval_data=splits.test,
             latency_runs=args.latency_runs)
     except Exception as error:  # report, do not lose the trained models
-        return export_failed(run, error)
-    run.export_info = result.as_dict()
+        if main:
+            return export_failed(run, error)
+        stage(f"TFLite export ({quantize}) failed: "
+              f"{type(error).__name__}: {error}")
+        run.more_exports[quantize] = {"error": f"{type(error).__name__}: "
+                                               f"{error}"}
+        return None
+    if main:
+        run.export_info = result.as_dict()
+    else:
+        run.more_exports[quantize] = result.as_dict()
     run.records.append(dict(
-        key="student_tflite", label=f"distilled student, TFLite "
-        f"{args.quantize}{scaled}", path=str(result.path), parameters=None,
+        key="student_tflite" if main else f"student_tflite_{quantize}",
+        label=f"distilled student, TFLite {quantize}{scaled}",
+        path=str(result.path), parameters=None,
         size_bytes=int(result.size_bytes),
         test_accuracy=result.tflite_accuracy,
         **_tflite_calibration(run, str(result.path),
                               bool(getattr(result, "flex_ops", None))),
         latency_ms=result.latency_ms_median, runtime="tflite"))
+
+
+def _export_pruned(run):
+    """``--prune``: the pruned, distilled student as float32 and int8 both
+    (the modes ``--quantize`` did not already export)."""
+    run.more_exports = {}
+    for quantize in ("float32", "int8"):
+        if quantize != run.args.quantize:
+            _export(run, quantize)
 
 
 def _quantization_aware(run):
@@ -455,6 +489,9 @@ def _write_report(run):
         smoke=bool(run.args.quick))
     if getattr(run, "qat_info", None) is not None:
         result["quantization_aware"] = run.qat_info
+    if getattr(run, "prune_info", None) is not None:
+        result["pruning"] = dict(run.prune_info,
+                                 exports=getattr(run, "more_exports", {}))
     result["paths"] = report.write_report(run.run_dir, result)
     print()
     print(report.markdown_table(run.records))
@@ -488,11 +525,15 @@ def run(args):
     with temporary_files_in(state.run_dir):
         state.timed("data_s", load_data)
         state.timed("teacher_s", train_teacher)
+        if getattr(args, "prune", None) is not None:
+            state.timed("prune_s", pruned.prune_stage)
         state.timed("student_alone_s", _train_student_alone)
         state.timed("distillation_s", _distil)
         _measure(state)
         if not args.no_export:
             state.timed("export_s", _export)
+            if getattr(args, "prune", None) is not None:
+                state.timed("export_pruned_s", _export_pruned)
         if getattr(args, "qat", False):
             state.timed("qat_s", _quantization_aware)
     state.timings["total_s"] = time.perf_counter() - start

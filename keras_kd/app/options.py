@@ -87,6 +87,7 @@ IMAGE_ONLY = {
     "teacher_finetune": "leave it out", "finetune_epochs": "leave it out",
     "finetune_lr_factor": "leave it out", "calibrate": "leave it out",
     "mnist1d_samples": "leave it out", "qat": "leave it out",
+    "prune": "leave it out", "prune_criterion": "leave it out",
 }
 LM_ONLY = {
     "lm_teacher": "for images use --teacher", "lm_student":
@@ -116,6 +117,13 @@ APPLICATIONS = (
     "MobileNetV2", "MobileNetV3Large", "MobileNetV3Small", "NASNetLarge",
     "NASNetMobile", "ResNet101", "ResNet101V2", "ResNet152", "ResNet152V2",
     "ResNet50", "ResNet50V2", "VGG16", "VGG19", "Xception")
+
+# keras-kd run --prune: the names of keras_kd.pruning.importance.CRITERIA,
+# written out for --help (tests/app/test_pruned_run.py checks they agree),
+# and the default, the first-order Taylor criterion on labelled training
+# examples (keras_kd.app.pruned says why).
+PRUNE_CRITERIA = ("l1", "l2", "bn", "activation", "taylor")
+PRUNE_CRITERION = "taylor"
 
 # ----------------------------------------------------------------------
 # keras-kd search
@@ -294,6 +302,12 @@ mnist1d_samples = number(
     int, lambda v: v >= 20 and v % 10 == 0,
     "a multiple of 10 (one tenth per digit) of at least 20; e.g. "
     "--mnist1d-samples 5000")
+
+
+prune_share = number(
+    float, lambda v: 0.0 < v < 1.0,
+    "a share in (0, 1) of the teacher's parameters for the pruned student; "
+    "e.g. --prune 0.25 (a quarter)")
 
 
 def objective(text):

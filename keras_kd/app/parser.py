@@ -177,6 +177,18 @@ def add_run_parser(subparsers):
                    "student quantization-aware, on the labels (QAT) and from "
                    "the teacher (QAD), and report each int8 file next to the "
                    "post-training int8 one")
+    p.add_argument("--prune", type=options.prune_share, default=None,
+                   metavar="SHARE",
+                   help="the student is the trained teacher pruned "
+                   "(keras_kd.pruning: whole filters and units removed) to "
+                   "this share of its parameters, then distilled; the "
+                   "student alone is the same pruned model fine-tuned on the "
+                   "labels. Built-in teachers; leave out --student")
+    p.add_argument("--prune-criterion", choices=options.PRUNE_CRITERIA,
+                   default=None,
+                   help="with --prune: how channels are ranked (default: "
+                   f"{options.PRUNE_CRITERION}, on up to 1024 labelled "
+                   "training examples)")
     p.add_argument("--calibrate", action="store_true",
                    help="fold the temperature fitted on the validation split "
                    "into the exported student: calibrated probabilities, the "
@@ -426,6 +438,9 @@ def run_option_error(args):
         if getattr(args, dest) is not None:
             return (f"{_flag(dest)} applies to --task causal-lm: add --task "
                     f"causal-lm, or {fix}")
+    message = prune_option_error(args, given, defaults)
+    if message:
+        return message
     if args.qat and (args.quantize != "int8" or args.no_export):
         return ("--qat compares quantization-aware students with the "
                 "post-training int8 export: add --quantize int8 (and leave "
@@ -434,6 +449,40 @@ def run_option_error(args):
         return (f"--mnist1d-samples sizes the generated MNIST-1D, not "
                 f"--dataset {args.dataset}: add --dataset mnist1d, or size "
                 "the data with --max-train and --max-test")
+    return None
+
+
+def prune_option_error(args, given=None, defaults=None):
+    """The one-line error of ``--prune`` options that conflict; None when
+    they go together. ``given``: the image options ``argv`` set itself
+    (else an option counts as given when it differs from its default).
+
+    >>> args = build_parser().parse_args(["run", "--prune", "0.25",
+    ...                                   "--student", "mlp"])
+    >>> prune_option_error(args)[:40]
+    '--prune makes the student from the teach'
+    """
+    prune = getattr(args, "prune", None)
+    if prune is None:
+        if getattr(args, "prune_criterion", None) is not None:
+            return ("--prune-criterion ranks the channels that --prune "
+                    "removes: add --prune SHARE (e.g. --prune 0.25), or "
+                    "leave out --prune-criterion")
+        return None
+    if defaults is None:
+        defaults = add_run_parser(argparse.ArgumentParser().add_subparsers())
+    if ("student" in given if given is not None
+            else args.student != defaults.get_default("student")):
+        return (f"--prune makes the student from the teacher (the teacher "
+                f"pruned to {prune:g} of its parameters), so --student "
+                f"{args.student} has nothing to choose: leave out --student, "
+                "or leave out --prune to train that student")
+    if args.teacher not in options.BUILTIN_MODELS:
+        return (f"--prune cuts the built-in teachers ("
+                + ", ".join(options.BUILTIN_MODELS) + f"), not --teacher "
+                f"{args.teacher}, whose keras.applications backbone is a "
+                "nested model that keras_kd.pruning does not cut: choose a "
+                "built-in --teacher (e.g. cnn), or leave out --prune")
     return None
 
 

@@ -247,8 +247,11 @@ TABLE_COLUMNS = ("Model", "Parameters", "File", "Size", "Test accuracy",
 
 
 def rows_of(models):
-    """Table rows from the per-model records of a report."""
+    """Table rows from the per-model records of a report; with a
+    ``"FLOPs"`` column (:data:`FLOPS_COLUMN`) after the parameters when a
+    record carries ``flops`` (``keras-kd run --prune``)."""
     rows = []
+    flops = any("flops" in record for record in models)
     for record in models:
         acc = record.get("test_accuracy")
         lat = record.get("latency_ms")
@@ -263,12 +266,29 @@ def rows_of(models):
             "-" if ece is None else f"{100 * ece:.2f}%",
             "-" if lat is None else f"{lat:.3f}",
         ))
+        if flops:
+            count = record.get("flops")
+            rows[-1] = rows[-1][:2] + (
+                "-" if count is None else f"{count:,}",) + rows[-1][2:]
     return rows
 
 
+FLOPS_COLUMN = "FLOPs"
+
+
 def markdown_table(models):
-    """The comparison table as GitHub Markdown."""
-    return aligned_table(TABLE_COLUMNS, rows_of(models))
+    """The comparison table as GitHub Markdown (:data:`TABLE_COLUMNS`, and
+    :data:`FLOPS_COLUMN` when a record has ``flops``).
+
+    >>> print(markdown_table([dict(label="s", parameters=10, flops=40)]))
+    | Model | Parameters | FLOPs | File | Size | Test accuracy | Test NLL | ECE | Latency (ms) |
+    |-------|------------|-------|------|------|---------------|----------|-----|--------------|
+    | s     | 10         | 40    | -    | -    | -             | -        | -   | -            |
+    """
+    columns = TABLE_COLUMNS
+    if any("flops" in record for record in models):
+        columns = columns[:2] + (FLOPS_COLUMN,) + columns[2:]
+    return aligned_table(columns, rows_of(models))
 
 
 def aligned_table(columns, rows):
@@ -327,11 +347,15 @@ def write_report(run_dir, report):
     report = dict(report, plots=[os.path.basename(p) for p in plots])
     json_path = write_json(run_dir, report)
     cfg = report.get("config", {})
+    student = cfg.get("student")
+    if cfg.get("prune") is not None:
+        student = (f"{cfg.get('teacher')} pruned to {cfg['prune']:g} of its "
+                   "parameters")
     lines = [
         f"# keras-kd run `{os.path.basename(os.path.abspath(run_dir))}`",
         "",
         f"Dataset **{cfg.get('dataset')}**, teacher **{cfg.get('teacher')}**, "
-        f"student **{cfg.get('student')}**, objective **{cfg.get('objective')}** "
+        f"student **{student}**, objective **{cfg.get('objective')}** "
         f"(alpha={cfg.get('alpha')}, T={cfg.get('temperature')}), "
         f"{cfg.get('epochs')} epochs, Keras backend "
         f"**{report.get('backend')}**.",
@@ -340,6 +364,12 @@ def write_report(run_dir, report):
         markdown_table(report["models"]),
         "",
     ]
+    if report.get("pruning"):
+        from keras_kd.app import pruned
+
+        lines += [pruned.markdown(report["pruning"]) + " FLOPs: 2 x the "
+                  "multiply-accumulates of the Dense and convolution layers "
+                  "per example (`keras_kd.pruning.count_flops`).", ""]
     if report.get("gain"):
         sentence = gain_sentence(report["gain"], bool(cfg.get("quick")))
         lines += [sentence[0].upper() + sentence[1:] + ". The interval is "
