@@ -37,8 +37,8 @@ QUICK = dict(epochs=2, max_train=256, max_test=128, batch_size=32,
              latency_runs=5)
 # The names of keras_kd.objectives.LOGIT_OBJECTIVES, written out so that
 # --help needs no import of keras_kd (tests/test_launcher.py checks they agree).
-OBJECTIVES = ("dist", "dkd", "forward_kl", "gkd", "hard", "kd", "ls",
-              "reverse_kl", "skew_kl", "skew_reverse_kl")
+OBJECTIVES = ("ctkd", "dist", "dkd", "forward_kl", "gkd", "hard", "kd", "ls",
+              "mlkd", "reverse_kl", "skew_kl", "skew_reverse_kl", "tfkd")
 QUANTIZE_MODES = ("float32", "float16", "dynamic", "int8")
 # Datasets that need no download: scikit-learn's digits, MNIST-1D (generated
 # by the mnist1d package).

@@ -141,8 +141,9 @@ def prune_stage(run):
         model, report = prune_teacher(run.teacher, args.prune, x, y,
                                       criterion=criterion)
     except ValueError as error:
-        raise SystemExit(f"keras-kd run: --prune {args.prune:g}: {error}") \
-            from None
+        raise SystemExit(f"keras-kd run: --prune {args.prune:g}: {error} "
+                         "From the command: raise --prune, the student's "
+                         "share of the teacher's parameters.") from None
     initial = keras.models.clone_model(model)
     initial.set_weights(model.get_weights())
     run.student, run.pruned_initial, run.prune_info = model, initial, report

@@ -147,7 +147,7 @@ def test_prune_stage_names_an_unreachable_budget():
         splits=argparse.Namespace(
             train=tf.data.Dataset.from_tensor_slices((x, y)).batch(16)))
     with pytest.raises(SystemExit, match=r"--prune 0.001: params=3 cannot be "
-                       r"reached.*Raise params="):
+                       r"reached.*Raise the budget.*raise --prune"):
         pruned.prune_stage(run)
 
 
