@@ -53,7 +53,7 @@ def _launch(argv, env=None):
     (["--version"], 0, "keras-kd 0."),
     ([], 2, "usage: keras-kd"),
     (["run", "--seed", "-1"], 2, "e.g. --seed 0"),
-    (["run", "--objective", "nope"], 2, "choose one of dist"),
+    (["run", "--objective", "nope"], 2, "choose one of ctkd, dist"),
     # Model and data set names: answered from the parser's own lists.
     (["run", "--dataset", "cifar11"], 2, "Did you mean: cifar10"),
     (["run", "--teacher", "ResNet5O"], 2, "Did you mean: ResNet50"),
@@ -132,6 +132,28 @@ def test_written_out_names_match_keras_kd():
 
     assert options.TEMPERATURE_RANGE == (checks.MIN_TEMPERATURE,
                                          checks.MAX_TEMPERATURE)
+
+
+def test_own_temperature_names_the_objectives_that_ignore_it():
+    # The progress line says "<objective>'s own temperature" for these:
+    # their value must not change with the Distiller's temperature, and
+    # every other logit objective's must (so the list is complete).
+    import numpy as np
+
+    from keras_kd import objectives
+
+    rng = np.random.default_rng(0)
+    teacher = rng.normal(size=(4, 5)).astype("float32") * 3
+    student = rng.normal(size=(4, 5)).astype("float32")
+    labels = np.array([0, 1, 2, 3])
+    own = set()
+    for name in ("ctkd", "dist", "dkd", "kd", "ls", "mlkd", "tfkd"):
+        objective = objectives.get(name)
+        values = [float(np.sum(np.asarray(objective.compute(
+            teacher, student, labels=labels, temperature=t)))) for t in (1.0, 8.0)]
+        if np.isclose(values[0], values[1], rtol=1e-6):
+            own.add(name)
+    assert own == set(options.OWN_TEMPERATURE)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow_datasets") is None,

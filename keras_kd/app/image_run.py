@@ -28,7 +28,7 @@ import numpy as np
 from keras_kd.app import pruned, report
 from keras_kd.app.parser import apply_task_defaults
 from keras_kd.app.options import (
-    DEFAULT_TEMPERATURE, DEFAULTS, QUICK, USUAL_TEMPERATURE)
+    DEFAULT_TEMPERATURE, DEFAULTS, OWN_TEMPERATURE, QUICK, USUAL_TEMPERATURE)
 from keras_kd.app.runs import (
     export_failed, make_run_dir, stage, temporary_files_in, timestamp)
 
@@ -269,9 +269,11 @@ def _distil(run):
     from keras_kd.distiller import Distiller
 
     args = run.args
+    temperature = (f"{args.objective}'s own temperature"
+                   if args.objective in OWN_TEMPERATURE
+                   else f"temperature {args.temperature}")
     stage(f"distilling teacher -> student: objective {args.objective}, "
-          f"alpha {args.alpha}, temperature {args.temperature}, "
-          f"{args.epochs} epochs")
+          f"alpha {args.alpha}, {temperature}, {args.epochs} epochs")
     distiller = Distiller(teacher=run.teacher, student=run.student)
     distiller.compile(
         optimizer=keras.optimizers.Adam(args.learning_rate),

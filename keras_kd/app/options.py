@@ -33,6 +33,10 @@ DEFAULTS = dict(dataset="mnist1d", teacher="cnn", student="small_cnn",
 # standardization (Sun et al., 2024) T=2; Hinton KD and DKD T=4.
 USUAL_TEMPERATURE = {"dist": 1.0, "ls": 2.0}
 DEFAULT_TEMPERATURE = 4.0
+# Objectives that set their own temperatures (Tf-KD's virtual teacher,
+# MLKD's set of temperatures, CTKD's learned one): --temperature does not
+# reach them.
+OWN_TEMPERATURE = ("ctkd", "mlkd", "tfkd")
 QUICK = dict(epochs=2, max_train=256, max_test=128, batch_size=32,
              latency_runs=5)
 # The names of keras_kd.objectives.LOGIT_OBJECTIVES, written out so that
