@@ -284,7 +284,8 @@ class MGD(FeatureObjective):
 
     def generate(self, student_features, mask=None, training=False):
         """``G(mask ⊙ align(f_s))`` (no mask when ``mask`` is None)."""
-        s = to_float32(self.resize_student(student_features))
+        s = to_float32(ops.convert_to_tensor(
+            self.resize_student(student_features)))
         if self.align is not None:
             s = self.align(s, training=training)
         if mask is not None:

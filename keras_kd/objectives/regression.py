@@ -191,6 +191,12 @@ class SRD(FeatureObjective):
     :meth:`from_teacher`, which copies the classifier. Usual: α=1, β=1,
     T=1 with the cross-entropy (weight 1).
 
+    This is SRD as Yang et al. define it (also called SRRL). torchdistill's
+    ``SRDLoss`` is another method under the same initials (Miles &
+    Mikolajczyk, "Understanding the Role of the Projector in Knowledge
+    Distillation", AAAI 2024: ``2·log Σ|f_s − f_t| + KL`` of the two models'
+    own logits), which keras-kd does not implement here.
+
     Args:
         teacher_layer: name of the teacher's embedding layer (the input of
             its classifier).

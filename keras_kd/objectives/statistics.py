@@ -235,8 +235,9 @@ class ICKD(FitNet):
     the teacher's channels (1×1 ``Conv2D`` + BatchNorm for images, ``Dense``
     for ``(batch, L, C)`` maps), owned by the objective and saved with the
     Distiller. The paper always learns ``r`` (``adapter="always"``, the
-    default); ``"auto"`` makes it only when the widths differ. Usual weight:
-    2.5 (the authors' CIFAR-100 setting).
+    default; 1×1 conv without bias + BatchNorm, the authors' ``Embed``);
+    ``"auto"`` makes it only when the widths differ. The paper adds it to
+    KD.
 
     Args:
         teacher_layer: name of the teacher layer (a feature map).
@@ -346,7 +347,9 @@ class CCKD(RelationObjective):
     ``weight · ‖K_s − K_t‖²_F / b²`` over the batch's kernel matrices of
     L2-normalised embeddings (:func:`cckd_loss`; Peng et al., ICCV 2019).
     A scalar per batch (batches of at least 2); no adapter. The paper adds
-    it to KD; usual weight: 0.003 with ``kernel="gaussian"``, γ=0.4, P=2.
+    it to KD; torchdistill's configuration uses ``kernel="gaussian"``, γ=0.4,
+    P=2 (the defaults). The kernel entries lie in [0, 1], so the term is
+    small: weigh it so that it is comparable with the other terms.
 
     Args:
         teacher_layer: name of the teacher's embedding layer.
