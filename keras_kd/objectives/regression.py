@@ -98,6 +98,16 @@ class PADL2(FeatureObjective):
         self.variance_estimator = None
 
     def build_for(self, teacher_shape, student_shape):
+        for role, layer, shape in (("teacher", self.teacher_layer,
+                                    teacher_shape),
+                                   ("student", self.student_layer,
+                                    student_shape)):
+            if None in tuple(shape[1:]):
+                raise ValueError(
+                    f"PADL2: {role} layer '{layer}' has output shape "
+                    f"{tuple(shape)}; PAD-L2 flattens each sample and needs "
+                    "a fixed size. Tap the pooled embeddings, or give the "
+                    "model a fixed input shape.")
         width = 1
         for d in teacher_shape[1:]:
             width *= d
