@@ -173,8 +173,8 @@ def srd_loss(teacher_features, student_features, kernel, bias,
 
     >>> import numpy as np
     >>> h = np.random.rand(2, 3); w = np.random.rand(3, 4)
-    >>> [round(float(v), 5) for v in srd_loss(h, h, w, np.zeros(4))]
-    [0.0, 0.0]
+    >>> [abs(float(v)) < 1e-6 for v in srd_loss(h, h, w, np.zeros(4))]
+    [True, True]
     """
     h_t = ops.stop_gradient(_flat(teacher_features))
     h_s = _flat(student_features)

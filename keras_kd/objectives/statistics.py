@@ -105,8 +105,8 @@ def nst_loss(teacher_features, student_features):
 
     >>> import numpy as np
     >>> f = np.random.rand(2, 4, 4, 3)
-    >>> [round(float(v), 5) for v in nst_loss(f, 2.0 * f)]
-    [0.0, 0.0]
+    >>> [abs(float(v)) < 1e-6 for v in nst_loss(f, 2.0 * f)]
+    [True, True]
     """
     t = ops.stop_gradient(_unit_rows(channel_maps(teacher_features, "NST")))
     s = _unit_rows(channel_maps(student_features, "NST"))
@@ -209,8 +209,8 @@ def ickd_loss(teacher_features, student_features):
 
     >>> import numpy as np
     >>> f = np.random.rand(2, 4, 4, 3)
-    >>> [round(float(v), 5) for v in ickd_loss(f, 3.0 * f)]
-    [0.0, 0.0]
+    >>> [abs(float(v)) < 1e-6 for v in ickd_loss(f, 3.0 * f)]
+    [True, True]
     """
     t = ops.stop_gradient(channel_maps(teacher_features, "ICKD"))
     s = channel_maps(student_features, "ICKD")

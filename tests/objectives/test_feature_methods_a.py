@@ -104,7 +104,9 @@ GRADIENT_CASES = {
     "mgd": lambda t, s: obj.mgd_loss(t, widen(s, t)),
     "pad_l2": lambda t, s: obj.pad_l2_loss(t, widen(s, t),
                                            0.1 * widen(s, t)),
+    "srd": lambda t, s: obj.srd_loss(t, widen(s, t), CLASSIFIER, ops.zeros(5)),
 }
+CLASSIFIER = RNG.normal(size=(4 * 4 * 6, 5)).astype("float32")
 
 
 @pytest.mark.parametrize("name", sorted(GRADIENT_CASES))
@@ -115,6 +117,23 @@ def test_gradient_reaches_the_student_and_never_the_teacher(name):
     assert np.abs(g_s).sum() > 0
     g_t = backend_grad(lambda v: ops.sum(fn(v, S4)), T4)
     assert g_t is None or np.all(np.asarray(g_t) == 0)
+
+
+@pytest.mark.parametrize("name", ["nst", "ickd", "ofd", "vid"])
+def test_channels_first_maps_give_the_same_values(name):
+    s = np.concatenate([S4, S4, S4], axis=-1)  # the teacher's 6 channels
+    margin = list(np.linspace(-1.0, 0.0, 6))
+    fn = {"nst": lambda t, v: obj.nst_loss(t, v),
+          "ickd": lambda t, v: obj.ickd_loss(t, v),
+          "ofd": lambda t, v: obj.ofd_loss(t, v, margin),
+          "vid": lambda t, v: obj.vid_loss(t, v, np.arange(1.0, 7.0))}[name]
+    expected = to_numpy(fn(T4, s))
+    keras.config.set_image_data_format("channels_first")
+    try:
+        got = to_numpy(fn(T4.transpose(0, 3, 1, 2), s.transpose(0, 3, 1, 2)))
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 # -- inside a Distiller: value, training, `.keras` save and load -------------
