@@ -93,6 +93,41 @@ def configs(epochs):
          dict(alpha=0.1, distillation_loss="mlkd")),
         ("CTKD", f"α=0.1, T = 1 + 20·σ(θ), θ₀=1, λ 0→1 over {ramp} ep",
          dict(alpha=0.1, distillation_loss=obj.CTKD(decay_epochs=ramp))),
+        # Single-pair feature methods (NST, ICKD, CCKD, AB, OFD, VID, MGD,
+        # PAD-L2, SRD), each added to the cross-entropy. The nets have no
+        # BatchNorm: AB and OFD tap the post-ReLU conv2 (OFD's margin is then
+        # inactive). Each row is a callable of the trained teacher, so that
+        # every seed gets fresh objectives (their connectors are trained).
+        ("NST", "CE + 50·NST (conv2)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.NST("teacher_conv2", "student_conv2", weight=50.0)])),
+        ("ICKD", "CE + 2.5·ICKD (conv2, 1×1 conv + BN)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.ICKD("teacher_conv2", "student_conv2", weight=2.5)])),
+        ("CCKD", "CE + 100·CC (embed, Gaussian γ=0.4, P=2)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.CCKD("teacher_embed", "student_embed", weight=100.0)])),
+        ("AB", "CE + 0.003·AB (conv2, margin 1)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.ActivationBoundaries("teacher_conv2", "student_conv2",
+                                         weight=0.003)])),
+        ("OFD", "CE + 0.001·OFD (conv2)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.OFD("teacher_conv2", "student_conv2", margin=0.0,
+                        weight=0.001)])),
+        ("VID", "CE + 1·VID (conv2, σ²₀=5)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.VID("teacher_conv2", "student_conv2")])),
+        ("MGD", "CE + 7e-5·MGD (conv2, mask 0.5)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.MGD("teacher_conv2", "student_conv2", weight=7e-5)])),
+        ("PAD-L2", "CE + 1·PAD-L2 (embed)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.PADL2("teacher_embed", "student_embed")])),
+        ("SRD", "CE + 1·SRD (embed, α=β=1, T=1)", lambda teacher: dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.SRD.from_teacher(teacher, "teacher_embed",
+                                     "student_embed", "teacher_logits")])),
     ]
 
 
@@ -195,6 +230,8 @@ def main(argv=None):
             keras.utils.set_random_seed(2000 + seed)
             student = fresh_student()
             distiller = kd.Distiller(teacher=teacher, student=student)
+            if callable(kwargs):
+                kwargs = kwargs(teacher)
             distiller.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ce,
                               **kwargs)
             distiller.fit(x_train, y_train, epochs=args.epochs,

@@ -44,6 +44,9 @@ _NAMES = {
          "CosineEmbedding", "FitNet", "HardDistillation",
          "SimilarityPreserving"), "keras_kd.objectives"),
     **dict.fromkeys(("TfKD", "MLKD", "CTKD"), "keras_kd.objectives"),
+    # Single-pair feature methods.
+    **dict.fromkeys(("NST", "ICKD", "CCKD", "ActivationBoundaries", "OFD",
+                     "VID", "MGD", "PADL2", "SRD"), "keras_kd.objectives"),
     "MutualLearning": "keras_kd.schemes",
 }
 # Public submodules, imported on first use (`export` brings in the TFLite
@@ -100,6 +103,16 @@ __all__ = [
     "TfKD",
     "MLKD",
     "CTKD",
+    # Single-pair feature methods.
+    "NST",
+    "ICKD",
+    "CCKD",
+    "ActivationBoundaries",
+    "OFD",
+    "VID",
+    "MGD",
+    "PADL2",
+    "SRD",
     "MutualLearning",
     "callbacks",
     "data",

@@ -66,6 +66,28 @@ from keras_kd.objectives.curriculum import (
     reverse_gradient,
 )
 
+# Single-pair feature methods: NST, ICKD, CCKD (statistics), AB, OFD
+# (boundaries), VID, MGD (generative), PAD-L2, SRD (regression).
+from keras_kd.objectives.statistics import (
+    CCKD,
+    ICKD,
+    NST,
+    cc_matrix,
+    cckd_loss,
+    channel_maps,
+    ickd_loss,
+    nst_loss,
+)
+from keras_kd.objectives.boundaries import (
+    OFD,
+    ActivationBoundaries,
+    ab_loss,
+    ofd_loss,
+    ofd_margin,
+)
+from keras_kd.objectives.generative import MGD, VID, mgd_loss, vid_loss
+from keras_kd.objectives.regression import PADL2, SRD, pad_l2_loss, srd_loss
+
 # Names usable as `distillation_loss=` in `Distiller.compile`: the label
 # objectives, then the token-level ones (any name maps to a class whose
 # defaults are the papers' usual settings).
