@@ -192,12 +192,19 @@ def main(argv=None):
         args.dataset, args.num_samples)
     shape = x_train.shape[1:]
     ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    runs = configs(args.epochs)
-    if args.only is not None:
-        wanted = {n.lower() for n in args.only}
-        runs = [r for r in runs if r[0].lower() in wanted]
-    if args.kd_grid:
-        runs += kd_grid()
+
+    def make_runs():
+        # Made anew for every seed: an objective's trained parts (adapters,
+        # connectors, learned temperatures) never carry over to the next seed.
+        runs = configs(args.epochs)
+        if args.only is not None:
+            wanted = {n.lower() for n in args.only}
+            runs = [r for r in runs if r[0].lower() in wanted]
+        if args.kd_grid:
+            runs += kd_grid()
+        return runs
+
+    runs = make_runs()
     *widths, embed = args.student_width
     results = {"teacher": [], "student alone": []}
     results.update({name: [] for name, _, _ in runs})
@@ -226,7 +233,7 @@ def main(argv=None):
                     batch_size=args.batch_size, verbose=0)
         results["student alone"].append(accuracy(student, x_test, y_test))
 
-        for name, _, kwargs in runs:
+        for name, _, kwargs in make_runs():
             keras.utils.set_random_seed(2000 + seed)
             student = fresh_student()
             distiller = kd.Distiller(teacher=teacher, student=student)
