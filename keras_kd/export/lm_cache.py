@@ -85,15 +85,17 @@ def cache_names(num_layers):
             for kind in "kv"]
 
 
-def cache_layout(model):
+def cache_layout(model, probe=True):
     """``(num_layers, kv_heads, head_dim)`` of a keras-hub causal LM's cache.
 
     Read from its backbone (``num_key_value_heads`` when it has grouped-query
     attention, else ``num_heads``; ``head_dim`` when it has one, else
-    ``hidden_dim / heads``) and checked: ``call_with_cache`` must run on one
-    token with a zero cache of that shape and return a cache of that shape.
-    A model without ``call_with_cache`` or with another cache is refused,
-    naming the file without a cache.
+    ``hidden_dim / heads``) and, with ``probe``, checked: ``call_with_cache``
+    must run on one token with a zero cache of that shape and return a cache
+    of that shape (the export probes where it converts, in TensorFlow: a
+    first eager call costs seconds on JAX). A model without
+    ``call_with_cache`` or with another cache is refused, naming the file
+    without a cache.
 
     >>> from keras_kd.app.language_models import build_causal_lm
     >>> cache_layout(build_causal_lm("tiny", seed=0))
@@ -120,7 +122,7 @@ def cache_layout(model):
     problem = None
     if not all(isinstance(d, int) and d > 0 for d in layout):
         problem = f"its backbone gives no cache layout (read {layout})"
-    else:
+    elif probe:
         cache = keras.ops.zeros((1, layers, 2, 2, heads, head_dim))
         try:
             _, _, out = model.call_with_cache(
@@ -338,7 +340,7 @@ def export(model, path, kv_cache_length, prefill_lengths, quantize,
            allow_flex, latency_runs, verify, vocabulary_size):
     """Converts, checks and atomically writes the KV-cache file (the body of
     :func:`keras_kd.export.lm_to_tflite` with ``kv_cache_length``)."""
-    layout = cache_layout(model)
+    layout = cache_layout(model, probe=False)  # probed where converted
     convert_mode = "dynamic" if quantize == "weight_only" else quantize
     data, converted_in = cache_bytes(model, kv_cache_length,
                                      prefill_lengths, convert_mode)
