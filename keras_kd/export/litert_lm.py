@@ -157,13 +157,22 @@ class LiteRTCausalLM:
     # ------------------------------------------------------------------
     # The cache
     # ------------------------------------------------------------------
-    def _empty_cache(self):
+    def new_cache(self):
+        """An empty cache of a cache file: ``{"kv_cache_k_0": zeros (1, L,
+        kv_heads, head_dim), ...}``, one array per cache input."""
+        if not self.has_cache:
+            raise ValueError(f"{self.path!r} has no KV cache; export with "
+                             "kd.export.lm_to_tflite(..., kv_cache_length=L).")
         return {name: np.zeros(shape, dtype)
                 for name, (shape, dtype) in self._cache.items()}
 
-    def _run(self, name, tokens, start, cache):
-        """Calls a signature on ``tokens`` at positions ``start...``;
-        returns ``(logits (V,), cache)``."""
+    def run_signature(self, name, tokens, start, cache):
+        """One call of the cache file's signature ``name`` (``"decode"``
+        or ``"prefill_<N>"``) on ``tokens`` (as many as it takes) at
+        positions ``start, start + 1, ...``, with ``cache`` (from
+        :meth:`new_cache` or a previous call); returns ``(logits (V,) of the
+        last position, the updated cache)``. Nothing is checked here: the
+        building block of :meth:`generate`, for timing single steps."""
         n = len(tokens)
         out = self._runners[name](
             tokens=np.asarray(tokens, "int32").reshape(1, n),
@@ -176,7 +185,7 @@ class LiteRTCausalLM:
         for name, n, real in prefill_plan(len(tokens), self.prefill_lengths,
                                           self.kv_cache_length):
             chunk = list(tokens[position:position + real]) + [0] * (n - real)
-            _, cache = self._run(name, chunk, position, cache)
+            _, cache = self.run_signature(name, chunk, position, cache)
             position += real
         return cache
 
@@ -202,9 +211,9 @@ class LiteRTCausalLM:
             raise ValueError(
                 f"Token sequences must hold 1 to {self.kv_cache_length} ids "
                 f"(the file's kv_cache_length); got {len(ids)}.")
-        cache, rows = self._empty_cache(), []
+        cache, rows = self.new_cache(), []
         for position, token in enumerate(ids.tolist()):
-            logits, cache = self._run("decode", [token], position, cache)
+            logits, cache = self.run_signature("decode", [token], position, cache)
             rows.append(logits)
         return np.stack(rows).astype("float32")
 
@@ -230,8 +239,8 @@ class LiteRTCausalLM:
         if max_new_tokens == 0:
             return
         if self.has_cache:
-            cache = self._fill(tokens[:-1], self._empty_cache())
-            logits, cache = self._run("decode", tokens[-1:], len(tokens) - 1,
+            cache = self._fill(tokens[:-1], self.new_cache())
+            logits, cache = self.run_signature("decode", tokens[-1:], len(tokens) - 1,
                                       cache)
         else:
             logits = self.logits(tokens)[-1]
@@ -242,7 +251,7 @@ class LiteRTCausalLM:
             if token in stop or count + 1 == max_new_tokens:
                 return
             if self.has_cache:
-                logits, cache = self._run("decode", [token], len(tokens) - 1,
+                logits, cache = self.run_signature("decode", [token], len(tokens) - 1,
                                           cache)
             else:
                 logits = self.logits(tokens)[-1]
