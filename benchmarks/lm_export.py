@@ -57,7 +57,7 @@ def flops_per_token(lm, position):
     backbone = lm.backbone
     d, layers = backbone.hidden_dim, backbone.num_layers
     kernels = sum(int(np.prod(w.shape)) for w in backbone.weights
-                  if len(w.shape) >= 2 and "embedding" not in w.path)
+                  if w.path.endswith("kernel"))
     output = backbone.vocabulary_size * d
     return 2 * (kernels + output + layers * 2 * (position + 1) * d)
 
