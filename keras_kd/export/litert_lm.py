@@ -332,3 +332,27 @@ class LiteRTCausalLM:
             if callback is not None:
                 callback(token)
         return np.asarray(prompt + new, dtype="int32")
+
+
+def litert_generate(tflite_path, prompt_token_ids, max_new_tokens,
+                    stop_token_ids=None):
+    """Greedy generation with a :func:`lm_to_tflite` file in LiteRT.
+
+    ``LiteRTCausalLM(tflite_path).generate(...)``: see
+    :meth:`LiteRTCausalLM.generate`. Keep a :class:`LiteRTCausalLM` to
+    generate several times from one loaded file.
+
+    Returns:
+        An int32 array: the prompt, then the generated ids.
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> from keras_kd.app.language_models import build_causal_lm
+    >>> _ = kd.export.lm_to_tflite(build_causal_lm("tiny", seed=0),
+    ...                            "/tmp/lm16.tflite", 16, latency_runs=0)
+    >>> kd.export.litert_generate("/tmp/lm16.tflite", [72, 105], 4).shape
+    (6,)
+    """
+    return LiteRTCausalLM(tflite_path).generate(
+        prompt_token_ids, max_new_tokens, stop_token_ids)
