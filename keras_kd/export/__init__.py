@@ -13,7 +13,10 @@ Modules: :mod:`~keras_kd.export.api` (the functions below),
 (starts the TensorFlow process and sends it jobs),
 :mod:`~keras_kd.export.worker_main` (the process's own side),
 :mod:`~keras_kd.export.litert` (running and checking the file),
-:mod:`~keras_kd.export.lm` (language models).
+:mod:`~keras_kd.export.lm` (language models), :mod:`~keras_kd.export.lm_cache`
+(their KV-cache file), :mod:`~keras_kd.export.litert_lm` (running either),
+:mod:`~keras_kd.export.sampling` (choosing tokens),
+:mod:`~keras_kd.export.weight_only` (weight-only int8).
 """
 
 from keras_kd.export.api import (
@@ -24,13 +27,13 @@ from keras_kd.export.api import (
     to_tflite,
 )
 from keras_kd.export.errors import ExportError, FlexOpsError, FloatOpsError
-from keras_kd.export.lm import (
-    LM_QUANTIZE_MODES,
-    LiteRTCausalLM,
-    litert_generate,
-    lm_to_tflite,
-)
+from keras_kd.export.litert_lm import LiteRTCausalLM, litert_generate
+from keras_kd.export.lm import LM_QUANTIZE_MODES, lm_to_tflite
 
-__all__ = ["QUANTIZE_MODES", "LM_QUANTIZE_MODES", "ExportReport",
+# KV-cache language-model files (prefill/decode), weight-only int8, sampling.
+from keras_kd.export import lm_cache, sampling, weight_only  # noqa: E402
+from keras_kd.export.lm_cache import CACHE_QUANTIZE_MODES  # noqa: E402
+
+__all__ = ["CACHE_QUANTIZE_MODES", "QUANTIZE_MODES", "LM_QUANTIZE_MODES", "ExportReport",
            "ExportError", "FlexOpsError", "FloatOpsError", "LiteRTCausalLM", "litert_generate",
            "lm_to_tflite", "to_keras", "to_saved_model", "to_tflite"]

@@ -1,20 +1,21 @@
-"""The student language model on LiteRT: a fixed-length forward pass.
+"""The student language model on LiteRT: a fixed-length forward pass, or
+prefill and decode with a KV cache (:mod:`keras_kd.export.lm_cache`).
 
 :func:`lm_to_tflite` converts a causal LM (a keras-hub ``CausalLM`` such as
 ``keras_hub.models.GPT2CausalLM``, or any Keras model called on
 ``{"token_ids", "padding_mask"}``) to a ``.tflite`` file computing
 ``token_ids, padding_mask -> logits`` at batch 1 and a fixed
 ``sequence_length``, with the same converter, Flex check, verification and
-atomic write as :func:`keras_kd.export.to_tflite`. :class:`LiteRTCausalLM`
-runs the file with LiteRT's interpreter and generates greedily.
+atomic write as :func:`keras_kd.export.to_tflite`; with ``kv_cache_length``
+it writes the KV-cache file instead. :class:`LiteRTCausalLM`
+(:mod:`keras_kd.export.litert_lm`) runs either file with LiteRT's
+interpreter and generates (greedy or sampled, streamed).
 
-The file has no KV cache: each generated token runs the whole
+The file without a KV cache: each generated token runs the whole
 ``sequence_length`` forward pass again, the prompt and the tokens generated so
 far included, so one token costs what ``report.latency_ms_median`` measures
 whatever the position.
 """
-
-import os
 
 import keras
 import numpy as np
@@ -159,10 +160,33 @@ def _sample(sample_token_ids, sequence_length, vocabulary_size):
                 "sample_token_ids")
 
 
-def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
+def lm_to_tflite(causal_lm, path, sequence_length=None, quantize="float32",
                  sample_token_ids=None, allow_flex=False, latency_runs=20,
-                 verify=True):
-    """Converts a causal LM's forward pass to a TFLite (LiteRT) file.
+                 verify=True, kv_cache_length=None, prefill_lengths=None):
+    """Converts a causal LM to a TFLite (LiteRT) file, with or without a
+    KV cache.
+
+    **With** ``kv_cache_length=L`` (a keras-hub ``CausalLM``): the file of
+    :mod:`keras_kd.export.lm_cache`, in LiteRT-LM's layout: signatures
+    ``prefill_<N>`` (``tokens`` int32 ``(1, N)``, ``input_pos`` int32
+    ``(N,)``) and ``decode`` (``tokens`` ``(1, 1)``, ``input_pos`` ``(1,)``),
+    each taking and returning the per-layer cache ``kv_cache_k_<i>`` /
+    ``kv_cache_v_<i>`` float32 ``(1, L, kv_heads, head_dim)`` and returning
+    the last position's ``logits`` ``(1, 1, V)``; built on keras-hub's
+    ``call_with_cache``. A token costs one position's forward pass plus
+    attention over the cache, whatever the position. Verification runs
+    every signature on random tokens and random caches (each prefill at
+    position 0 and ``L - N``, decode at 0, ``L // 2``, ``L - 1``) and
+    compares logits and caches with ``call_with_cache`` on the caller's
+    backend (a float32 file off by more than ``1e-3 · max(1, max |logits|)``
+    is refused); timing fills ``report.decode_ms`` and
+    ``report.prefill_tokens_per_s`` (:class:`~keras_kd.export.lm_cache.CacheExportReport`).
+    ``quantize`` may also be ``"weight_only"`` (int8 weights dequantized at
+    load, :mod:`keras_kd.export.weight_only`). ``sequence_length`` and
+    ``sample_token_ids`` are not used.
+
+    **Without** a cache (``sequence_length``; any model called on
+    ``{"token_ids", "padding_mask"}``):
 
     The file computes ``logits = lm({"token_ids", "padding_mask"})`` for one
     sequence (batch 1) of ``sequence_length`` tokens: inputs ``token_ids``
@@ -198,18 +222,27 @@ def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
         path: the target file, ending in ``.tflite``.
         sequence_length: the fixed length of the file's inputs: the longest
             prompt plus generated tokens. At most the model's
-            ``max_sequence_length`` (its position embeddings).
+            ``max_sequence_length`` (its position embeddings). Not with
+            ``kv_cache_length``.
         quantize: ``"float32"``, ``"float16"`` (float16 weights) or
-            ``"dynamic"`` (int8 weights, dynamic-range quantization).
+            ``"dynamic"`` (int8 weights, dynamic-range quantization);
+            with a cache also ``"weight_only"``.
         sample_token_ids: sequences of token ids (each 1 to
             ``sequence_length`` long) to verify on.
         allow_flex: accept TensorFlow (Flex) ops in the file.
         latency_runs: batch-1 invocations timed (one thread): the median is
             the cost of one generated token; 0 skips.
         verify: run and compare the file before writing it.
+        kv_cache_length: ``L``, the positions of the KV cache (prompt plus
+            generated tokens), or None for the file without a cache. At most
+            the model's ``max_sequence_length`` when it has one.
+        prefill_lengths: the ``N`` of the ``prefill_<N>`` signatures, each
+            in ``[1, L]``; default ``(min(32, L),)``. A longer prompt is
+            prefilled in chunks (:class:`LiteRTCausalLM`).
 
     Returns:
-        A :class:`~keras_kd.export.ExportReport`.
+        A :class:`~keras_kd.export.ExportReport` (a
+        :class:`~keras_kd.export.lm_cache.CacheExportReport` with a cache).
 
     Example:
 
@@ -221,8 +254,24 @@ def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
     True
     >>> kd.export.litert_generate("/tmp/lm.tflite", [104, 105], 3).shape
     (5,)
+
+    With a KV cache (run as in :class:`LiteRTCausalLM`'s example)::
+
+        report = kd.export.lm_to_tflite(lm, "lm_kv.tflite",
+                                        kv_cache_length=32,
+                                        prefill_lengths=(8,))
+        report.cache_shape  # (1, 32, 2, 8): (1, L, kv_heads, head_dim)
     """
     model = student_of(causal_lm)
+    if kv_cache_length is not None:
+        return _cache_export(model, path, sequence_length, quantize,
+                             allow_flex, latency_runs, verify,
+                             kv_cache_length, prefill_lengths)
+    if sequence_length is None:
+        raise ValueError(
+            "lm_to_tflite needs sequence_length (the file without a cache, "
+            "e.g. sequence_length=128) or kv_cache_length (the file with a "
+            "KV cache, e.g. kv_cache_length=512).")
     names = _input_names(model)
     if not takes_token_ids(model):
         raise ValueError(
@@ -274,138 +323,49 @@ def lm_to_tflite(causal_lm, path, sequence_length, quantize="float32",
     return report
 
 
-class LiteRTCausalLM:
-    """A language model file from :func:`lm_to_tflite`, run with LiteRT.
-
-    Loads the file once into LiteRT's interpreter (one thread;
-    TensorFlow's interpreter when the file needs Flex ops) and reads its
-    ``sequence_length`` and ``vocabulary_size`` from it.
-
-    Args:
-        path: a ``.tflite`` file written by :func:`lm_to_tflite`.
-
-    Example:
-
-    >>> import keras_kd as kd
-    >>> from keras_kd.app.language_models import build_causal_lm
-    >>> _ = kd.export.lm_to_tflite(build_causal_lm("tiny", seed=0),
-    ...                            "/tmp/lm16.tflite", 16, latency_runs=0)
-    >>> lm = kd.export.LiteRTCausalLM("/tmp/lm16.tflite")
-    >>> lm.sequence_length, lm.vocabulary_size
-    (16, 256)
-    >>> lm.logits([1, 2, 3]).shape
-    (3, 256)
-    >>> lm.generate([1, 2], 3, stop_token_ids=1).dtype
-    dtype('int32')
-    >>> lm.logits([1, 256])
-    Traceback (most recent call last):
-    ...
-    ValueError: token_ids must be ids in [0, 256) (the vocabulary size 256); got 256 at position 1.
-    """
-
-    def __init__(self, path):
-        path = os.fspath(path)
-        with open(path, "rb") as f:
-            flex = litert.flex_ops(f.read(), path)
-        self.path = path
-        self.interpreter = litert.interpreter(path, bool(flex))
-        inputs = self.interpreter.get_signature_runner().get_input_details()
-        shapes = {tuple(d["shape"]) for d in inputs.values()}
-        if set(inputs) != set(INPUT_NAMES) or len(shapes) != 1 or len(
-                next(iter(shapes))) != 2 or next(iter(shapes))[0] != 1:
-            found = {name: tuple(int(d) for d in detail["shape"])
-                     for name, detail in sorted(inputs.items())}
-            raise ValueError(
-                f"{path!r} takes {found}, not token_ids and padding_mask of "
-                "shape (1, length); write it with kd.export.lm_to_tflite.")
-        self.sequence_length = int(next(iter(shapes))[1])
-        (output,) = self.interpreter.get_output_details()
-        self.vocabulary_size = int(output["shape"][-1])
-
-    def logits(self, token_ids):
-        """Float32 logits ``(len(token_ids), vocabulary_size)`` of one
-        sequence of 1 to ``sequence_length`` ids (padded to the file's length
-        and run once).
-
-        The ids must be integers in ``[0, vocabulary_size)``; a batch of
-        several sequences is refused (the file runs one: call once per
-        sequence)."""
-        packed = pack([token_ids], self.sequence_length,
-                      self.vocabulary_size)
-        (logits,) = litert.invoke(self.interpreter, packed)
-        return logits[0, :int(packed["padding_mask"].sum())]
-
-    def generate(self, prompt_token_ids, max_new_tokens, stop_token_ids=None):
-        """Greedy generation: the prompt followed by up to ``max_new_tokens``.
-
-        Each step feeds the tokens so far, padded to ``sequence_length``
-        with their padding mask, takes the argmax of the logits at the last
-        real position and appends it; it stops after ``max_new_tokens``
-        tokens or after a token in ``stop_token_ids`` (kept in the result).
-        This is keras-hub's ``generate`` with ``sampler="greedy"``; without a
-        KV cache each step reruns the full forward pass.
-
-        One prompt at a time: a batch of prompts (a 2-D array of several
-        rows) is refused, since each row would stop at its own length; call
-        ``generate`` once per prompt.
-
-        Args:
-            prompt_token_ids: 1 or more integer token ids in ``[0,
-                vocabulary_size)`` (one sequence).
-            max_new_tokens: tokens to generate; the prompt plus them must fit
-                in ``sequence_length``.
-            stop_token_ids: an id or ids that end generation, or None.
-
-        Returns:
-            An int32 array: the prompt, then the generated ids.
-        """
-        tokens = token_ids_of(prompt_token_ids, self.vocabulary_size,
-                              "prompt_token_ids").tolist()
-        if not tokens:
-            raise ValueError("prompt_token_ids is empty; generation needs at "
-                             "least one token to predict from (e.g. a start "
-                             "or newline token).")
-        if not isinstance(max_new_tokens, (int, np.integer)) or isinstance(
-                max_new_tokens, bool) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got "
-                             f"{max_new_tokens!r}.")
-        if len(tokens) + max_new_tokens > self.sequence_length:
-            raise ValueError(
-                f"The prompt ({len(tokens)} tokens) plus max_new_tokens="
-                f"{max_new_tokens} exceeds the file's sequence_length="
-                f"{self.sequence_length}; generate at most "
-                f"{max(0, self.sequence_length - len(tokens))} tokens, or "
-                "export with a longer sequence_length.")
-        stop = set() if stop_token_ids is None else set(token_ids_of(
-            np.asarray(stop_token_ids).reshape(-1), self.vocabulary_size,
-            "stop_token_ids").tolist())
-        for _ in range(max_new_tokens):
-            token = int(np.argmax(self.logits(tokens)[-1]))
-            tokens.append(token)
-            if token in stop:
-                break
-        return np.asarray(tokens, dtype="int32")
+def _positive(value, what, example):
+    if not isinstance(value, (int, np.integer)) or isinstance(
+            value, bool) or value < 1:
+        raise ValueError(f"{what} must be an int >= 1, got {value!r}; "
+                         f"e.g. {example}.")
+    return int(value)
 
 
-def litert_generate(tflite_path, prompt_token_ids, max_new_tokens,
-                    stop_token_ids=None):
-    """Greedy generation with a :func:`lm_to_tflite` file in LiteRT.
+def _cache_export(model, path, sequence_length, quantize, allow_flex,
+                  latency_runs, verify, kv_cache_length, prefill_lengths):
+    from keras_kd.export import lm_cache
 
-    ``LiteRTCausalLM(tflite_path).generate(...)``: see
-    :meth:`LiteRTCausalLM.generate`. Keep a :class:`LiteRTCausalLM` to
-    generate several times from one loaded file.
-
-    Returns:
-        An int32 array: the prompt, then the generated ids.
-
-    Example:
-
-    >>> import keras_kd as kd
-    >>> from keras_kd.app.language_models import build_causal_lm
-    >>> _ = kd.export.lm_to_tflite(build_causal_lm("tiny", seed=0),
-    ...                            "/tmp/lm16.tflite", 16, latency_runs=0)
-    >>> kd.export.litert_generate("/tmp/lm16.tflite", [72, 105], 4).shape
-    (6,)
-    """
-    return LiteRTCausalLM(tflite_path).generate(
-        prompt_token_ids, max_new_tokens, stop_token_ids)
+    if sequence_length is not None:
+        raise ValueError(
+            "Pass sequence_length (the file without a cache) or "
+            "kv_cache_length (the file with a KV cache), not both; the "
+            "cache file's longest sequence is kv_cache_length.")
+    if quantize not in lm_cache.CACHE_QUANTIZE_MODES:
+        raise ValueError(
+            f"quantize must be one of {list(lm_cache.CACHE_QUANTIZE_MODES)} "
+            f"for a KV-cache file, got {quantize!r}.")
+    length = _positive(kv_cache_length, "kv_cache_length", 512)
+    limit = getattr(getattr(model, "backbone", None), "max_sequence_length",
+                    None)
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"kv_cache_length={length} is longer than the model's position "
+            f"embeddings (max_sequence_length={limit}); pass "
+            f"kv_cache_length <= {limit}.")
+    if prefill_lengths is None:
+        prefill_lengths = (min(32, length),)
+    if isinstance(prefill_lengths, (int, np.integer)):
+        prefill_lengths = (prefill_lengths,)
+    prefill_lengths = sorted({_positive(n, "each prefill length", 32)
+                              for n in prefill_lengths})
+    if not prefill_lengths or prefill_lengths[-1] > length:
+        raise ValueError(
+            f"prefill_lengths must be 1 or more lengths in [1, "
+            f"kv_cache_length={length}], got {prefill_lengths}.")
+    if not isinstance(latency_runs, int) or latency_runs < 0:
+        raise ValueError(f"latency_runs must be an int >= 0, got "
+                         f"{latency_runs!r}; e.g. 20, or 0 to skip timing.")
+    path, _ = check_path(path, ".tflite")
+    vocabulary_size = model.backbone.vocabulary_size
+    return lm_cache.export(model, path, length, prefill_lengths, quantize,
+                           allow_flex, latency_runs, verify, vocabulary_size)

@@ -38,6 +38,14 @@ def run_job(job_path):
         if job["kind"] == "saved_model":
             model.export(job["output"], format="tf_saved_model",
                          verbose=False)
+        elif job["kind"] == "lm_cache":  # a causal LM's KV-cache file
+            from keras_kd.export import lm_cache
+
+            data = lm_cache.convert_in_process(
+                model, job["kv_cache_length"], job["prefill_lengths"],
+                job["quantize"])
+            with open(job["output"], "wb") as f:
+                f.write(data)
         else:
             representative = (np.load(job["representative"])
                               if job["representative"] else None)
