@@ -13,6 +13,7 @@ import importlib
 EXTRAS = {
     "tensorflow": "export",
     "ai_edge_litert": "export",
+    "flatbuffers": "export",
     "tensorflow_datasets": "data",
     "sklearn": "data",
     "mnist1d": "data",

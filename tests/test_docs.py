@@ -209,6 +209,9 @@ BACKEND_OF = {
     # The README's two export blocks: native export, no converter subprocess.
     "README.md::Running the `.tflite` file": "tensorflow",
     "README.md::Int8: post-training, QAT or QAD": "tensorflow",
+    # The KV-cache file: converted in-process under TensorFlow.
+    "docs/language-models.md::The student on the phone with a KV cache "
+    "(prefill and decode)": "tensorflow",
 }
 
 
