@@ -65,6 +65,10 @@ from keras_kd.objectives.curriculum import (
     ctkd_temperature,
     reverse_gradient,
 )
+# Multi-stage feature methods, contrastive (CRD) and layer pairing helpers:
+# FSP, ReviewKD, FT, CRD.
+from keras_kd.objectives.stages import StagesObjective
+from keras_kd.objectives.flow import FSP, fsp_loss, fsp_matrix
 
 # Names usable as `distillation_loss=` in `Distiller.compile`: the label
 # objectives, then the token-level ones (any name maps to a class whose
