@@ -52,3 +52,37 @@ def fsp(teacher_pairs, student_pairs, weights=None):
         d = fsp_matrix(t1, t2) - fsp_matrix(s1, s2)
         total = total + lam * (d ** 2).sum(axis=(1, 2))
     return total
+
+
+def unit(x):
+    x = _f64(x)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def crd(t, s, t_bank, s_bank, tau=0.07, num_data=None, z_t=None, z_s=None):
+    """Tian et al. 2020 with the authors' ContrastMemory / ContrastLoss: per
+    sample, NCE of the student anchor over [teacher positive, teacher bank]
+    plus NCE of the teacher anchor over [student positive, student bank].
+    Returns ``(loss, z_t, z_s)``."""
+    t, s, t_bank, s_bank = _f64(t), _f64(s), _f64(t_bank), _f64(s_bank)
+    k = t_bank.shape[0]
+    n = num_data or k
+    noise = k / n
+
+    def scores(anchor, positive, bank):
+        out = np.zeros((anchor.shape[0], k + 1))
+        for i in range(anchor.shape[0]):
+            out[i, 0] = np.exp(anchor[i] @ positive[i] / tau)
+            for j in range(k):
+                out[i, j + 1] = np.exp(anchor[i] @ bank[j] / tau)
+        return out
+
+    def nce(p):
+        eps = 1e-7
+        return -(np.log(p[:, 0] / (p[:, 0] + noise + eps))
+                 + np.log(noise / (p[:, 1:] + noise + eps)).sum(axis=1))
+
+    out_s, out_t = scores(s, t, t_bank), scores(t, s, s_bank)
+    z_s = out_s.mean() * n if z_s is None else z_s
+    z_t = out_t.mean() * n if z_t is None else z_t
+    return nce(out_s / z_s) + nce(out_t / z_t), z_t, z_s

@@ -69,6 +69,7 @@ from keras_kd.objectives.curriculum import (
 # FSP, ReviewKD, FT, CRD.
 from keras_kd.objectives.stages import StagesObjective
 from keras_kd.objectives.flow import FSP, fsp_loss, fsp_matrix
+from keras_kd.objectives.contrastive import CRD, crd_loss, nce_loss
 
 # Names usable as `distillation_loss=` in `Distiller.compile`: the label
 # objectives, then the token-level ones (any name maps to a class whose

@@ -88,3 +88,109 @@ def test_fsp_in_distiller_matches_numpy_and_saves(sparse_ce, tmp_path):
                          [("student_conv1", "student_conv2")])])
     with pytest.raises(ValueError, match="name pairs"):
         obj.FSP(["teacher_conv1"], [("a", "b")])
+
+
+# ----------------------------------------------------------------------
+# CRD
+# ----------------------------------------------------------------------
+def test_crd_loss_matches_numpy_and_gradients():
+    rng = np.random.default_rng(1)
+    t = ref.unit(rng.normal(size=(3, 4))).astype("float32")
+    s = ref.unit(rng.normal(size=(3, 4))).astype("float32")
+    bt = ref.unit(rng.normal(size=(5, 4))).astype("float32")
+    bs = ref.unit(rng.normal(size=(5, 4))).astype("float32")
+    got = to_numpy(obj.crd_loss(t, s, bt, bs, temperature=0.5, num_data=20))
+    expected, z_t, z_s = ref.crd(t, s, bt, bs, tau=0.5, num_data=20)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+    got = to_numpy(obj.crd_loss(t, s, bt, bs, temperature=0.5, num_data=20,
+                                z_teacher=2.0, z_student=3.0))
+    np.testing.assert_allclose(
+        got, ref.crd(t, s, bt, bs, 0.5, 20, 2.0, 3.0)[0], rtol=1e-4)
+    g = backend_grad(lambda v: ops.sum(obj.crd_loss(
+        t, v, bt, bs, 0.5, 20, 2.0, 3.0)), s)
+    expected = numeric_grad(
+        lambda v: ref.crd(t, v, bt, bs, 0.5, 20, 2.0, 3.0)[0].sum(), s)
+    np.testing.assert_allclose(g, expected, rtol=1e-3, atol=1e-5)
+    g_bank = backend_grad(lambda v: ops.sum(obj.crd_loss(
+        t, s, v, bs, 0.5, 20, 2.0, 3.0)), bt)
+    assert g_bank is None or np.all(g_bank == 0)
+
+
+def crd_models():
+    from tests.helpers import mlp
+    return mlp(12, "teacher"), mlp(6, "student")
+
+
+def test_crd_in_distiller_bank_grads_and_save(sparse_ce, tmp_path):
+    teacher, student = crd_models()
+    crd = obj.CRD("teacher_hidden", "student_hidden", weight=0.8,
+                  feature_dim=4, bank_size=12, temperature=0.5, num_data=40)
+    distiller = kd.Distiller(teacher=teacher, student=student)
+    distiller.compile(optimizer="sgd", loss=sparse_ce, alpha=1.0,
+                      distillation_loss=None, feature_losses=[crd])
+    rng = np.random.default_rng(2)
+    x = rng.random((8, 64)).astype("float32")
+    y = rng.integers(0, 10, 8).astype("int32")
+
+    def embeddings(model, layer, head):
+        kernel, bias = (to_numpy(w).astype("float64") for w in head.weights)
+        return ref.unit(features(model, layer, x) @ kernel + bias)
+
+    bank_t, bank_s = to_numpy(crd.teacher_bank), to_numpy(crd.student_bank)
+    t = embeddings(teacher, "teacher_hidden", crd.teacher_head)
+    s = embeddings(student, "student_hidden", crd.student_head)
+    expected, z_t, z_s = ref.crd(t, s, bank_t, bank_s, 0.5, 40)
+    logs = distiller.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["crd_loss"], expected.mean(), rtol=1e-4)
+    np.testing.assert_allclose(to_numpy(crd.normalizers), [z_s, z_t],
+                               rtol=1e-4)
+    np.testing.assert_array_equal(to_numpy(crd.teacher_bank), bank_t)
+
+    # One training step: the heads and the student move, the teacher does
+    # not, and the batch's embeddings are written at rows 0..7.
+    teacher_before = [to_numpy(w) for w in teacher.weights]
+    heads_before = [to_numpy(w) for w in crd.teacher_head.weights +
+                    crd.student_head.weights + student.weights]
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for a, w in zip(teacher_before, teacher.weights):
+        np.testing.assert_array_equal(a, to_numpy(w))
+    moved = [not np.allclose(a, to_numpy(w)) for a, w in zip(
+        heads_before, crd.teacher_head.weights + crd.student_head.weights +
+        student.weights)]
+    assert all(moved[:4]) and any(moved[4:])
+    head_ids = {id(v) for v in crd.teacher_head.weights +
+                crd.student_head.weights}
+    assert head_ids <= trainable_ids(distiller)
+    assert not head_ids & trainable_ids(student)
+    np.testing.assert_allclose(to_numpy(crd.teacher_bank)[:8], t, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_allclose(to_numpy(crd.student_bank)[:8], s, rtol=1e-4,
+                               atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(crd.teacher_bank)[8:], bank_t[8:])
+    assert int(to_numpy(crd.bank_position)) == 8
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    assert int(to_numpy(crd.bank_position)) == 4   # (8 + 8) mod 12
+
+    loaded = save_and_load(distiller, tmp_path)
+    again = loaded.feature_objectives[0]
+    for name in ("teacher_bank", "student_bank", "bank_position",
+                 "normalizers"):
+        np.testing.assert_array_equal(to_numpy(getattr(again, name)),
+                                      to_numpy(getattr(crd, name)))
+    assert again.get_config() == crd.get_config()
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y, batch_size=8, verbose=0)[0],
+        distiller.evaluate(x, y, batch_size=8, verbose=0)[0], rtol=1e-5)
+    # the student alone exports: no CRD head or bank inside it
+    assert len(loaded.student.weights) == len(student.weights)
+
+
+def test_crd_errors():
+    with pytest.raises(ValueError, match="bank_size"):
+        obj.CRD("a", "b", bank_size=0)
+    with pytest.raises(ValueError, match="temperature"):
+        obj.CRD("a", "b", temperature=0.0)
+    crd = obj.CRD("a", "b", bank_size=4, feature_dim=2)
+    crd.build_for((None, 3), (None, 3))
+    with pytest.raises(ValueError, match="bank_size"):
+        crd.compute(np.ones((6, 3), "float32"), np.ones((6, 3), "float32"))
