@@ -24,7 +24,8 @@ Data parallelism. The bank is written from the *global* batch:
   global, sharded batch, so the write covers every device's samples;
 * TensorFlow (``tf.distribute`` strategies) runs the step per replica: the
   embeddings are gathered from every replica (``all_gather``) before the
-  write, and the variables use ``aggregation="only_first_replica"``, so
+  write, the normalisers ``Z`` are averaged over the replicas, and the
+  variables use ``aggregation="only_first_replica"``, so
   every replica holds the same bank;
 * PyTorch runs one process; Keras offers no data parallelism there.
 """
@@ -141,17 +142,30 @@ def crd_loss(teacher_embedding, student_embedding, teacher_bank,
     return nce_loss(out_s / z_s, num_data) + nce_loss(out_t / z_t, num_data)
 
 
-def global_batch(x):
-    """``x`` gathered from every ``tf.distribute`` replica (axis 0); ``x``
-    itself off TensorFlow or with one replica (see the module docstring)."""
+def _replica_context():
+    """The ``tf.distribute`` replica context when several replicas run."""
     if keras.backend.backend() != "tensorflow":
-        return x
+        return None
     import tensorflow as tf
 
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
-        return x
-    return context.all_gather(x, axis=0)
+        return None
+    return context
+
+
+def global_batch(x):
+    """``x`` gathered from every ``tf.distribute`` replica (axis 0); ``x``
+    itself off TensorFlow or with one replica (see the module docstring)."""
+    context = _replica_context()
+    return x if context is None else context.all_gather(x, axis=0)
+
+
+def global_mean(x):
+    """``x`` averaged over the ``tf.distribute`` replicas (equal batches);
+    ``x`` itself off TensorFlow or with one replica."""
+    context = _replica_context()
+    return x if context is None else context.all_reduce("mean", x)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -273,8 +287,9 @@ class CRD(FeatureObjective):
         out_s = nce_scores(s, t, t_bank, self.temperature)
         out_t = nce_scores(t, s, s_bank, self.temperature)
         z = ops.copy(self.normalizers.value)
-        z = ops.where(z < 0, ops.stack([nce_normalizer(out_s, n),
-                                        nce_normalizer(out_t, n)]), z)
+        estimate = global_mean(ops.stack([nce_normalizer(out_s, n),
+                                          nce_normalizer(out_t, n)]))
+        z = ops.where(z < 0, estimate, z)
         self.normalizers.assign(z)
         loss = nce_loss(out_s / z[0], n) + nce_loss(out_t / z[1], n)
         if training:

@@ -194,3 +194,26 @@ def test_crd_errors():
     crd.build_for((None, 3), (None, 3))
     with pytest.raises(ValueError, match="bank_size"):
         crd.compute(np.ones((6, 3), "float32"), np.ones((6, 3), "float32"))
+
+
+@pytest.mark.one_backend("tensorflow")
+def test_crd_bank_written_from_the_global_batch(tmp_path):
+    """Data-parallel on 2 devices, the bank holds every replica's
+    embeddings, as one device's bank does after the same two steps.
+    TensorFlow's replicas need the gather (the code path under test); the
+    script runs under JAX's DataParallel too (its step sees the global
+    batch), outside CI's budget."""
+    from tests.helpers import run_scale_script
+    run = run_scale_script("crd_parallel", tmp_path / "crd.json",
+                           keras.backend.backend(), timeout=300)
+    assert run["devices"] == 2
+    single, parallel = run["single"], run["parallel"]
+    assert single["position"] == parallel["position"] == 16
+    for key in ("teacher_bank", "student_bank", "normalizers"):
+        np.testing.assert_allclose(parallel[key], single[key], rtol=1e-4,
+                                   atol=1e-5, err_msg=key)
+    # rows 0..15 were written (unit rows), the rest is still the init
+    norms = np.linalg.norm(np.array(single["teacher_bank"]), axis=1)
+    np.testing.assert_allclose(norms[:16], 1.0, rtol=1e-5)
+    assert np.all(np.abs(norms[16:] - 1.0) > 1e-3)
+    np.testing.assert_allclose(parallel["loss"], single["loss"], rtol=1e-4)
