@@ -86,3 +86,87 @@ def crd(t, s, t_bank, s_bank, tau=0.07, num_data=None, z_t=None, z_s=None):
     z_s = out_s.mean() * n if z_s is None else z_s
     z_t = out_t.mean() * n if z_t is None else z_t
     return nce(out_s / z_s) + nce(out_t / z_t), z_t, z_s
+
+
+def avg_pool(f, size):
+    """Mean over non-overlapping windows, down to ``size`` = (H', W')."""
+    f = _f64(f)
+    b, h, w, c = f.shape
+    ph, pw = h // size[0], w // size[1]
+    out = np.zeros((b, size[0], size[1], c))
+    for i in range(size[0]):
+        for j in range(size[1]):
+            out[:, i, j] = f[:, i * ph:(i + 1) * ph, j * pw:(j + 1) * pw].mean(
+                axis=(1, 2))
+    return out
+
+
+def hcl(t_maps, s_maps, levels=(4, 2, 1)):
+    """ReviewKD's hierarchical context loss (authors' ``hcl``), per sample."""
+    total = 0.0
+    for t, s in zip(t_maps, s_maps):
+        t, s = _f64(t), _f64(s)
+        h = s.shape[1]
+        loss = ((s - t) ** 2).mean(axis=(1, 2, 3))
+        cnt, tot = 1.0, 1.0
+        for level in levels:
+            if level >= h:
+                continue
+            ps, pt = avg_pool(s, (level, level)), avg_pool(t, (level, level))
+            cnt /= 2.0
+            loss = loss + ((ps - pt) ** 2).mean(axis=(1, 2, 3)) * cnt
+            tot += cnt
+        total = total + loss / tot
+    return total
+
+
+def conv2d_same(x, kernel, bias=None):
+    """Stride-1 'same' convolution, kernel ``(kh, kw, C_in, C_out)``."""
+    x, kernel = _f64(x), _f64(kernel)
+    kh, kw = kernel.shape[:2]
+    pad = np.pad(x, ((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0)))
+    b, h, w, _ = x.shape
+    out = np.zeros((b, h, w, kernel.shape[3]))
+    for i in range(h):
+        for j in range(w):
+            patch = pad[:, i:i + kh, j:j + kw, :]
+            out[:, i, j] = np.einsum("bhwc,hwco->bo", patch, kernel)
+    return out if bias is None else out + _f64(bias)
+
+
+def batchnorm(x, gamma, beta, mean, var, eps=1e-3):
+    """Inference-mode batch normalisation (Keras's default epsilon)."""
+    return (_f64(x) - mean) / np.sqrt(_f64(var) + eps) * gamma + beta
+
+
+def nearest(x, size):
+    """PyTorch's nearest interpolation by integer factors."""
+    x = _f64(x)
+    h, w = x.shape[1:3]
+    rows = [int(np.floor(i * h / size[0])) for i in range(size[0])]
+    cols = [int(np.floor(j * w / size[1])) for j in range(size[1])]
+    return x[:, rows][:, :, cols]
+
+
+def abf(x, residual, out_size, p):
+    """ReviewKD's ABF module (authors' code), inference mode; ``p`` holds
+    the weights: conv1, bn1 (4 arrays), [att_kernel, att_bias], conv2, bn2."""
+    x = batchnorm(conv2d_same(x, p["conv1"]), *p["bn1"])
+    if residual is not None:
+        residual = nearest(residual, x.shape[1:3])
+        z = conv2d_same(np.concatenate([x, residual], -1), p["att_kernel"],
+                        p["att_bias"])
+        a = 1.0 / (1.0 + np.exp(-z))
+        x = x * a[..., 0:1] + residual * a[..., 1:2]
+    if x.shape[1:3] != tuple(out_size):
+        x = nearest(x, out_size)
+    return batchnorm(conv2d_same(x, p["conv2"]), *p["bn2"]), x
+
+
+def reviewkd(t_maps, s_maps, params, levels=(4, 2, 1)):
+    """ReviewKD: ABFs from the deepest stage up, then HCL, per sample."""
+    out, residual = [None] * len(s_maps), None
+    for i in reversed(range(len(s_maps))):
+        out[i], residual = abf(s_maps[i], residual, t_maps[i].shape[1:3],
+                               params[i])
+    return hcl(t_maps, out, levels)

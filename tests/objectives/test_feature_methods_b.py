@@ -217,3 +217,97 @@ def test_crd_bank_written_from_the_global_batch(tmp_path):
     np.testing.assert_allclose(norms[:16], 1.0, rtol=1e-5)
     assert np.all(np.abs(norms[16:] - 1.0) > 1e-3)
     np.testing.assert_allclose(parallel["loss"], single["loss"], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------
+# ReviewKD
+# ----------------------------------------------------------------------
+def test_hcl_matches_numpy():
+    rng = np.random.default_rng(3)
+    t = [rng.normal(size=(2, 8, 8, 3)), rng.normal(size=(2, 2, 2, 5)),
+         rng.normal(size=(2, 1, 1, 4))]
+    s = [rng.normal(size=a.shape) for a in t]
+    t = [a.astype("float32") for a in t]
+    s = [a.astype("float32") for a in s]
+    np.testing.assert_allclose(to_numpy(obj.hcl_loss(t, s)), ref.hcl(t, s),
+                               rtol=1e-5)
+    g = backend_grad(lambda v: ops.sum(obj.hcl_loss(t[1:2], [v])), s[1])
+    np.testing.assert_allclose(
+        g, numeric_grad(lambda v: ref.hcl(t[1:2], [v]).sum(), s[1]),
+        rtol=1e-3, atol=1e-6)
+
+
+def staged_cnn(widths, name):
+    """A CNN with stages ``{name}_s1`` (8×8), ``_s2`` (4×4) and a pooled
+    ``_pool``."""
+    x = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(widths[0], 3, padding="same", activation="relu",
+                            name=f"{name}_s1")(x)
+    h = keras.layers.Conv2D(widths[1], 3, strides=2, padding="same",
+                            activation="relu", name=f"{name}_s2")(h)
+    h = keras.layers.GlobalAveragePooling2D(name=f"{name}_pool")(h)
+    return keras.Model(x, keras.layers.Dense(10)(h), name=name)
+
+
+def fusion_params(fusion):
+    p = {"conv1": to_numpy(fusion.conv1.kernel),
+         "bn1": [to_numpy(w) for w in fusion.bn1.weights],
+         "conv2": to_numpy(fusion.conv2.kernel),
+         "bn2": [to_numpy(w) for w in fusion.bn2.weights]}
+    if fusion.attention is not None:
+        p["att_kernel"] = to_numpy(fusion.attention.kernel)
+        p["att_bias"] = to_numpy(fusion.attention.bias)
+    return p
+
+
+def test_reviewkd_in_distiller_matches_numpy_grads_and_saves(sparse_ce,
+                                                             tmp_path):
+    teacher, student = staged_cnn((6, 8), "teacher"), staged_cnn((3, 4),
+                                                                 "student")
+    layers = ("_s1", "_s2", "_pool")
+    review = obj.ReviewKD([f"teacher{n}" for n in layers],
+                          [f"student{n}" for n in layers], mid_channels=5)
+    distiller = kd.Distiller(teacher=teacher, student=student)
+    distiller.compile(optimizer="sgd", loss=sparse_ce, alpha=1.0,
+                      distillation_loss=None, feature_losses=[review])
+    x, y = images(seed=4)
+    # random BN statistics, so that the reference checks them
+    rng = np.random.default_rng(5)
+    for fusion in review.fusions:
+        for bn in (fusion.bn1, fusion.bn2):
+            bn.moving_mean.assign(rng.normal(size=bn.moving_mean.shape))
+            bn.moving_variance.assign(rng.random(bn.moving_variance.shape)
+                                      + 0.5)
+    t_maps = [features(teacher, f"teacher{n}", x) for n in layers]
+    s_maps = [features(student, f"student{n}", x) for n in layers]
+    t_maps[2], s_maps[2] = t_maps[2][:, None, None], s_maps[2][:, None, None]
+    params = [fusion_params(f) for f in review.fusions]
+    logs = distiller.evaluate(x, y, batch_size=8, verbose=0, return_dict=True)
+    np.testing.assert_allclose(logs["reviewkd_loss"],
+                               ref.reviewkd(t_maps, s_maps, params).mean(),
+                               rtol=1e-4)
+    assert review.fusions[0].attention is not None
+    assert review.fusions[2].attention is None   # the deepest: no fusion
+
+    teacher_before = [to_numpy(w) for w in teacher.weights]
+    abf_before = [to_numpy(w) for f in review.fusions
+                  for w in f.trainable_weights]
+    distiller.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for a, w in zip(teacher_before, teacher.weights):
+        np.testing.assert_array_equal(a, to_numpy(w))
+    abf_after = [to_numpy(w) for f in review.fusions
+                 for w in f.trainable_weights]
+    assert all(not np.allclose(a, b) for a, b in zip(abf_before, abf_after))
+    abf_ids = {id(w) for f in review.fusions for w in f.trainable_weights}
+    assert abf_ids <= trainable_ids(distiller)
+    assert not abf_ids & trainable_ids(student)
+
+    loaded = save_and_load(distiller, tmp_path)
+    for a, b in zip(review.fusions, loaded.feature_objectives[0].fusions):
+        for wa, wb in zip(a.weights, b.weights):
+            np.testing.assert_array_equal(to_numpy(wa), to_numpy(wb))
+    np.testing.assert_allclose(
+        loaded.evaluate(x, y, batch_size=8, verbose=0)[0],
+        distiller.evaluate(x, y, batch_size=8, verbose=0)[0], rtol=1e-5)
+    with pytest.raises(ValueError, match="as many"):
+        obj.ReviewKD(["a", "b"], ["c"])
