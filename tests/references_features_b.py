@@ -170,3 +170,20 @@ def reviewkd(t_maps, s_maps, params, levels=(4, 2, 1)):
         out[i], residual = abf(s_maps[i], residual, t_maps[i].shape[1:3],
                                params[i])
     return hcl(t_maps, out, levels)
+
+
+def conv_blocks(x, blocks):
+    """Conv 3×3 ('same') + inference BN + LeakyReLU(0.1) blocks; each block
+    is ``(kernel, bias, [gamma, beta, mean, var])``."""
+    for kernel, bias, bn in blocks:
+        x = batchnorm(conv2d_same(x, kernel, bias), *bn)
+        x = np.where(x > 0, x, 0.1 * x)
+    return x
+
+
+def ft(factor_t, factor_s):
+    """Kim et al. 2018 with the authors' mean: ``mean|u(F_S) − u(F_T)|``."""
+    def u(f):
+        f = _f64(f).reshape(len(f), -1)
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+    return np.abs(u(factor_s) - u(factor_t)).mean(axis=1)

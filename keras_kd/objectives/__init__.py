@@ -71,6 +71,7 @@ from keras_kd.objectives.stages import StagesObjective
 from keras_kd.objectives.flow import FSP, fsp_loss, fsp_matrix
 from keras_kd.objectives.contrastive import CRD, crd_loss, nce_loss
 from keras_kd.objectives.review import ReviewKD, hcl_loss
+from keras_kd.objectives.factor import FT, ft_loss, pretrain_paraphraser
 
 # Names usable as `distillation_loss=` in `Distiller.compile`: the label
 # objectives, then the token-level ones (any name maps to a class whose

@@ -311,3 +311,72 @@ def test_reviewkd_in_distiller_matches_numpy_grads_and_saves(sparse_ce,
         distiller.evaluate(x, y, batch_size=8, verbose=0)[0], rtol=1e-5)
     with pytest.raises(ValueError, match="as many"):
         obj.ReviewKD(["a", "b"], ["c"])
+
+
+# ----------------------------------------------------------------------
+# FT
+# ----------------------------------------------------------------------
+def blocks_of(sequential):
+    convs = [l for l in sequential.layers if hasattr(l, "kernel")]
+    bns = [l for l in sequential.layers
+           if isinstance(l, keras.layers.BatchNormalization)]
+    return [(to_numpy(c.kernel), to_numpy(c.bias),
+             [to_numpy(w) for w in bn.weights]) for c, bn in zip(convs, bns)]
+
+
+def test_ft_loss_matches_numpy():
+    rng = np.random.default_rng(6)
+    t = rng.normal(size=(3, 2, 2, 4)).astype("float32")
+    s = rng.normal(size=(3, 2, 2, 4)).astype("float32")
+    np.testing.assert_allclose(to_numpy(obj.ft_loss(t, s)), ref.ft(t, s),
+                               rtol=1e-5)
+    g = backend_grad(lambda v: ops.sum(obj.ft_loss(t, v)), s)
+    np.testing.assert_allclose(
+        g, numeric_grad(lambda v: ref.ft(t, v).sum(), s), rtol=1e-3,
+        atol=1e-6)
+
+
+def test_ft_pretrain_distil_and_save(sparse_ce, tmp_path):
+    teacher, student = cnn(6, "teacher"), cnn(3, "student")
+    ft = obj.FT("teacher_conv2", "student_conv2", weight=500.0)
+    x, y = images(16, seed=7)
+    obj.pretrain_paraphraser(ft, teacher, x, epochs=1, batch_size=8)
+    assert ft.encoder.layers[-3].filters == 3   # 0.5 · 6 channels
+    trained = [to_numpy(w) for w in ft.encoder.weights]
+    fresh = obj.FT("teacher_conv2", "student_conv2")
+    fresh.build_paraphraser((None, 8, 8, 6))
+    assert not all(np.allclose(a, to_numpy(b)) for a, b in zip(
+        trained, fresh.encoder.weights))
+    assert not ft.encoder.trainable
+
+    distiller = kd.Distiller(teacher=teacher, student=student)
+    distiller.compile(optimizer="sgd", loss=sparse_ce, alpha=1.0,
+                      distillation_loss=None, feature_losses=[ft])
+    factor = ref.conv_blocks(features(teacher, "teacher_conv2", x),
+                             blocks_of(ft.encoder))
+    translated = ref.conv_blocks(features(student, "student_conv2", x),
+                                 blocks_of(ft.translator))
+    logs = distiller.evaluate(x, y, batch_size=16, verbose=0,
+                              return_dict=True)
+    np.testing.assert_allclose(logs["ft_loss"],
+                               ref.ft(factor, translated).mean(), rtol=1e-4)
+
+    frozen = [to_numpy(w) for w in teacher.weights + ft.encoder.weights]
+    translator = [to_numpy(w) for w in ft.translator.trainable_weights]
+    distiller.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    for a, w in zip(frozen, teacher.weights + ft.encoder.weights):
+        np.testing.assert_array_equal(a, to_numpy(w))
+    # every kernel moves (a conv bias before BatchNorm gets no gradient)
+    assert all(not np.allclose(a, to_numpy(w)) for a, w in zip(
+        translator, ft.translator.trainable_weights) if a.ndim == 4)
+    ids = {id(w) for w in ft.translator.trainable_weights}
+    assert ids <= trainable_ids(distiller) and not ids & trainable_ids(
+        student)
+
+    loaded = save_and_load(distiller, tmp_path).feature_objectives[0]
+    for a, b in zip(ft.encoder.weights + ft.translator.weights,
+                    loaded.encoder.weights + loaded.translator.weights):
+        np.testing.assert_array_equal(to_numpy(a), to_numpy(b))
+    assert not loaded.encoder.trainable
+    with pytest.raises(TypeError, match="FT"):
+        obj.pretrain_paraphraser(obj.FitNet("a", "b"), teacher, x)
