@@ -237,3 +237,17 @@ def build_objectives(objectives, teacher, student):
             objective.build_for(t_shapes[0], s_shapes[0])
         else:
             objective.build_for(t_shapes, s_shapes)
+
+
+def is_graph_model(model):
+    """True for models whose layers can be tapped: Functional and
+    Sequential models (keras-hub tasks and backbones included).
+
+    Example:
+
+    >>> import keras
+    >>> is_graph_model(keras.Sequential([keras.Input((2,)),
+    ...                                  keras.layers.Dense(1)]))
+    True
+    """
+    return _is_graph_model(model)

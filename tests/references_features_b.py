@@ -187,3 +187,14 @@ def ft(factor_t, factor_s):
         f = _f64(f).reshape(len(f), -1)
         return f / np.linalg.norm(f, axis=1, keepdims=True)
     return np.abs(u(factor_s) - u(factor_t)).mean(axis=1)
+
+
+def linear_cka(x, y):
+    """Kornblith et al. 2019, feature-space form of linear CKA:
+    ``‖Yᵀ X‖²_F / (‖Xᵀ X‖_F ‖Yᵀ Y‖_F)`` on centred, flattened rows."""
+    x = _f64(x).reshape(len(x), -1)
+    y = _f64(y).reshape(len(y), -1)
+    x = x - x.mean(axis=0)
+    y = y - y.mean(axis=0)
+    return (np.linalg.norm(y.T @ x) ** 2
+            / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
