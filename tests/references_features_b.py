@@ -106,13 +106,16 @@ def hcl(t_maps, s_maps, levels=(4, 2, 1)):
     total = 0.0
     for t, s in zip(t_maps, s_maps):
         t, s = _f64(t), _f64(s)
+        if s.ndim == 3:   # (batch, L, C) as L × 1 maps
+            t, s = t[:, :, None], s[:, :, None]
         h = s.shape[1]
         loss = ((s - t) ** 2).mean(axis=(1, 2, 3))
         cnt, tot = 1.0, 1.0
         for level in levels:
             if level >= h:
                 continue
-            ps, pt = avg_pool(s, (level, level)), avg_pool(t, (level, level))
+            size = (level, min(level, s.shape[2]))   # 1-D maps: l × 1
+            ps, pt = avg_pool(s, size), avg_pool(t, size)
             cnt /= 2.0
             loss = loss + ((ps - pt) ** 2).mean(axis=(1, 2, 3)) * cnt
             tot += cnt

@@ -182,7 +182,8 @@ class CRD(FeatureObjective):
     heads and the bank belong to the objective: they are saved with the
     Distiller and never exported with the student. The paper's settings:
     ``feature_dim=128``, ``bank_size=16384``, ``temperature=0.07``, weight
-    0.8 next to KD with weight 0.9 and ``alpha=0.1`` (hard-loss weight 1).
+    0.8 next to the hard loss (``alpha=1``, no logit term; the authors'
+    CRD+KD adds KD).
 
     Args:
         teacher_layer: the teacher layer giving the embedding input.

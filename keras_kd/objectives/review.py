@@ -21,10 +21,13 @@ def _maps(f):
     f = to_float32(ops.convert_to_tensor(f))
     if len(f.shape) == 2:
         return ops.reshape(f, (ops.shape(f)[0], 1, 1, f.shape[-1]))
+    if len(f.shape) == 3:   # a 1-D map (batch, L, C): L × 1
+        return ops.expand_dims(f, 2)
     if len(f.shape) != 4:
         raise ValueError(
-            f"ReviewKD needs feature maps (batch, H, W, C) or pooled vectors "
-            f"(batch, C), got a tensor of shape {tuple(f.shape)}.")
+            f"ReviewKD needs feature maps (batch, H, W, C), 1-D maps (batch, "
+            f"L, C) or pooled vectors (batch, C), got a tensor of shape "
+            f"{tuple(f.shape)}.")
     if keras.config.image_data_format() == "channels_first":
         f = ops.transpose(f, (0, 2, 3, 1))
     return f
@@ -62,7 +65,8 @@ def hcl_loss(teacher_maps, student_maps, levels=(4, 2, 1)):
               / (1 + Σ_l 2^-k(l))
 
     over the pyramid levels ``l`` in ``levels`` with ``l < H`` (``pool_l``
-    averages to ``l × l``; ``k`` counts the levels used so far, so the
+    averages to ``l × l``, to ``l × 1`` for 1-D maps ``(batch, L, C)``,
+    keras-kd's extension; ``k`` counts the levels used so far, so the
     weights are 1/2, 1/4, ...), summed over the stages (Chen et al., CVPR
     2021, eq. 5 and the authors' ``hcl``; ``mse`` is the mean over the
     map's positions and channels). Teacher maps are constants.
@@ -92,11 +96,12 @@ def hcl_loss(teacher_maps, student_maps, levels=(4, 2, 1)):
         for level in levels:
             if level >= h:
                 continue
-            if h % level or w % level:
+            level_w = min(level, w)   # 1-D maps (width 1) pool to l × 1
+            if h % level or w % level_w:
                 raise ValueError(
-                    f"ReviewKD pools a {h}x{w} map to {level}x{level}: the "
+                    f"ReviewKD pools a {h}x{w} map to {level}x{level_w}: the "
                     "sizes must divide; tap stages with power-of-two sizes.")
-            pool = (h // level, w // level)
+            pool = (h // level, w // level_w)
             ps = ops.average_pool(s, pool, strides=pool, padding="valid",
                                   data_format="channels_last")
             pt = ops.average_pool(t, pool, strides=pool, padding="valid",
@@ -164,8 +169,8 @@ class ReviewKD(StagesObjective):
     one is fused with the residual of the deeper one. The ABF modules (1×1
     conv + BN, the 2-channel attention, 3×3 conv + BN to the teacher's
     channels) are trained with the student, saved with the Distiller and
-    never exported with the student. Pooled vectors ``(batch, C)`` are
-    taken as 1×1 maps (the authors tap the pooled feature as a last stage).
+    never exported with the student. 1-D maps ``(batch, L, C)`` are taken
+    as ``L × 1`` maps and pooled vectors ``(batch, C)`` as 1×1 maps (the authors tap the pooled feature as a last stage).
     The authors' settings: ``mid_channels`` 64 (CIFAR, 256 on ImageNet),
     weight 1.0 on CIFAR with a 20-epoch linear warm-up of the weight (use a
     schedule callback for it), next to the hard loss and no KD.
@@ -208,6 +213,8 @@ class ReviewKD(StagesObjective):
                 shape = (shape[0],) + shape[2:] + (shape[1],)
             if len(shape) == 2:
                 shape = (shape[0], 1, 1, shape[1])
+            if len(shape) == 3:
+                shape = (shape[0], shape[1], 1, shape[2])
             if len(shape) != 4 or None in shape[1:]:
                 raise ValueError(
                     f"ReviewKD needs feature maps with static shapes, got "

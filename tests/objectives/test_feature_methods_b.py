@@ -231,6 +231,9 @@ def test_hcl_matches_numpy():
     s = [a.astype("float32") for a in s]
     np.testing.assert_allclose(to_numpy(obj.hcl_loss(t, s)), ref.hcl(t, s),
                                rtol=1e-5)
+    t1, s1 = (rng.normal(size=(2, 8, 3)).astype("float32") for _ in "ts")
+    np.testing.assert_allclose(to_numpy(obj.hcl_loss([t1], [s1])),
+                               ref.hcl([t1], [s1]), rtol=1e-5)
     g = backend_grad(lambda v: ops.sum(obj.hcl_loss(t[1:2], [v])), s[1])
     np.testing.assert_allclose(
         g, numeric_grad(lambda v: ref.hcl(t[1:2], [v]).sum(), s[1]),
