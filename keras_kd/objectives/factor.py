@@ -109,7 +109,7 @@ class FT(FeatureObjective):
     with :func:`pretrain_paraphraser` and is frozen during distillation;
     ``T`` is the translator (three 3×3 conv + BN + LeakyReLU blocks to the
     factor's channels), trained with the student. The two maps must have
-    the same spatial size. The paper's settings: ``rate=0.5``, weight β =
+    the same spatial size (or pass ``resize=True``). The paper's settings: ``rate=0.5``, weight β =
     500, paraphraser trained 30 epochs, on the last stage's output.
 
     Args:
@@ -117,6 +117,8 @@ class FT(FeatureObjective):
         student_layer: the student layer the translator reads.
         weight: the term's weight in the total loss.
         rate: the paraphrase rate ``k`` (factor channels = ``k · C_t``).
+        resize: resize the student's map to the teacher's spatial size
+            (bilinear) when they differ, instead of raising an error.
 
     Example:
 
@@ -127,10 +129,9 @@ class FT(FeatureObjective):
     """
 
     def __init__(self, teacher_layer, student_layer, weight=1.0, rate=0.5,
-                 name="ft", **kwargs):
-        kwargs.pop("resize", None)
+                 resize=False, name="ft", **kwargs):
         super().__init__(teacher_layer, student_layer, weight=weight,
-                         name=name, **kwargs)
+                         resize=resize, name=name, **kwargs)
         if not isinstance(rate, (int, float)) or rate <= 0:
             raise ValueError(f"rate must be > 0, got {rate!r}; the paper "
                              "uses rate=0.5.")
@@ -173,13 +174,13 @@ class FT(FeatureObjective):
     def compute(self, teacher_features, student_features, training=False):
         factor = self.encoder(_channels_last(teacher_features),
                               training=False)
-        translated = self.translator(_channels_last(student_features),
-                                     training=training)
+        translated = self.translator(
+            _channels_last(self.resize_student(student_features)),
+            training=training)
         return ft_loss(factor, translated)
 
     def get_config(self):
         config = super().get_config()
-        config.pop("resize")
         config["rate"] = self.rate
         return config
 

@@ -389,3 +389,10 @@ def test_ft_pretrain_distil_and_save(sparse_ce, tmp_path):
     assert not loaded.encoder.trainable
     with pytest.raises(TypeError, match="FT"):
         obj.pretrain_paraphraser(obj.FitNet("a", "b"), teacher, x)
+    small = obj.FT("teacher_conv2", "student_conv2")
+    with pytest.raises(ValueError, match="resize=True"):
+        small.build_for((None, 8, 8, 6), (None, 4, 4, 3))
+    small = obj.FT("teacher_conv2", "student_conv2", resize=True)
+    small.build_for((None, 8, 8, 6), (None, 4, 4, 3))
+    assert tuple(small.compute(np.ones((2, 8, 8, 6), "float32"),
+                               np.ones((2, 4, 4, 3), "float32")).shape) == (2,)
