@@ -396,3 +396,30 @@ def test_ft_pretrain_distil_and_save(sparse_ce, tmp_path):
     small.build_for((None, 8, 8, 6), (None, 4, 4, 3))
     assert tuple(small.compute(np.ones((2, 8, 8, 6), "float32"),
                                np.ones((2, 4, 4, 3), "float32")).shape) == (2,)
+
+
+def test_multi_layer_objective_with_cached_teacher_features(sparse_ce):
+    """The soft-label cache stores the tapped teacher layers in order, and a
+    multi-layer objective gets its own back, as with a live teacher."""
+    from keras_kd.soft_labels import compute_soft_labels
+
+    teacher, student = cnn(6, "teacher"), cnn(6, "student")
+    fsp = obj.FSP([("teacher_conv1", "teacher_conv2")],
+                  [("student_conv1", "student_conv2")])
+    hint = kd.FitNet("teacher_conv1", "student_conv1", name="hint")
+    distiller = kd.Distiller(teacher=teacher, student=student)
+    distiller.compile(optimizer="sgd", loss=sparse_ce, alpha=1.0,
+                      distillation_loss=None, feature_losses=[fsp, hint])
+    x, y = images(16, seed=8)
+    live = distiller.evaluate(x, y, batch_size=8, verbose=0,
+                              return_dict=True)
+    with pytest.raises(ValueError, match="teacher_conv1', 'teacher_conv2', "
+                                         "'teacher_conv1'"):
+        compute_soft_labels(teacher, x, y, feature_layers=[
+            "teacher_conv1"]).as_dataset(8, distiller=distiller)
+    cache = compute_soft_labels(teacher, x, y, feature_layers=[
+        "teacher_conv1", "teacher_conv2", "teacher_conv1"])
+    cached = distiller.evaluate(cache.as_dataset(8, distiller=distiller),
+                                verbose=0, return_dict=True)
+    for key in ("fsp_loss", "hint_loss"):
+        np.testing.assert_allclose(cached[key], live[key], rtol=1e-5)
