@@ -128,6 +128,18 @@ def configs(epochs):
             alpha=1.0, distillation_loss=None, feature_losses=[
                 obj.SRD.from_teacher(teacher, "teacher_embed",
                                      "student_embed", "teacher_logits")])),
+        # Multi-stage feature methods and CRD (FSP needs equal widths and FT
+        # a pre-trained paraphraser: not in this loop).
+        ("CRD", "CE + 0.8·CRD (embed), d=128, K=4096, τ=0.07", dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.CRD("teacher_embed", "student_embed", weight=0.8,
+                        bank_size=4096)])),
+        ("ReviewKD", "CE + 1·HCL (conv1, conv2, embed), ABF width 64", dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[
+                obj.ReviewKD(["teacher_conv1", "teacher_conv2",
+                              "teacher_embed"],
+                             ["student_conv1", "student_conv2",
+                              "student_embed"])])),
     ]
 
 

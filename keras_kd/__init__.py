@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # what type checkers and the API docs (griffe) read
         DIST, DKD, KD, LS, PKT, RKD, AttentionTransfer, CosineEmbedding,
         FitNet, HardDistillation, SimilarityPreserving)
     from keras_kd.on_policy import OnPolicy
+    from keras_kd.pairing import pair_layers
     from keras_kd.search import search
     from keras_kd.soft_labels import SoftLabels, compute_soft_labels
 
@@ -48,6 +49,8 @@ _NAMES = {
     **dict.fromkeys(("NST", "ICKD", "CCKD", "ActivationBoundaries", "OFD",
                      "VID", "MGD", "PADL2", "SRD"), "keras_kd.objectives"),
     "MutualLearning": "keras_kd.schemes",
+    # Automatic layer pairing (feature methods).
+    "pair_layers": "keras_kd.pairing",
 }
 # Public submodules, imported on first use (`export` brings in the TFLite
 # converter, and `python -m keras_kd.export` must not find it imported).
@@ -114,6 +117,7 @@ __all__ = [
     "PADL2",
     "SRD",
     "MutualLearning",
+    "pair_layers",
     "callbacks",
     "data",
     "export",

@@ -224,8 +224,10 @@ class Composition:
         else:
             excess = (1.0 - alpha) * (soft - hard)
         feature_values = []
-        for f, t_feat, s_feat in zip(self.feature_objectives, teacher_features,
-                                     student_features):
+        for f, t_feat, s_feat in zip(
+                self.feature_objectives,
+                grouped(self.feature_objectives, teacher_features, "teacher"),
+                grouped(self.feature_objectives, student_features, "student")):
             value = reduce_term(f.compute(t_feat, s_feat, training=training),
                                 valid_weights, valid_count)
             feature_values.append(value)
@@ -244,3 +246,21 @@ def _count(mask, shape):
             count = count * d
         return ops.cast(count, "float32")
     return ops.maximum(ops.sum(ops.cast(mask, "float32")), 1.0)
+
+
+def grouped(objectives, features, role):
+    """The tapped ``features`` (a flat list, in the order of
+    ``keras_kd.taps.tapped_layers``) given back per objective: one tensor
+    for a single-pair objective, a list for a multi-layer one (its
+    ``teacher_layers`` / ``student_layers``)."""
+    features = list(features)
+    out, start = [], 0
+    for f in objectives:
+        several = getattr(f, f"{role}_layers", None)
+        if several is None:
+            out.append(features[start])
+            start += 1
+        else:
+            out.append(features[start:start + len(several)])
+            start += len(several)
+    return out

@@ -261,17 +261,12 @@ class Distiller(keras.Model):
 
     def _build_views(self, feature_losses):
         """Makes the one-forward tap views and builds the objectives' adapters."""
-        teacher = self.teachers[0]
-        for f in feature_losses:
-            f.build_for(
-                tuple(taps.layer_output(teacher, f.teacher_layer,
-                                        "teacher").shape),
-                tuple(taps.layer_output(self.student, f.student_layer,
-                                        "student").shape))
+        taps.build_objectives(feature_losses, self.teachers[0], self.student)
         self._kd.student_view = taps.make_view(
-            self.student, [f.student_layer for f in feature_losses], "student")
+            self.student, taps.tapped_layers(feature_losses, "student"),
+            "student")
         self._kd.live = targets.LiveTeachers(
-            self.teachers, [f.teacher_layer for f in feature_losses])
+            self.teachers, taps.tapped_layers(feature_losses, "teacher"))
 
     # ------------------------------------------------------------------
     # Forward pass, loss and metrics

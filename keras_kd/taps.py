@@ -199,3 +199,55 @@ def make_view(model, layer_names, role, _nested=False):
     head = copy.output if _nested else copy.outputs[0]
     return keras.Model(copy.inputs, [head] + features,
                        name=f"{model.name}_taps")
+
+
+def tapped_layers(objectives, role):
+    """The layer names the feature ``objectives`` tap in the ``role`` model.
+
+    A single-pair objective taps ``teacher_layer`` / ``student_layer``; a
+    multi-layer one (several stages, e.g. ReviewKD or FSP) taps its
+    ``teacher_layers`` / ``student_layers`` lists. The names come in order,
+    objective after objective: the tap views return the features in this
+    order (see ``keras_kd.composition.grouped``).
+
+    Example:
+
+    >>> import keras_kd as kd
+    >>> tapped_layers([kd.FitNet("t1", "s1")], "teacher")
+    ['t1']
+    """
+    names = []
+    for objective in objectives:
+        several = getattr(objective, f"{role}_layers", None)
+        names.extend(several if several is not None
+                     else [getattr(objective, f"{role}_layer")])
+    return names
+
+
+def build_objectives(objectives, teacher, student):
+    """Calls each objective's ``build_for`` with the tapped layers' shapes:
+    two shapes for a single-pair objective, two lists of shapes for a
+    multi-layer one (``teacher_layers`` / ``student_layers``)."""
+    for objective in objectives:
+        t_shapes = [tuple(layer_output(teacher, name, "teacher").shape)
+                    for name in tapped_layers([objective], "teacher")]
+        s_shapes = [tuple(layer_output(student, name, "student").shape)
+                    for name in tapped_layers([objective], "student")]
+        if getattr(objective, "teacher_layers", None) is None:
+            objective.build_for(t_shapes[0], s_shapes[0])
+        else:
+            objective.build_for(t_shapes, s_shapes)
+
+
+def is_graph_model(model):
+    """True for models whose layers can be tapped: Functional and
+    Sequential models (keras-hub tasks and backbones included).
+
+    Example:
+
+    >>> import keras
+    >>> is_graph_model(keras.Sequential([keras.Input((2,)),
+    ...                                  keras.layers.Dense(1)]))
+    True
+    """
+    return _is_graph_model(model)

@@ -203,6 +203,8 @@ def _contains_in_order(actual, expected_blocks):
 # slowest under JAX's compiles run where they are cheapest.
 BACKEND_OF = {
     "docs/objectives.md::Choosing an objective: `kd.search`": "torch",
+    # Multi-stage feature methods: three objectives' first compiles.
+    "docs/objectives.md::Multi-stage feature methods and CRD": "torch",
     # Exports int8 natively under TensorFlow (elsewhere through a subprocess).
     "docs/quantization.md::Distil, make the student quantization-aware, "
     "fine-tune, export": "tensorflow",

@@ -65,6 +65,13 @@ from keras_kd.objectives.curriculum import (
     ctkd_temperature,
     reverse_gradient,
 )
+# Multi-stage feature methods, contrastive (CRD) and layer pairing helpers:
+# FSP, ReviewKD, FT, CRD.
+from keras_kd.objectives.stages import StagesObjective
+from keras_kd.objectives.flow import FSP, fsp_loss, fsp_matrix
+from keras_kd.objectives.contrastive import CRD, crd_loss, nce_loss
+from keras_kd.objectives.review import ReviewKD, hcl_loss
+from keras_kd.objectives.factor import FT, ft_loss, pretrain_paraphraser
 
 # Single-pair feature methods: NST, ICKD, CCKD (statistics), AB, OFD
 # (boundaries), VID, MGD (generative), PAD-L2, SRD (regression).

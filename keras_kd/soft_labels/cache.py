@@ -210,7 +210,8 @@ class SoftLabels:
             classes = taps.output_shape(distiller.student)
             if classes is not None and classes[-1] is not None:
                 num_classes = num_classes or int(classes[-1])
-            layers = [f.teacher_layer for f in distiller.feature_objectives]
+            layers = taps.tapped_layers(distiller.feature_objectives,
+                                        "teacher")
             if layers and layers != self.feature_layers:
                 raise ValueError(
                     f"The Distiller's feature objectives tap teacher layers "
