@@ -198,22 +198,16 @@ class ChunkedStep:
 
     Example:
 
-    >>> import keras, keras_hub, numpy as np, keras_kd as kd
-    >>> def lm(width, seed):
-    ...     keras.utils.set_random_seed(seed)
+    >>> import keras_hub, keras_kd as kd
+    >>> def lm(width):
     ...     return keras_hub.models.GPT2CausalLM(keras_hub.models.GPT2Backbone(
     ...         vocabulary_size=50, num_layers=1, num_heads=2,
     ...         hidden_dim=width, intermediate_dim=2 * width,
     ...         max_sequence_length=16))
-    >>> x = {"token_ids": np.ones((2, 7), "int32"),
-    ...      "padding_mask": np.ones((2, 7), bool)}
-    >>> d = kd.Distiller(lm(16, 0), lm(8, 1))
-    >>> d.compile("sgd", alpha=0.0, temperature=1.0,
-    ...           distillation_loss="forward_kl", token_chunk_size=3)
-    >>> tuple(d(x).shape)   # hidden states: the logits come chunk by chunk
-    (2, 7, 8)
-    >>> round(float(d.train_on_batch(x)), 3) > 0
-    True
+    >>> step = make(3, [lm(16)], lm(8), kd.objectives.ForwardKL(),
+    ...             feature_losses=[], loss=None, truncate_teacher_logits=False)
+    >>> step.bounds(7)   # the positions of each chunk
+    [(0, 3), (3, 6), (6, 7)]
     """
 
     def __init__(self, size, teacher, student, objective, hard, truncate):
@@ -264,7 +258,8 @@ class ChunkedStep:
 
         return keras.remat(terms)
 
-    def _bounds(self, length):
+    def bounds(self, length):
+        """``[(start, stop), ...]``: the chunks of ``length`` positions."""
         return [(a, min(a + self.size, length))
                 for a in range(0, length, self.size)]
 
@@ -292,7 +287,7 @@ class ChunkedStep:
         chunk = self._chunk(live, use_soft, use_hard)
         totals = 0.0
         if use_soft or use_hard:
-            for a, b in self._bounds(length):
+            for a, b in self.bounds(length):
                 totals = totals + chunk(
                     hidden[:, a:b], teacher[:, a:b], labels[:, a:b],
                     keep[:, a:b], w[:, a:b], temperature)
@@ -341,7 +336,7 @@ class ChunkedStep:
         w = None if sample_weight is None else _weights(sample_weight,
                                                         batch, length)
         result = None
-        for a, b in self._bounds(length):
+        for a, b in self.bounds(length):
             logits = ops.stop_gradient(
                 self.student_head(hidden[:, a:b], reverse=True))
             logits = self.masks.attach(logits, keep[:, a:b] > 0)

@@ -501,27 +501,9 @@ class Distiller(keras.Model):
             self._kd.predicting = False
 
     def _preprocessed(self, x, y, kwargs, training):
-        """Raw text through the keras-hub preprocessor (:mod:`keras_kd.hub`),
-        as the task's own ``fit``/``evaluate``/``predict`` would."""
-        preprocess = self._kd.preprocess
-        if preprocess is None:
-            return x, y, kwargs
-        kwargs = dict(kwargs)
-        if hub.holds_raw_text(x):
-            x = hub.preprocessed(
-                preprocess, x, y, kwargs.pop("sample_weight", None),
-                kwargs.pop("batch_size", None),
-                shuffle=training and kwargs.get("shuffle", True))
-            y = None
-        validation = kwargs.get("validation_data")
-        if validation is not None:
-            vx, vy, vw = keras.utils.unpack_x_y_sample_weight(
-                validation) if isinstance(validation, (tuple, list)) else (
-                    validation, None, None)
-            if hub.holds_raw_text(vx):
-                kwargs["validation_data"] = hub.preprocessed(
-                    preprocess, vx, vy, vw)
-        return x, y, kwargs
+        """Raw text through the keras-hub preprocessor, as the task's own
+        ``fit``/``evaluate``/``predict`` would (:func:`keras_kd.hub.fit_data`)."""
+        return hub.fit_data(self._kd.preprocess, x, y, kwargs, training)
 
     def _objectives(self):
         first = [] if self.distillation_objective is None else [
