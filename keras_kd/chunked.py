@@ -150,6 +150,47 @@ def _hard_loss(loss):
         f"name, or a function of (y_true, y_pred)), got {loss!r}.")
 
 
+def remat(f):
+    """``f``, rematerialised in the backward pass: ``keras.remat`` where this
+    Keras has it, else the backend's own (``jax.checkpoint``,
+    ``tf.recompute_grad``, non-reentrant ``torch.utils.checkpoint``).
+
+    Example:
+
+    >>> from keras import ops
+    >>> float(remat(lambda v: ops.sum(v * v))(ops.ones((3,))))
+    3.0
+    """
+    if hasattr(keras, "remat"):
+        return keras.remat(f)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+        return jax.checkpoint(f)
+    if backend == "tensorflow":
+        import tensorflow as tf
+        return tf.recompute_grad(f)
+    if backend == "torch":
+        import torch.utils.checkpoint
+
+        def wrapped(*args):
+            return torch.utils.checkpoint.checkpoint(f, *args,
+                                                     use_reentrant=False)
+        return wrapped
+    return f
+
+
+def _static_length(hidden):
+    length = hidden.shape[1]
+    if length is None:
+        raise ValueError(
+            "token_chunk_size needs a fixed sequence length to cut it into "
+            "chunks; the batches have an unknown one. Pad them to one length "
+            "(keras-hub preprocessors do: sequence_length=...), or compile "
+            "without token_chunk_size.")
+    return length
+
+
 def _weights(sample_weight, batch, length):
     """``sample_weight`` as float32 ``(batch, length)`` (ones when None)."""
     if sample_weight is None:
@@ -182,10 +223,11 @@ class ChunkedStep:
 
     Built by :func:`make` (``Distiller.compile(token_chunk_size=N)``): the
     Distiller's ``call`` then returns the student's hidden states
-    (:meth:`hidden`) in ``fit``/``evaluate``/``train_on_batch``, and its
-    ``compute_loss`` / ``compute_metrics`` hand them to :meth:`loss` and
-    :meth:`update_metrics`, which form the logits ``N`` positions at a time
-    (module docstring). ``predict`` still returns the student's logits.
+    (:meth:`hidden`), except in ``predict``, and its ``compute_loss`` hands
+    them to :meth:`update_metrics` (the compiled metrics, on the logits of
+    the step's weights, before any update) and :meth:`loss`, which form the
+    logits ``N`` positions at a time (module docstring); its
+    ``compute_metrics`` then only reads the results.
 
     Args:
         size: positions per chunk; the last chunk holds the rest
@@ -256,7 +298,7 @@ class ChunkedStep:
                 out.append(ops.sum(ops.cast(per, "float32") * w * keep))
             return ops.stack(out)
 
-        return keras.remat(terms)
+        return remat(terms)
 
     def bounds(self, length):
         """``[(start, stop), ...]``: the chunks of ``length`` positions."""
@@ -271,7 +313,7 @@ class ChunkedStep:
         cached = y if isinstance(y, dict) and "teacher_logits" in y else None
         labels = None if cached is None and y is None else (
             y if cached is None else cached.get("labels"))
-        batch, length = hidden.shape[0], hidden.shape[1]
+        batch, length = hidden.shape[0], _static_length(hidden)
         if batch is None:
             batch = ops.shape(hidden)[0]
         w = _weights(sample_weight, batch, length)
@@ -330,7 +372,7 @@ class ChunkedStep:
         if labels is None:
             return None
         labels, keep = _labels(labels)
-        batch, length = hidden.shape[0], hidden.shape[1]
+        batch, length = hidden.shape[0], _static_length(hidden)
         if batch is None:
             batch = ops.shape(hidden)[0]
         w = None if sample_weight is None else _weights(sample_weight,
