@@ -329,10 +329,9 @@ class ChunkedStep:
         chunk = self._chunk(live, use_soft, use_hard)
         totals = 0.0
         if use_soft or use_hard:
-            for a, b in self.bounds(length):
-                totals = totals + chunk(
-                    hidden[:, a:b], teacher[:, a:b], labels[:, a:b],
-                    keep[:, a:b], w[:, a:b], temperature)
+            totals = self._sum_chunks(
+                chunk, (hidden, teacher, labels, keep, w), temperature,
+                length, int(use_soft) + int(use_hard))
         soft = hard = None
         if use_soft:
             count = ops.cast(batch * length, "float32")
@@ -353,6 +352,37 @@ class ChunkedStep:
             ops.cast(batch, "float32"))
         extra = sum(ops.cast(v, "float32") for v in extra_losses)
         return (total + extra) / composition.replicas()
+
+    def _sum_chunks(self, chunk, arrays, temperature, length, outputs):
+        """``Σ_chunks chunk(slices of arrays, temperature)``.
+
+        On JAX the whole chunks run in a ``lax.scan``: XLA would otherwise
+        be free to schedule an unrolled loop's chunks side by side (and keep
+        their logits alive together); a scan runs them one after the other
+        in both passes. Elsewhere (and for the last, shorter chunk) a Python
+        loop, run in order by TensorFlow's graphs and PyTorch alike.
+        """
+        size, whole = self.size, length // self.size
+        totals, start = ops.zeros((outputs,), "float32"), 0
+        if keras.backend.backend() == "jax" and whole > 1:
+            import jax
+
+            def stacked(a):  # (batch, whole · size, ...) -> (whole, ...)
+                a = a[:, :whole * size]
+                a = ops.reshape(a, (-1, whole, size) + tuple(a.shape[2:]))
+                return ops.moveaxis(a, 1, 0)
+
+            def body(carry, xs):
+                return carry + chunk(*xs, temperature), None
+
+            totals, _ = jax.lax.scan(body, totals, tuple(
+                stacked(a) for a in arrays))
+            start = whole * size
+        for a, b in self.bounds(length):
+            if a >= start:
+                totals = totals + chunk(*(x[:, a:b] for x in arrays),
+                                        temperature)
+        return totals
 
     def _reduce_hard(self, total, w, keep):
         """Keras's reduction of a masked loss: ``Σ l·w·m / Σ m``
