@@ -277,10 +277,11 @@ class ChunkedStep:
         return ops.stop_gradient(hidden), True
 
     def _chunk(self, live, use_soft, use_hard):
-        """The function of one chunk: ``[Σ w·l, Σ w·m·ce]`` (float32)."""
+        """The function of one chunk: ``carry + [Σ w·l, Σ w·m·ce]``
+        (float32; ``carry`` the sums of the chunks before it)."""
         objective, hard = self.objective, self.hard
 
-        def terms(h_s, teacher, labels, keep, w, temperature):
+        def terms(carry, h_s, teacher, labels, keep, w, temperature):
             s = self.student_head(h_s, reverse=True)
             out = []
             if use_soft:
@@ -296,7 +297,7 @@ class ChunkedStep:
                 per = hard[0](ops.cast(labels, "int32"),
                               ops.cast(s, "float32"))
                 out.append(ops.sum(ops.cast(per, "float32") * w * keep))
-            return ops.stack(out)
+            return carry + ops.stack(out)
 
         return remat(terms)
 
@@ -360,7 +361,10 @@ class ChunkedStep:
         be free to schedule an unrolled loop's chunks side by side (and keep
         their logits alive together); a scan runs them one after the other
         in both passes. Elsewhere (and for the last, shorter chunk) a Python
-        loop, run in order by TensorFlow's graphs and PyTorch alike.
+        loop; each chunk takes the running sum as an input, which orders
+        the chunks of a graph. (Measured on TensorFlow's CPU graphs, the
+        chunked peak still grows with the tokens: see
+        docs/language-models.md, Memory.)
         """
         size, whole = self.size, length // self.size
         totals, start = ops.zeros((outputs,), "float32"), 0
@@ -373,15 +377,15 @@ class ChunkedStep:
                 return ops.moveaxis(a, 1, 0)
 
             def body(carry, xs):
-                return carry + chunk(*xs, temperature), None
+                return chunk(carry, *xs, temperature), None
 
             totals, _ = jax.lax.scan(body, totals, tuple(
                 stacked(a) for a in arrays))
             start = whole * size
         for a, b in self.bounds(length):
             if a >= start:
-                totals = totals + chunk(*(x[:, a:b] for x in arrays),
-                                        temperature)
+                totals = chunk(totals, *(x[:, a:b] for x in arrays),
+                                temperature)
         return totals
 
     def _reduce_hard(self, total, w, keep):
