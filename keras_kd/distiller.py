@@ -4,8 +4,8 @@ import threading
 
 import keras
 
-from keras_kd import (checks, compile_options, composition, fit_guards, hub,
-                      saving, targets, taps)
+from keras_kd import (checks, chunked, compile_options, composition,
+                      fit_guards, hub, saving, targets, taps)
 from keras_kd import objectives as objectives_lib
 
 
@@ -125,7 +125,8 @@ class Distiller(keras.Model):
             student_view=student, live=targets.LiveTeachers(teachers),
             composition=None, options={}, teacher_checked=False,
             teacher_detached=False, labels_seen=True, on_policy=None,
-            on_policy_sampler=None, on_policy_metrics=None,
+            on_policy_sampler=None, on_policy_metrics=None, chunked=None,
+            predicting=False,
             preprocess=hub.preprocessing_of(teachers, student))
         self._stash = threading.local()
         self.built = True
@@ -159,7 +160,7 @@ class Distiller(keras.Model):
 
     def compile(self, optimizer="adam", loss=None, metrics=None, alpha=0.1,
                 temperature=4.0, distillation_loss="kd", feature_losses=None,
-                on_policy=None, **kwargs):
+                on_policy=None, token_chunk_size=None, **kwargs):
         """Configures the distillation.
 
         Args:
@@ -181,6 +182,10 @@ class Distiller(keras.Model):
             on_policy: a :class:`keras_kd.OnPolicy` to distil a keras-hub
                 causal LM on its own sampled continuations (GKD); ``None``
                 distils on the batches as given.
+            token_chunk_size: for keras-hub causal LMs, compute the logits,
+                the token-level objective and the hard loss this many
+                positions at a time, each chunk rematerialised in the
+                backward pass (:mod:`keras_kd.chunked`); None: full logits.
             **kwargs: passed to ``keras.Model.compile`` (``weighted_metrics``,
                 ``jit_compile``, ``steps_per_execution``, ...).
         """
@@ -198,6 +203,9 @@ class Distiller(keras.Model):
             objective.teacher_weights = list(self.teacher_weights)
         self._build_views(feature_losses)
         self._set_on_policy(on_policy, feature_losses)
+        self._kd.chunked = chunked.make(
+            token_chunk_size, self.teachers, self.student, objective,
+            feature_losses, loss, self.truncate_teacher_logits)
         self.distillation_objective = objective
         self.feature_objectives = feature_losses
         self._alpha.assign(alpha)
@@ -207,8 +215,10 @@ class Distiller(keras.Model):
         self._kd.options = dict(alpha=alpha, temperature=temperature,
                                 distillation_loss=objective,
                                 feature_losses=feature_losses)
-        if on_policy is not None:
-            self._kd.options["on_policy"] = on_policy
+        for key, value in (("on_policy", on_policy),
+                           ("token_chunk_size", token_chunk_size)):
+            if value is not None:
+                self._kd.options[key] = value
         optimizer = compile_options.loss_scaled(
             optimizer, self.student, self.dtype_policy.name,
             kwargs.get("auto_scale_loss", True))
@@ -274,6 +284,8 @@ class Distiller(keras.Model):
     def call(self, inputs, training=None):
         """The student's forward pass (its tapped features kept for the loss)."""
         view = self._kd.student_view
+        if self._kd.chunked is not None and not self._kd.predicting:
+            return self._kd.chunked.hidden(inputs, training)  # no logits
         if view is self.student:
             return self.student(inputs, training=training)
         outputs = view(inputs, training=training)
@@ -301,6 +313,10 @@ class Distiller(keras.Model):
         """
         if y_pred is None:
             y_pred = self(x, training=training)
+        if self._kd.chunked is not None:  # the metrics, before any update
+            self._kd.chunked.update_metrics(
+                y, y_pred, sample_weight, lambda *a: super(
+                    Distiller, self).compute_metrics(x, *a))
         on_policy = self._kd.on_policy
         if training and on_policy is not None and on_policy.lmbda > 0:
             # A λ share of the sequences continued by the current student;
@@ -312,9 +328,13 @@ class Distiller(keras.Model):
             y_pred = self(x, training=training)
             for metric, value in zip(self._on_policy_logged(), logged):
                 metric.update_state(value)
+        terms = self._kd.composition
+        if self._kd.chunked is not None:  # y_pred: the hidden states
+            return self._kd.chunked.loss(
+                x, y, y_pred, sample_weight, self._alpha.value,
+                self._temperature.value, self.losses, terms.tracker)
         student_features = self._student_features(x, y_pred, training)
         _, labels = targets.split_targets(y)
-        terms = self._kd.composition
         batch = terms.prepare(y_pred, labels)
         # Regularization and add_loss terms of the student and adapters, read
         # before a teacher runs so that none of the teacher's are included.
@@ -353,8 +373,8 @@ class Distiller(keras.Model):
         """
         _, labels = targets.split_targets(y)
         self._kd.labels_seen = labels is not None
-        if labels is None:
-            return self.get_metrics_result()
+        if labels is None or self._kd.chunked is not None:
+            return self.get_metrics_result()  # (chunked: in compute_loss)
         batch = self._kd.composition.prepare(y_pred, labels)
         return super().compute_metrics(x, batch["labels"], batch["y_pred"],
                                        _fresh(sample_weight))
@@ -468,31 +488,17 @@ class Distiller(keras.Model):
     def predict(self, x, *args, **kwargs):
         """The student's predictions (``keras.Model.predict``); no teacher runs."""
         x, _, kwargs = self._preprocessed(x, None, kwargs, training=False)
-        return self._detach_teachers_while(True, super().predict, x, *args,
-                                           **kwargs)
+        self._kd.predicting = True  # call() gives logits, chunked or not
+        try:
+            return self._detach_teachers_while(True, super().predict, x,
+                                               *args, **kwargs)
+        finally:
+            self._kd.predicting = False
 
     def _preprocessed(self, x, y, kwargs, training):
-        """Raw text through the keras-hub preprocessor (:mod:`keras_kd.hub`),
-        as the task's own ``fit``/``evaluate``/``predict`` would."""
-        preprocess = self._kd.preprocess
-        if preprocess is None:
-            return x, y, kwargs
-        kwargs = dict(kwargs)
-        if hub.holds_raw_text(x):
-            x = hub.preprocessed(
-                preprocess, x, y, kwargs.pop("sample_weight", None),
-                kwargs.pop("batch_size", None),
-                shuffle=training and kwargs.get("shuffle", True))
-            y = None
-        validation = kwargs.get("validation_data")
-        if validation is not None:
-            vx, vy, vw = keras.utils.unpack_x_y_sample_weight(
-                validation) if isinstance(validation, (tuple, list)) else (
-                    validation, None, None)
-            if hub.holds_raw_text(vx):
-                kwargs["validation_data"] = hub.preprocessed(
-                    preprocess, vx, vy, vw)
-        return x, y, kwargs
+        """Raw text through the keras-hub preprocessor, as the task's own
+        ``fit``/``evaluate``/``predict`` would (:func:`keras_kd.hub.fit_data`)."""
+        return hub.fit_data(self._kd.preprocess, x, y, kwargs, training)
 
     def _objectives(self):
         first = [] if self.distillation_objective is None else [

@@ -121,6 +121,37 @@ def preprocessed(preprocess, x, y=None, sample_weight=None, batch_size=None,
         tf.data.AUTOTUNE)
 
 
+def fit_data(preprocess, x, y, kwargs, training):
+    """``(x, y, kwargs)`` of ``fit``/``evaluate``/``predict`` with raw text
+    (and raw ``validation_data``) mapped through ``preprocess`` (see
+    :func:`preprocessing_of`), as the task's own methods do; the arguments
+    as they are when ``preprocess`` is None or the data are not text.
+
+    Example:
+
+    >>> fit_data(None, [[1, 2]], None, {}, training=True)
+    ([[1, 2]], None, {})
+    """
+    if preprocess is None:
+        return x, y, kwargs
+    kwargs = dict(kwargs)
+    if holds_raw_text(x):
+        x = preprocessed(
+            preprocess, x, y, kwargs.pop("sample_weight", None),
+            kwargs.pop("batch_size", None),
+            shuffle=training and kwargs.get("shuffle", True))
+        y = None
+    validation = kwargs.get("validation_data")
+    if validation is not None:
+        vx, vy, vw = keras.utils.unpack_x_y_sample_weight(
+            validation) if isinstance(validation, (tuple, list)) else (
+                validation, None, None)
+        if holds_raw_text(vx):
+            kwargs["validation_data"] = preprocessed(
+                preprocess, vx, vy, vw)
+    return x, y, kwargs
+
+
 # ----------------------------------------------------------------------
 # Initialising a shallower student from its teacher (DistilBERT)
 # ----------------------------------------------------------------------
