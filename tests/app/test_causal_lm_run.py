@@ -204,6 +204,35 @@ def test_litert_helpers_against_the_keras_model(tmp_path):
     np.testing.assert_array_equal(
         causal_lm_run.litert_continuations(lm, ids, 5),
         greedy_continuations(model, ids, held.padding_mask[rows], 5))
+    # the same with the KV-cache file the run exports (a prefill of the
+    # prompt, then decode steps); its speed measured on the file
+    cached_path = str(tmp_path / "lm_kv.tflite")
+    # (verify=False: the comparisons below are the check)
+    lm_to_tflite(model, cached_path, kv_cache_length=16, prefill_lengths=(5,),
+                 latency_runs=0, verify=False)
+    cached = LiteRTCausalLM(cached_path)
+    assert cached.has_cache and cached.kv_cache_length == 16
+    first = causal_lm_run.first_windows(held, 8)
+    assert len(first.token_ids) == 8
+    assert causal_lm_run.litert_bits_per_byte(cached, first) == pytest.approx(
+        evaluate_bits_per_byte(model, first), abs=1e-4)
+    np.testing.assert_array_equal(
+        causal_lm_run.litert_continuations(cached, ids, 5),
+        greedy_continuations(model, ids, held.padding_mask[rows], 5))
+    speed = causal_lm_run.litert_speed(cached, 5, runs=3)
+    assert speed["decode_positions"] == [0, 15]
+    assert speed["prefill_tokens_per_s"] > 0
+    assert 0 < speed["decode_ms_start"] < 1000
+    assert 0 < speed["decode_ms_end"] < 1000
+
+
+def test_export_precisions_always_hold_float32_and_int8_weights():
+    assert causal_lm_run.export_precisions("float32") == ["float32",
+                                                          "dynamic"]
+    assert causal_lm_run.export_precisions("dynamic") == ["dynamic",
+                                                          "float32"]
+    assert causal_lm_run.export_precisions("float16") == [
+        "float16", "float32", "dynamic"]
 
 
 def test_decode_replaces_bytes_that_are_not_utf8():
