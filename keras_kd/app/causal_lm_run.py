@@ -9,8 +9,11 @@ alone on the next-byte labels, and distilled with :class:`keras_kd.Distiller`
 the distilled student to LiteRT with a KV cache
 (:func:`keras_kd.export.lm_to_tflite` with ``kv_cache_length``, in float32
 and int8 weights) and writes ``report.json``, ``report.md`` and
-``learning_curves.png``: per model the held-out bits per byte, parameters, file size, latency, greedy agreement
-with the teacher and the greedy continuation of one held-out prompt.
+``learning_curves.png``: per model the held-out bits per byte, parameters,
+file size, latency, greedy agreement with the teacher and the greedy
+continuation of one held-out prompt; per LiteRT file its size, prefill
+tokens per second, decode milliseconds per token at the cache's first and
+last positions, bits per byte and greedy samples.
 
 The training is that of ``examples/language_model.py``
 (:func:`~keras_kd.app.language_models.train_causal_lm`).
@@ -377,8 +380,9 @@ def run(args):
     ``float16`` or ``dynamic``, and always float32 and ``dynamic``, int8
     weights; ``--no-export`` skips it); measure (the report's ``litert``:
     per file its size, prefill tokens per second, decode ms per token at the
-    first and last positions, bits per byte, greedy samples); write ``report.json``, ``report.md`` and
-    ``learning_curves.png`` under ``OUTPUT/RUN_NAME/``.
+    first and last positions, bits per byte, greedy samples); write
+    ``report.json``, ``report.md`` and ``learning_curves.png`` under
+    ``OUTPUT/RUN_NAME/``.
     """
     state = _LMRun(apply_task_defaults(args))
     stage(f"run {state.run_name} (causal-lm): backend {state.backend}, "
