@@ -6,10 +6,14 @@ library's source (:func:`keras_kd.data.load_python_source`, split by file),
 then the same initial student twice on the same batches in the same order:
 alone on the next-byte labels, and distilled with :class:`keras_kd.Distiller`
 (on-policy with ``--on-policy LAMBDA``). It saves the three models, exports
-the distilled student to LiteRT (:func:`keras_kd.export.lm_to_tflite`) and
-writes ``report.json``, ``report.md`` and ``learning_curves.png``: per model
-the held-out bits per byte, parameters, file size, latency, greedy agreement
-with the teacher and the greedy continuation of one held-out prompt.
+the distilled student to LiteRT with a KV cache
+(:func:`keras_kd.export.lm_to_tflite` with ``kv_cache_length``, in float32
+and int8 weights) and writes ``report.json``, ``report.md`` and
+``learning_curves.png``: per model the held-out bits per byte, parameters,
+file size, latency, greedy agreement with the teacher and the greedy
+continuation of one held-out prompt; per LiteRT file its size, prefill
+tokens per second, decode milliseconds per token at the cache's first and
+last positions, bits per byte and greedy samples.
 
 The training is that of ``examples/language_model.py``
 (:func:`~keras_kd.app.language_models.train_causal_lm`).
@@ -32,9 +36,14 @@ CURVE_POINTS = 10
 # Held-out prompts whose greedy continuations are compared with the
 # teacher's.
 AGREEMENT_PROMPTS = 64
+# Held-out windows on which each LiteRT file's bits per byte is compared
+# (the cache file scores a window one decode step per byte), and greedy
+# samples per file.
+LITERT_BPB_WINDOWS = 64
+SAMPLES = 2
 
 
-def _first(windows, count):
+def first_windows(windows, count):
     """The first ``count`` windows of a ``TokenWindows``."""
     per_window = ("token_ids", "padding_mask", "labels", "sample_weight",
                   "file_index")
@@ -79,6 +88,34 @@ def litert_bits_per_byte(lm, windows):
     return total / weight
 
 
+def litert_speed(lm, prefill_length, runs):
+    """Speed of a KV-cache :class:`keras_kd.export.LiteRTCausalLM`, timed
+    on the file with LiteRT (medians of ``runs`` calls after one warm-up,
+    on an empty cache): ``prefill_tokens_per_s``, ``prefill_length`` over
+    the seconds of one ``prefill_<prefill_length>`` call from position 0;
+    ``decode_ms_start`` and ``decode_ms_end``, the milliseconds of one
+    ``decode`` step at position 0 and at the last position ``L - 1``."""
+    cache = lm.new_cache()
+
+    def median_s(name, n, start):
+        tokens = [0] * n
+        lm.run_signature(name, tokens, start, cache)
+        times = []
+        for _ in range(runs):
+            begin = time.perf_counter()
+            lm.run_signature(name, tokens, start, cache)
+            times.append(time.perf_counter() - begin)
+        return float(np.median(times))
+
+    last = lm.kv_cache_length - 1
+    return dict(
+        prefill_tokens_per_s=prefill_length / median_s(
+            f"prefill_{prefill_length}", prefill_length, 0),
+        decode_ms_start=1000 * median_s("decode", 1, 0),
+        decode_ms_end=1000 * median_s("decode", 1, last),
+        decode_positions=[0, last])
+
+
 class _LMRun:
     """The state one ``keras-kd run --task causal-lm`` builds up."""
 
@@ -92,7 +129,7 @@ class _LMRun:
             args.output, args.run_name, "causal-lm-{}-{}-{}".format(
                 args.lm_teacher, args.lm_student, timestamp()))
         self.timings, self.curves, self.models = {}, {}, {}
-        self.export_info = None
+        self.export_info = self.litert = None
         keras.utils.set_random_seed(args.seed)
 
 
@@ -114,7 +151,7 @@ def _load_data(run):
             "keras-kd run: the held-out text has no full window of "
             f"{args.sequence_length} bytes to prompt with; raise --max-bytes "
             "or lower --sequence-length")
-    run.curve_windows = _first(held, CURVE_WINDOWS)
+    run.curve_windows = first_windows(held, CURVE_WINDOWS)
 
 
 def _train(run, key, size, steps, seed, teacher=None, on_policy=None):
@@ -228,34 +265,73 @@ def _agreement(run, generated):
     return float(np.mean(generated[:, p:] == run.teacher_continuations[:, p:]))
 
 
+def export_precisions(quantize):
+    """The precisions the run exports, ``--quantize``'s first: float32 and
+    int8 weights (``"dynamic"``) always.
+
+    >>> export_precisions("float16")
+    ['float16', 'float32', 'dynamic']
+    """
+    return list(dict.fromkeys((quantize, "float32", "dynamic")))
+
+
 def _export(run):
-    """Exports the distilled student with ``lm_to_tflite`` and measures the
-    file as the Keras models; a failure is reported, the models kept."""
+    """Exports the distilled student with a KV cache (``lm_to_tflite(...,
+    kv_cache_length=L)``, ``L`` the run's sequence length: the prompts plus
+    their continuations) in each precision of :func:`export_precisions` and
+    measures the files with LiteRT; a failure is reported, the models
+    kept."""
     args, held = run.args, run.data.held_out
-    p = run.prompt_length
-    path = os.path.join(run.run_dir,
-                        f"student_distilled_{args.quantize}.tflite")
-    stage(f"exporting the distilled student to LiteRT ({args.quantize}): "
-          f"{path}")
+    p, length = run.prompt_length, args.sequence_length
+    ids = held.token_ids[run.rows]
+    stage(f"exporting the distilled student to LiteRT with a KV cache of "
+          f"{length} positions ({', '.join(export_precisions(args.quantize))})"
+          f": {run.run_dir}")
+    from keras_kd.app.language_models import evaluate_bits_per_byte
+
     try:
         from keras_kd.export import LiteRTCausalLM, lm_to_tflite
 
-        result = lm_to_tflite(run.models["distilled student"], path,
-                              args.sequence_length, quantize=args.quantize,
-                              latency_runs=args.latency_runs)
-        lm = LiteRTCausalLM(result.path)
-        generated = litert_continuations(lm, held.token_ids[run.rows], p)
+        files, samples, main = {}, {}, None
+        scored = first_windows(held, LITERT_BPB_WINDOWS)
+        for precision in export_precisions(args.quantize):
+            path = os.path.join(run.run_dir,
+                                f"student_distilled_{precision}.tflite")
+            result = lm_to_tflite(run.models["distilled student"], path,
+                                  kv_cache_length=length,
+                                  prefill_lengths=(p,), quantize=precision,
+                                  latency_runs=args.latency_runs)
+            lm = LiteRTCausalLM(result.path)
+            files[precision] = dict(
+                path=str(result.path), size_bytes=int(result.size_bytes),
+                max_abs_diff=result.max_abs_diff,
+                bits_per_byte=litert_bits_per_byte(lm, scored),
+                **litert_speed(lm, p, max(1, args.latency_runs)))
+            samples[precision] = [decode(row[p:]) for row in
+                                  litert_continuations(lm, ids[:SAMPLES], p)]
+            if precision == args.quantize:
+                main = (result, lm)
+        result, lm = main
+        generated = litert_continuations(lm, ids, p)
         bits = litert_bits_per_byte(lm, held)
     except Exception as error:  # report, do not lose the trained models
         return export_failed(run, error, "LiteRT")
     run.export_info = result.as_dict()
+    run.litert = dict(
+        kv_cache_length=length, prefill_length=p, main=args.quantize,
+        files=files, samples=samples,
+        bits_per_byte_windows=int(len(scored.token_ids)),
+        bits_per_byte_targets=int(np.sum(scored.sample_weight > 0)),
+        keras_bits_per_byte=evaluate_bits_per_byte(
+            run.models["distilled student"], scored))
     run.records.append(dict(
         key="student_tflite",
         label=f"distilled student, LiteRT {args.quantize}",
         path=str(result.path), parameters=None,
         size_bytes=int(result.size_bytes), bits_per_byte=bits,
         greedy_agreement=_agreement(run, generated),
-        latency_ms=result.latency_ms_median, latency_unit="ms per token",
+        latency_ms=files[args.quantize]["decode_ms_start"],
+        latency_unit="ms per token",
         sample=decode(generated[0, p:]), runtime="litert"))
 
 
@@ -279,7 +355,8 @@ def _write_report(run):
                   held_out_targets=data.held_out.num_targets),
         prompt=run.prompt, prompt_length=run.prompt_length,
         agreement_prompts=len(run.rows), models=run.records,
-        curves=run.curves, export=run.export_info, timings=run.timings,
+        curves=run.curves, export=run.export_info, litert=run.litert,
+        timings=run.timings,
         run_dir=run.run_dir, smoke=bool(run.args.quick))
     result["paths"] = lm_report.write_lm_report(run.run_dir, result)
     print(f"\n{lm_report.lm_markdown_table(run.records)}\n")
@@ -298,10 +375,14 @@ def run(args):
 
     Stages: load the text; train the teacher; train the student alone and
     the same initial student distilled, on the same batches; save the three
-    models (``.keras``); export the distilled student to LiteRT
-    (``--quantize float32``, ``float16`` or ``dynamic``; ``--no-export``
-    skips it); measure; write ``report.json``, ``report.md`` and
-    ``learning_curves.png`` under ``OUTPUT/RUN_NAME/``.
+    models (``.keras``); export the distilled student to LiteRT with a KV
+    cache of ``--sequence-length`` positions (``--quantize float32``,
+    ``float16`` or ``dynamic``, and always float32 and ``dynamic``, int8
+    weights; ``--no-export`` skips it); measure (the report's ``litert``:
+    per file its size, prefill tokens per second, decode ms per token at the
+    first and last positions, bits per byte, greedy samples); write
+    ``report.json``, ``report.md`` and ``learning_curves.png`` under
+    ``OUTPUT/RUN_NAME/``.
     """
     state = _LMRun(apply_task_defaults(args))
     stage(f"run {state.run_name} (causal-lm): backend {state.backend}, "

@@ -18,6 +18,7 @@ from keras_kd.app.language_models import (  # noqa: E402
     greedy_continuations,
 )
 from keras_kd.data.text import load_python_source  # noqa: E402
+from keras_kd.export import LiteRTCausalLM  # noqa: E402
 from keras_kd.objectives.sequences import SEQUENCE_OBJECTIVES  # noqa: E402
 from tests.conftest import BACKEND  # noqa: E402
 
@@ -122,7 +123,66 @@ def test_litert_file_generates_what_the_keras_student_generates(quick_run):
     assert litert["bits_per_byte"] == pytest.approx(
         keras_student["bits_per_byte"], abs=1e-4)
     assert report["export"]["max_abs_diff"] < 1e-3
-    assert 0 < litert["latency_ms"] == report["export"]["latency_ms_median"]
+    # the file holds a KV cache of the run's sequence length
+    assert report["export"]["kv_cache_length"] == report["config"][
+        "sequence_length"]
+    lm = LiteRTCausalLM(litert["path"])
+    assert lm.has_cache and lm.kv_cache_length == report["config"][
+        "sequence_length"]
+    summary = report["litert"]
+    assert 0 < litert["latency_ms"] == summary["files"]["float32"][
+        "decode_ms_start"]
+    # the samples of the float32 file: the Keras student's greedy bytes
+    assert summary["samples"]["float32"][0] == keras_student["sample"]
+
+
+@pytest.mark.one_backend(QUICK_RUN_BACKEND)
+def test_kv_cache_files_figures(quick_run):
+    _, run_dir, report, data = quick_run
+    summary = report["litert"]
+    files = summary["files"]
+    L = report["config"]["sequence_length"]
+    assert summary["kv_cache_length"] == L
+    assert summary["prefill_length"] == report["prompt_length"]
+    assert sorted(files) == ["dynamic", "float32"]
+    for precision, f in files.items():
+        assert f["path"] == str(run_dir / f"student_distilled_{precision}"
+                                ".tflite")
+        assert f["size_bytes"] == os.path.getsize(f["path"])
+        assert f["prefill_tokens_per_s"] > 0
+        assert 0 < f["decode_ms_start"] < 1000 and 0 < f["decode_ms_end"] < \
+            1000
+        assert f["decode_positions"] == [0, L - 1]
+        assert len(summary["samples"][precision]) == causal_lm_run.SAMPLES
+    # int8 weights: a smaller file
+    assert files["dynamic"]["size_bytes"] < files["float32"]["size_bytes"]
+    int8 = LiteRTCausalLM(files["dynamic"]["path"])
+    assert int8.has_cache and int8.kv_cache_length == L
+    # bits per byte on the first windows: the float32 file equals the Keras
+    # student there; the int8 file is its own, recomputed from the file
+    windows = summary["bits_per_byte_windows"]
+    assert windows == min(causal_lm_run.LITERT_BPB_WINDOWS,
+                          data.held_out.num_windows)
+    assert files["float32"]["bits_per_byte"] == pytest.approx(
+        summary["keras_bits_per_byte"], abs=1e-4)
+    first = causal_lm_run.first_windows(data.held_out, windows)
+    assert causal_lm_run.litert_bits_per_byte(int8, first) == pytest.approx(
+        files["dynamic"]["bits_per_byte"], abs=1e-9)
+    assert abs(files["dynamic"]["bits_per_byte"]
+               - summary["keras_bits_per_byte"]) < 0.1
+    # the int8 samples: what the int8 file generates from the first prompts
+    rows = causal_lm_run.prompt_rows(data.held_out, causal_lm_run.SAMPLES)
+    p = report["prompt_length"]
+    for row, text in zip(rows, summary["samples"]["dynamic"]):
+        ids = data.held_out.token_ids[row]
+        assert causal_lm_run.decode(int8.generate(ids[:p], L - p)[p:]) == text
+    md = (run_dir / "report.md").read_text()
+    assert "## LiteRT files with a KV cache" in md
+    for precision, f in files.items():
+        assert os.path.basename(f["path"]) in md
+        assert f"{f['bits_per_byte']:.4f}" in md
+        for text in summary["samples"][precision]:
+            assert text in md
 
 
 def test_litert_helpers_against_the_keras_model(tmp_path):
@@ -144,6 +204,35 @@ def test_litert_helpers_against_the_keras_model(tmp_path):
     np.testing.assert_array_equal(
         causal_lm_run.litert_continuations(lm, ids, 5),
         greedy_continuations(model, ids, held.padding_mask[rows], 5))
+    # the same with the KV-cache file the run exports (a prefill of the
+    # prompt, then decode steps); its speed measured on the file
+    cached_path = str(tmp_path / "lm_kv.tflite")
+    # (verify=False: the comparisons below are the check)
+    lm_to_tflite(model, cached_path, kv_cache_length=16, prefill_lengths=(5,),
+                 latency_runs=0, verify=False)
+    cached = LiteRTCausalLM(cached_path)
+    assert cached.has_cache and cached.kv_cache_length == 16
+    first = causal_lm_run.first_windows(held, 8)
+    assert len(first.token_ids) == 8
+    assert causal_lm_run.litert_bits_per_byte(cached, first) == pytest.approx(
+        evaluate_bits_per_byte(model, first), abs=1e-4)
+    np.testing.assert_array_equal(
+        causal_lm_run.litert_continuations(cached, ids, 5),
+        greedy_continuations(model, ids, held.padding_mask[rows], 5))
+    speed = causal_lm_run.litert_speed(cached, 5, runs=3)
+    assert speed["decode_positions"] == [0, 15]
+    assert speed["prefill_tokens_per_s"] > 0
+    assert 0 < speed["decode_ms_start"] < 1000
+    assert 0 < speed["decode_ms_end"] < 1000
+
+
+def test_export_precisions_always_hold_float32_and_int8_weights():
+    assert causal_lm_run.export_precisions("float32") == ["float32",
+                                                          "dynamic"]
+    assert causal_lm_run.export_precisions("dynamic") == ["dynamic",
+                                                          "float32"]
+    assert causal_lm_run.export_precisions("float16") == [
+        "float16", "float32", "dynamic"]
 
 
 def test_decode_replaces_bytes_that_are_not_utf8():
