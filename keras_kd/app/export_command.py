@@ -175,10 +175,13 @@ def run_export(args):
     modes = []
     for value in args.quantize or ["float32"]:
         modes.extend(m.strip() for m in value.split(",") if m.strip())
-    unknown = [m for m in modes if m not in QUANTIZE_MODES]
+    known = QUANTIZE_MODES
+    if getattr(args, "kv_cache_length", None) is not None:
+        known = tuple(QUANTIZE_MODES) + ("weight_only",)
+    unknown = [m for m in modes if m not in known]
     if unknown:
         raise SystemExit(f"keras-kd export: unknown --quantize {unknown}; "
-                         f"choose from {', '.join(QUANTIZE_MODES)}.")
+                         f"choose from {', '.join(known)}.")
     try:
         _export_files(args, modes)
     except (ValueError, TypeError, OSError, ImportError,
@@ -195,11 +198,12 @@ def _export_files(args, modes):
     model = api.student_of(saving.load_model(args.model, compile=False))
     if lm.takes_token_ids(model):
         return _export_language_model(args, modes, model)
-    if getattr(args, "sequence_length", None) is not None:
-        raise ValueError(
-            "--sequence-length applies to a language model (called on "
-            f"token_ids and padding_mask); '{model.name}' is not one: leave "
-            "it out.")
+    for option in ("sequence_length", "kv_cache_length"):
+        if getattr(args, option, None) is not None:
+            raise ValueError(
+                f"--{option.replace('_', '-')} applies to a language model "
+                f"(called on token_ids and padding_mask); '{model.name}' is "
+                "not one: leave it out.")
     # A quantization-aware student (keras_kd.quantization.quantize_model)
     # exports as int8 from the ranges it learned: no calibration data.
     from keras_kd.quantization import is_quantization_aware
@@ -229,6 +233,9 @@ def _export_files(args, modes):
 def _export_language_model(args, modes, model):
     """``lm_to_tflite`` at each precision: what ``keras-kd run --task
     causal-lm`` saves (``student_distilled.keras``) exports as it did."""
+    cache = getattr(args, "kv_cache_length", None)
+    if cache is not None:
+        return _export_cache_file(args, modes, model, cache)
     refused = [m for m in modes if m not in lm.LM_QUANTIZE_MODES]
     if refused:
         raise ValueError(
@@ -254,6 +261,33 @@ def _export_language_model(args, modes, model):
                                  allow_flex=args.allow_flex,
                                  latency_runs=args.latency_runs)
         print(f"{report.summary()}, sequence_length {length}")
+
+
+def _export_cache_file(args, modes, model, cache):
+    """``--kv-cache-length L``: ``lm_to_tflite(..., kv_cache_length=L)`` at
+    each precision (the prefill and decode file of
+    :mod:`keras_kd.export.lm_cache`)."""
+    from keras_kd.export.lm_cache import CACHE_QUANTIZE_MODES
+
+    refused = [m for m in modes if m not in CACHE_QUANTIZE_MODES]
+    if refused:
+        raise ValueError(
+            f"--quantize {refused[0]} is not offered for a KV-cache file: use "
+            f"{', '.join(CACHE_QUANTIZE_MODES)}.")
+    if args.sequence_length is not None:
+        raise ValueError("--sequence-length sets the fixed-length file; with "
+                         "--kv-cache-length leave it out.")
+    for option in ("representative_data", "eval_data"):
+        if getattr(args, option) is not None:
+            raise ValueError(
+                f"--{option.replace('_', '-')} applies to classifiers: leave "
+                "it out.")
+    for mode, path in _output_paths(args, modes).items():
+        report = lm.lm_to_tflite(model, path, quantize=mode,
+                                 kv_cache_length=cache,
+                                 allow_flex=args.allow_flex,
+                                 latency_runs=args.latency_runs)
+        print(f"{report.summary()}, kv_cache_length {cache}")
 
 
 def main(argv=None):

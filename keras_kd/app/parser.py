@@ -267,6 +267,12 @@ def add_export_arguments(parser):
         help="a language model (called on token_ids and padding_mask, as "
         "keras-kd run --task causal-lm saves): the file's fixed sequence "
         "length (default: the model's max_sequence_length)")
+    parser.add_argument(
+        "--kv-cache-length", type=options.positive_int("kv-cache-length", 512),
+        default=None,
+        help="a keras-hub causal LM: write the KV-cache file instead "
+        "(prefill_<N> and decode signatures, a cache of this many positions, "
+        "as LiteRT-LM reads it); --quantize then also takes weight_only")
     parser.add_argument("--allow-flex", action="store_true",
                         help="accept TensorFlow (Flex) ops in the file")
     parser.add_argument("--latency-runs", type=int, default=50,

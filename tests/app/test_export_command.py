@@ -171,9 +171,30 @@ def test_language_model_student_exports(tmp_path, capsys):
                                     str(tmp_path / "x.tflite"),
                                     *options]) == 1
         assert message in capsys.readouterr().err
+    # --kv-cache-length: the prefill/decode file; its greedy continuation is
+    # the fixed-length file's (itself checked against Keras above).
+    cached_path = tmp_path / "kv.tflite"
+    assert export_command.main([str(model_path), "--kv-cache-length", "16",
+                                "-o", str(cached_path), "--latency-runs",
+                                "0"]) == 0
+    assert "kv_cache_length 16" in capsys.readouterr().out
+    cached = export.LiteRTCausalLM(cached_path)
+    assert cached.has_cache and cached.kv_cache_length == 16
+    np.testing.assert_array_equal(cached.generate(ids, 6),
+                                  f32.generate(ids, 6))
+    for options, message in (
+            (["--kv-cache-length", "16", "-q", "int8"],
+             "--quantize int8 is not offered for a KV-cache file"),
+            (["--kv-cache-length", "16", "--sequence-length", "8"],
+             "with --kv-cache-length leave it out")):
+        assert export_command.main([str(model_path), "-o",
+                                    str(tmp_path / "x.tflite"),
+                                    *options]) == 1
+        assert message in capsys.readouterr().err
     mlp_path = tmp_path / "mlp.keras"
     dense_model((64,)).save(mlp_path)
-    assert export_command.main([str(mlp_path), "--sequence-length", "8"]) == 1
-    assert "--sequence-length applies to a language model" in \
-        capsys.readouterr().err
+    for option in ("--sequence-length", "--kv-cache-length"):
+        assert export_command.main([str(mlp_path), option, "8"]) == 1
+        assert f"{option} applies to a language model" in \
+            capsys.readouterr().err
     assert not (tmp_path / "x.tflite").exists()
