@@ -141,6 +141,7 @@ def test_own_temperature_names_the_objectives_that_ignore_it():
     import numpy as np
 
     from keras_kd import objectives
+    from tests.helpers import to_numpy
 
     rng = np.random.default_rng(0)
     teacher = rng.normal(size=(4, 5)).astype("float32") * 3
@@ -149,8 +150,9 @@ def test_own_temperature_names_the_objectives_that_ignore_it():
     own = set()
     for name in ("ctkd", "dist", "dkd", "kd", "ls", "mlkd", "tfkd"):
         objective = objectives.get(name)
-        values = [float(np.sum(np.asarray(objective.compute(
-            teacher, student, labels=labels, temperature=t)))) for t in (1.0, 8.0)]
+        values = [float(np.sum(to_numpy(objective.compute(
+            teacher, student, labels=labels, temperature=t))))
+            for t in (1.0, 8.0)]
         if np.isclose(values[0], values[1], rtol=1e-6):
             own.add(name)
     assert own == set(options.OWN_TEMPERATURE)
