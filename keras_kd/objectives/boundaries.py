@@ -66,12 +66,7 @@ def ab_loss(teacher_features, student_features, margin=1.0):
 def _check_connectable(objective, teacher_shape, student_shape):
     if len(teacher_shape) != len(student_shape):
         objective.check_spatial(teacher_shape, student_shape)  # raises
-    if len(teacher_shape) == 3 and teacher_shape[1] != student_shape[1]:
-        raise ValueError(
-            f"{type(objective).__name__}: teacher layer "
-            f"'{objective.teacher_layer}' has {teacher_shape[1]} positions "
-            f"and student layer '{objective.student_layer}' has "
-            f"{student_shape[1]}; tap layers with the same length.")
+    objective.check_same_length(teacher_shape, student_shape)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")

@@ -70,6 +70,16 @@ class FeatureObjective(Objective):
         self.resize = bool(resize)
         self._target_hw = None
 
+    def check_same_length(self, teacher_shape, student_shape):
+        """Sequences ``(batch, L, C)``: the teacher's and the student's ``L``
+        must agree (nothing resizes them)."""
+        if len(teacher_shape) == 3 and teacher_shape[1] != student_shape[1]:
+            raise ValueError(
+                f"{type(self).__name__}: teacher layer '{self.teacher_layer}' "
+                f"has {teacher_shape[1]} positions and student layer "
+                f"'{self.student_layer}' has {student_shape[1]}; tap layers "
+                "with the same length.")
+
     def check_spatial(self, teacher_shape, student_shape):
         """Checks (or arranges the resize of) rank-4 maps of different sizes."""
         if len(teacher_shape) != len(student_shape):
@@ -416,13 +426,7 @@ class AttentionTransfer(FeatureObjective):
                     "convolutional layer, before global pooling."
                 )
         self.check_spatial(teacher_shape, student_shape)
-        if len(teacher_shape) == 3 and teacher_shape[1] != student_shape[1]:
-            raise ValueError(
-                f"AttentionTransfer: teacher layer '{self.teacher_layer}' has "
-                f"{teacher_shape[1]} positions and student layer "
-                f"'{self.student_layer}' has {student_shape[1]}; tap layers "
-                "with the same sequence length."
-            )
+        self.check_same_length(teacher_shape, student_shape)
         self.built = True
 
     def compute(self, teacher_features, student_features, training=False):

@@ -38,12 +38,7 @@ def _pointwise(units, rank, name, activation=None):
 
 def _check_same_positions(objective, teacher_shape, student_shape):
     objective.check_spatial(teacher_shape, student_shape)
-    if len(teacher_shape) == 3 and teacher_shape[1] != student_shape[1]:
-        raise ValueError(
-            f"{type(objective).__name__}: teacher layer "
-            f"'{objective.teacher_layer}' has {teacher_shape[1]} positions "
-            f"and student layer '{objective.student_layer}' has "
-            f"{student_shape[1]}; tap layers with the same length.")
+    objective.check_same_length(teacher_shape, student_shape)
     if len(teacher_shape) not in (2, 3, 4):
         raise ValueError(
             f"{type(objective).__name__}: teacher layer "

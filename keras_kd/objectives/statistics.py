@@ -131,12 +131,7 @@ def _check_maps(objective, teacher_shape, student_shape):
                 "(batch, H, W, C) or (batch, L, C). Tap a convolutional "
                 "layer, before global pooling.")
     objective.check_spatial(teacher_shape, student_shape)
-    if len(teacher_shape) == 3 and teacher_shape[1] != student_shape[1]:
-        raise ValueError(
-            f"{type(objective).__name__}: teacher layer "
-            f"'{objective.teacher_layer}' has {teacher_shape[1]} positions "
-            f"and student layer '{objective.student_layer}' has "
-            f"{student_shape[1]}; tap layers with the same length.")
+    objective.check_same_length(teacher_shape, student_shape)
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
