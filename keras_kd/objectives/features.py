@@ -70,6 +70,23 @@ class FeatureObjective(Objective):
         self.resize = bool(resize)
         self._target_hw = None
 
+    def check_feature_maps(self, teacher_shape, student_shape):
+        """Both taps are feature maps ``(batch, H, W, C)`` or sequences
+        ``(batch, L, C)`` of the same spatial size (or resized, see
+        :meth:`check_spatial`) and length."""
+        for role, layer, shape in (("teacher", self.teacher_layer,
+                                    teacher_shape),
+                                   ("student", self.student_layer,
+                                    student_shape)):
+            if len(shape) not in (3, 4):
+                raise ValueError(
+                    f"{type(self).__name__}: {role} layer '{layer}' has "
+                    f"output shape {tuple(shape)}; it needs feature maps "
+                    "(batch, H, W, C) or sequences (batch, L, C). Tap a "
+                    "convolutional layer, before global pooling.")
+        self.check_spatial(teacher_shape, student_shape)
+        self.check_same_length(teacher_shape, student_shape)
+
     def check_same_length(self, teacher_shape, student_shape):
         """Sequences ``(batch, L, C)``: the teacher's and the student's ``L``
         must agree (nothing resizes them)."""
@@ -414,19 +431,7 @@ class AttentionTransfer(FeatureObjective):
         self.p = float(p)
 
     def build_for(self, teacher_shape, student_shape):
-        for role, layer, shape in (("teacher", self.teacher_layer,
-                                    teacher_shape),
-                                   ("student", self.student_layer,
-                                    student_shape)):
-            if len(shape) not in (3, 4):
-                raise ValueError(
-                    f"AttentionTransfer: {role} layer '{layer}' has output "
-                    f"shape {tuple(shape)}; attention transfer needs feature "
-                    "maps (batch, H, W, C) or sequences (batch, L, D). Tap a "
-                    "convolutional layer, before global pooling."
-                )
-        self.check_spatial(teacher_shape, student_shape)
-        self.check_same_length(teacher_shape, student_shape)
+        self.check_feature_maps(teacher_shape, student_shape)
         self.built = True
 
     def compute(self, teacher_features, student_features, training=False):

@@ -119,21 +119,6 @@ def nst_loss(teacher_features, student_features):
     return _poly_mean(t, t) + _poly_mean(s, s) - 2.0 * _poly_mean(t, s)
 
 
-def _check_maps(objective, teacher_shape, student_shape):
-    for role, layer, shape in (("teacher", objective.teacher_layer,
-                                teacher_shape),
-                               ("student", objective.student_layer,
-                                student_shape)):
-        if len(shape) not in (3, 4):
-            raise ValueError(
-                f"{type(objective).__name__}: {role} layer '{layer}' has "
-                f"output shape {tuple(shape)}; it needs feature maps "
-                "(batch, H, W, C) or (batch, L, C). Tap a convolutional "
-                "layer, before global pooling.")
-    objective.check_spatial(teacher_shape, student_shape)
-    objective.check_same_length(teacher_shape, student_shape)
-
-
 @keras.saving.register_keras_serializable(package="keras_kd")
 class NST(FitNet):
     """Neuron selectivity transfer between one teacher and one student layer.
@@ -163,7 +148,7 @@ class NST(FitNet):
                          adapter="none", resize=resize, name=name, **kwargs)
 
     def build_for(self, teacher_shape, student_shape):
-        _check_maps(self, teacher_shape, student_shape)
+        self.check_feature_maps(teacher_shape, student_shape)
         self.built = True
 
     def compute(self, teacher_features, student_features, training=False):
@@ -254,7 +239,7 @@ class ICKD(FitNet):
                          adapter=adapter, resize=resize, name=name, **kwargs)
 
     def build_for(self, teacher_shape, student_shape):
-        _check_maps(self, teacher_shape, student_shape)
+        self.check_feature_maps(teacher_shape, student_shape)
         super().build_for(teacher_shape, student_shape)
 
     def compute(self, teacher_features, student_features, training=False):
