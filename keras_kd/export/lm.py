@@ -160,6 +160,16 @@ def _sample(sample_token_ids, sequence_length, vocabulary_size):
                 "sample_token_ids")
 
 
+def _check_positions(model, length, name):
+    """``length`` fits the model's position embeddings, when it has some."""
+    limit = getattr(getattr(model, "backbone", None), "max_sequence_length",
+                    None)
+    if limit is not None and length > limit:
+        raise ValueError(
+            f"{name}={length} is longer than the model's position embeddings "
+            f"(max_sequence_length={limit}); pass {name} <= {limit}.")
+
+
 def lm_to_tflite(causal_lm, path, sequence_length=None, quantize="float32",
                  sample_token_ids=None, allow_flex=False, latency_runs=20,
                  verify=True, kv_cache_length=None, prefill_lengths=None):
@@ -292,13 +302,7 @@ def lm_to_tflite(causal_lm, path, sequence_length=None, quantize="float32",
         raise ValueError(f"sequence_length must be an int >= 1, got "
                          f"{sequence_length!r}; e.g. 128.")
     sequence_length = int(sequence_length)
-    limit = getattr(getattr(model, "backbone", None), "max_sequence_length",
-                    None)
-    if limit is not None and sequence_length > limit:
-        raise ValueError(
-            f"sequence_length={sequence_length} is longer than the model's "
-            f"position embeddings (max_sequence_length={limit}); pass "
-            f"sequence_length <= {limit}.")
+    _check_positions(model, sequence_length, "sequence_length")
     if not isinstance(latency_runs, int) or latency_runs < 0:
         raise ValueError(f"latency_runs must be an int >= 0, got "
                          f"{latency_runs!r}; e.g. 20, or 0 to skip timing.")
@@ -345,13 +349,7 @@ def _cache_export(model, path, sequence_length, quantize, allow_flex,
             f"quantize must be one of {list(lm_cache.CACHE_QUANTIZE_MODES)} "
             f"for a KV-cache file, got {quantize!r}.")
     length = _positive(kv_cache_length, "kv_cache_length", 512)
-    limit = getattr(getattr(model, "backbone", None), "max_sequence_length",
-                    None)
-    if limit is not None and length > limit:
-        raise ValueError(
-            f"kv_cache_length={length} is longer than the model's position "
-            f"embeddings (max_sequence_length={limit}); pass "
-            f"kv_cache_length <= {limit}.")
+    _check_positions(model, length, "kv_cache_length")
     if prefill_lengths is None:
         prefill_lengths = (min(32, length),)
     if isinstance(prefill_lengths, (int, np.integer)):

@@ -18,18 +18,7 @@ import keras
 from keras import ops
 
 from keras_kd.objectives.base import to_float32
-from keras_kd.objectives.features import FeatureObjective
-
-
-def _channels_last(f):
-    f = to_float32(ops.convert_to_tensor(f))
-    if len(f.shape) != 4:
-        raise ValueError(
-            f"FT needs feature maps (batch, H, W, C), got a tensor of shape "
-            f"{tuple(f.shape)}. Tap a convolutional layer, before pooling.")
-    if keras.config.image_data_format() == "channels_first":
-        f = ops.transpose(f, (0, 2, 3, 1))
-    return f
+from keras_kd.objectives.features import FeatureObjective, channels_last_maps
 
 
 def ft_loss(teacher_factor, student_factor):
@@ -172,10 +161,10 @@ class FT(FeatureObjective):
         self.built = True
 
     def compute(self, teacher_features, student_features, training=False):
-        factor = self.encoder(_channels_last(teacher_features),
+        factor = self.encoder(channels_last_maps(teacher_features, "FT"),
                               training=False)
         translated = self.translator(
-            _channels_last(self.resize_student(student_features)),
+            channels_last_maps(self.resize_student(student_features), "FT"),
             training=training)
         return ft_loss(factor, translated)
 

@@ -35,6 +35,21 @@ def fitnet_loss(teacher_features, student_features):
     return ops.mean(sq, axis=axes) if axes else sq
 
 
+def channels_last_maps(features, what):
+    """``features`` as float32 maps ``(batch, H, W, C)``, transposed from
+    ``channels_first`` when that is Keras's image data format; ``what`` (the
+    objective's name) heads the error for any other rank."""
+    f = to_float32(ops.convert_to_tensor(features))
+    if len(f.shape) != 4:
+        raise ValueError(
+            f"{what} needs feature maps (batch, H, W, C), got a tensor of "
+            f"shape {tuple(f.shape)}. Tap convolutional layers, before "
+            "pooling.")
+    if keras.config.image_data_format() == "channels_first":
+        f = ops.transpose(f, (0, 2, 3, 1))
+    return f
+
+
 def spatial_axes():
     """The (H, W) axes of a rank-4 feature map under the image data format."""
     if keras.config.image_data_format() == "channels_first":

@@ -3,19 +3,8 @@
 import keras
 from keras import ops
 
-from keras_kd.objectives.base import to_float32
+from keras_kd.objectives.features import channels_last_maps
 from keras_kd.objectives.stages import StagesObjective
-
-
-def _channels_last(f):
-    f = to_float32(ops.convert_to_tensor(f))
-    if len(f.shape) != 4:
-        raise ValueError(
-            f"FSP needs feature maps (batch, H, W, C), got a tensor of shape "
-            f"{tuple(f.shape)}. Tap convolutional layers, before pooling.")
-    if keras.config.image_data_format() == "channels_first":
-        f = ops.transpose(f, (0, 2, 3, 1))
-    return f
 
 
 def _pooled_to(f, size):
@@ -58,7 +47,8 @@ def fsp_matrix(first, second):
     >>> tuple(g.shape), float(g[0, 0, 0])
     ((2, 3, 5), 1.0)
     """
-    a, b = _channels_last(first), _channels_last(second)
+    a = channels_last_maps(first, "FSP")
+    b = channels_last_maps(second, "FSP")
     size = (min(a.shape[1], b.shape[1]), min(a.shape[2], b.shape[2]))
     a, b = _pooled_to(a, size), _pooled_to(b, size)
     hw = size[0] * size[1]
