@@ -30,6 +30,7 @@ sliced chunk by chunk); on-policy distillation runs as it does unchunked.
 Anything else is refused at ``compile`` with the fix.
 """
 
+import contextlib
 import numbers
 
 import keras
@@ -180,6 +181,19 @@ def remat(f):
     return f
 
 
+def eager():
+    """True where TensorFlow executes eagerly (``run_eagerly=True``)."""
+    import tensorflow as tf
+    return tf.executing_eagerly()
+
+
+def _bound(variables, values):
+    """A scope in which ``variables`` read as ``values`` (none: no scope)."""
+    if not values:
+        return contextlib.nullcontext()
+    return keras.StatelessScope(state_mapping=list(zip(variables, values)))
+
+
 def _static_length(hidden):
     length = hidden.shape[1]
     if length is None:
@@ -281,7 +295,15 @@ class ChunkedStep:
         (float32; ``carry`` the sums of the chunks before it)."""
         objective, hard = self.objective, self.hard
 
-        def terms(carry, h_s, teacher, labels, keep, w, temperature):
+        heads = self._head_variables(live and use_soft)
+
+        def terms(carry, h_s, teacher, labels, keep, w, temperature,
+                  *values):
+            with _bound(heads, values):
+                return logit_terms(carry, h_s, teacher, labels, keep, w,
+                                   temperature)
+
+        def logit_terms(carry, h_s, teacher, labels, keep, w, temperature):
             s = self.student_head(h_s, reverse=True)
             out = []
             if use_soft:
@@ -300,6 +322,12 @@ class ChunkedStep:
             return carry + ops.stack(out)
 
         return remat(terms)
+
+    def _head_variables(self, teacher_too):
+        """The output embeddings' variables a chunk reads."""
+        heads = [self.student_head] + ([self.teacher_head] if teacher_too
+                                       else [])
+        return [v for head in heads for v in head.variables]
 
     def bounds(self, length):
         """``[(start, stop), ...]``: the chunks of ``length`` positions."""
@@ -332,7 +360,8 @@ class ChunkedStep:
         if use_soft or use_hard:
             totals = self._sum_chunks(
                 chunk, (hidden, teacher, labels, keep, w), temperature,
-                length, int(use_soft) + int(use_hard))
+                length, int(use_soft) + int(use_hard),
+                self._head_variables(live and use_soft))
         soft = hard = None
         if use_soft:
             count = ops.cast(batch * length, "float32")
@@ -354,33 +383,54 @@ class ChunkedStep:
         extra = sum(ops.cast(v, "float32") for v in extra_losses)
         return (total + extra) / composition.replicas()
 
-    def _sum_chunks(self, chunk, arrays, temperature, length, outputs):
+    def _sum_chunks(self, chunk, arrays, temperature, length, outputs,
+                    heads):
         """``Σ_chunks chunk(slices of arrays, temperature)``.
 
-        On JAX the whole chunks run in a ``lax.scan``: XLA would otherwise
-        be free to schedule an unrolled loop's chunks side by side (and keep
-        their logits alive together); a scan runs them one after the other
-        in both passes. Elsewhere (and for the last, shorter chunk) a Python
-        loop; each chunk takes the running sum as an input, which orders
-        the chunks of a graph. (Measured on TensorFlow's CPU graphs, the
-        chunked peak still grows with the tokens: see
-        docs/language-models.md, Memory.)
+        The whole chunks run in a loop the backend executes one chunk after
+        the other, in both passes: ``lax.scan`` on JAX, and on TensorFlow a
+        ``tf.while_loop`` with ``parallel_iterations=1``. Unrolled, the
+        chunks of a graph have no data dependence in the backward pass, and
+        XLA or TensorFlow's executor would be free to run (and keep the
+        logits of) many chunks at once: TensorFlow's peak then grew with the
+        tokens (docs/language-models.md, Memory). PyTorch, and TensorFlow
+        run eagerly, compute one chunk at a time in a Python loop; so does
+        the last, shorter chunk everywhere.
         """
         size, whole = self.size, length // self.size
         totals, start = ops.zeros((outputs,), "float32"), 0
-        if keras.backend.backend() == "jax" and whole > 1:
-            import jax
+        backend = keras.backend.backend()
 
-            def stacked(a):  # (batch, whole · size, ...) -> (whole, ...)
-                a = a[:, :whole * size]
-                a = ops.reshape(a, (-1, whole, size) + tuple(a.shape[2:]))
-                return ops.moveaxis(a, 1, 0)
+        def stacked(a):  # (batch, whole · size, ...) -> (whole, batch, size, ...)
+            a = a[:, :whole * size]
+            a = ops.reshape(a, (-1, whole, size) + tuple(a.shape[2:]))
+            return ops.moveaxis(a, 1, 0)
+
+        if backend == "jax" and whole > 1:
+            import jax
 
             def body(carry, xs):
                 return chunk(carry, *xs, temperature), None
 
             totals, _ = jax.lax.scan(body, totals, tuple(
                 stacked(a) for a in arrays))
+            start = whole * size
+        elif backend == "tensorflow" and whole > 1 and not eager():
+            import tensorflow as tf
+
+            pieces = tuple(stacked(a) for a in arrays)
+            # The body reads the output embeddings as loop inputs, not as
+            # captured variables, which tf.recompute_grad cannot
+            # differentiate inside a while loop.
+            values = [ops.convert_to_tensor(v) for v in heads]
+
+            def tf_body(i, carry):
+                return i + 1, chunk(carry, *(p[i] for p in pieces),
+                                    temperature, *values)
+
+            _, totals = tf.while_loop(
+                lambda i, carry: i < whole, tf_body,
+                (tf.constant(0), totals), parallel_iterations=1)
             start = whole * size
         for a, b in self.bounds(length):
             if a >= start:
