@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 import keras_kd as kd
-from keras_kd.search import (STUDENT_ALONE, SearchResult, grid_size,
-                             wilson_interval)
+from keras_kd.search import STUDENT_ALONE, grid_size, wilson_interval
 
 pytest.importorskip("keras_tuner")
 
@@ -89,8 +88,7 @@ def _key(row):
             None if row["features"] is None else tuple(row["features"]))
 
 
-def _by_hand(teacher, digits, objective, temperature, alpha,
-             feature_losses=()):
+def _by_hand(teacher, digits, objective, temperature, alpha):
     """The setting trained without keras-tuner: max val_accuracy over epochs."""
     (x, y), validation, _ = digits
     keras.utils.set_random_seed(SEED)
@@ -99,7 +97,7 @@ def _by_hand(teacher, digits, objective, temperature, alpha,
         keras.optimizers.Adam(1e-3),
         keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"], alpha=alpha, temperature=temperature,
-        distillation_loss=objective, feature_losses=list(feature_losses))
+        distillation_loss=objective)
     history = distiller.fit(x, y, validation_data=validation, epochs=EPOCHS,
                             batch_size=16, verbose=0)
     return max(history.history["val_accuracy"])
@@ -318,42 +316,6 @@ def test_random_search_with_feature_pairs_runs_max_trials_baseline_first(
     allowed = {("kd", t, 0.5, f) for t in (1.0, 4.0)
                for f in (None, tuple(pairs[0]))}
     assert set(keys) <= allowed
-
-
-def test_auto_feature_pairs_are_pair_layers_proposals(teacher, digits):
-    from keras_kd.search.tuning import auto_feature_pairs
-
-    (x, _), _, _ = digits
-    proposed = kd.pair_layers(teacher, _student(), x).pairs
-    assert auto_feature_pairs("auto", teacher, _student(), x) == [
-        (p["teacher"], p["student"]) for p in proposed] == [
-        ("teacher_hidden", "student_hidden")]
-    pairs = [("teacher_hidden", "student_hidden")]
-    assert auto_feature_pairs(pairs, teacher, None, x) is pairs
-    assert auto_feature_pairs(None, teacher, None, x) is None
-
-
-@pytest.mark.one_backend("jax")
-def test_search_with_auto_feature_pairs_scores_fitnet_as_by_hand(
-        tmp_path, teacher, digits):
-    result, _ = _search_in(tmp_path, teacher, digits, objectives=("kd",),
-                           temperatures=(4,), alphas=(0.5,),
-                           feature_pairs="auto")
-    assert sorted((_key(r) for r in result.ranking), key=repr) == sorted([
-        (None, None, 1.0, None), ("kd", 4.0, 0.5, None),
-        ("kd", 4.0, 0.5, ("teacher_hidden", "student_hidden"))], key=repr)
-    row = next(r for r in result.ranking if r["features"])
-    assert row["setting"] == ("kd T=4 alpha=0.5 + features "
-                              "teacher_hidden->student_hidden")
-    expected = _by_hand(teacher, digits, "kd", 4.0, 0.5, feature_losses=[
-        kd.FitNet("teacher_hidden", "student_hidden", weight=100.0)])
-    assert row["score"] == pytest.approx(expected, abs=1e-6)
-    # compile_kwargs rebuilds it with the same weight
-    as_best = dataclasses.replace(result, best={k: row[k] for k in (
-        "objective", "temperature", "alpha", "features")})
-    (fitnet,) = as_best.compile_kwargs()["feature_losses"]
-    assert isinstance(fitnet, kd.FitNet) and fitnet.weight == 100.0
-    assert fitnet.teacher_layer == "teacher_hidden"
 
 
 @pytest.fixture
@@ -579,59 +541,6 @@ def test_keras_kd_search_quick_writes_a_sorted_ranking(tmp_path, capsys):
                         "--learning-rate", "0.001", "--max-train", "256",
                         "--max-test", "128", "--seed", "0",
                         *report["run_args"]]
-
-
-@pytest.mark.one_backend("torch")
-def test_keras_kd_search_feature_pairs_auto_tries_fitnet(tmp_path, capsys):
-    from keras_kd.app.launcher import main
-
-    code = main(["search", "--quick", "--teacher", "small_mlp", "--student",
-                 "small_mlp", "--objectives", "kd", "--temperatures", "4",
-                 "--alphas", "0.5", "--feature-pairs", "auto", "--epochs",
-                 "1", "--teacher-epochs", "1", "--max-train", "64",
-                 "--max-test", "32", "--output", str(tmp_path / "out"),
-                 "--run-name", "q"])
-    assert code == 0
-    report = json.loads((tmp_path / "out" / "q" / "search.json").read_text())
-    assert report["config"]["feature_pairs"] == "auto"
-    # small_mlp has one hidden layer: the grid is the student alone, kd and
-    # kd + FitNet on the pair (3 trials, the --quick budget).
-    assert sorted(r["setting"] for r in report["ranking"]) == [
-        "kd T=4 alpha=0.5", "kd T=4 alpha=0.5 + features "
-        "teacher_dense1->student_dense1", STUDENT_ALONE]
-    out = capsys.readouterr().out
-    if report["best"]["features"]:
-        assert report["run_command"] is None
-        assert ("feature_losses=[kd.FitNet('teacher_dense1', "
-                "'student_dense1', weight=100)]") in out
-    else:
-        assert f"To train it: {report['run_command']}" in out
-
-
-def test_a_feature_setting_is_trained_in_python_not_keras_kd_run():
-    import functools
-
-    from keras_kd.app.parser import build_parser
-    from keras_kd.app.search_command import train_line
-
-    args = build_parser().parse_args(["search", "--feature-pairs", "auto"])
-    result = SearchResult(
-        best=dict(objective="dist", temperature=1.0, alpha=0.1,
-                  features=["t_dense1", "s_dense1"]), best_score=0.9,
-        ranking=[], baseline_score=0.8, student=None, metric="val_accuracy",
-        direction="max",
-        feature_objective=functools.partial(kd.FitNet, weight=100.0))
-    command, how = train_line(args, result)
-    assert command is None
-    assert how.startswith("in Python (keras-kd run distils logits only)")
-    assert ("distillation_loss='dist', alpha=0.1, temperature=1, "
-            "feature_losses=[kd.FitNet('t_dense1', 's_dense1', "
-            "weight=100)]") in how
-    logits_only = dataclasses.replace(result, best=dict(
-        result.best, features=None))
-    command, how = train_line(args, logits_only)
-    assert command == how and command.startswith("keras-kd run ")
-    assert command.endswith("--objective dist --alpha 0.1 --temperature 1")
 
 
 @pytest.mark.parametrize("argv, match", [
