@@ -346,6 +346,19 @@ def _shared_layers():
                              keras.layers.Dense(10)])
 
 
+def _unnamed_student():
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(
+        8, activation="relu"), keras.layers.Dense(10)])
+
+
+def _cnn_student():
+    inputs = keras.Input((64,))
+    h = keras.layers.Reshape((8, 8, 1))(inputs)
+    h = keras.layers.Conv2D(4, 3, name="student_conv")(h)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, keras.layers.Dense(10)(h))
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(objectives=("kd", "nope")), ValueError, "one of"),
     (dict(objectives="kd"), ValueError, r"objectives=\('kd', 'dist'\)"),
@@ -354,6 +367,11 @@ def _shared_layers():
     (dict(temperatures=(1, 1)), ValueError, "list each once"),
     (dict(feature_pairs=[("nope", "student_hidden")]), ValueError,
      "teacher has no layer 'nope'"),
+    (dict(feature_pairs="all"), ValueError, "feature_pairs='auto'"),
+    (dict(feature_pairs="auto", make_student=_unnamed_student), ValueError,
+     r"layer names change at each call.*name='student_hidden'"),
+    (dict(feature_pairs="auto", make_student=_cnn_student), ValueError,
+     r"feature_pairs='auto': pair_layers found no .* by hand"),
     # Issue 28 #25: refused before anything trains.
     (dict(max_trials=1), ValueError, "max_trials=10"),
     (dict(epochs=0), ValueError, "epochs=10"),
@@ -529,6 +547,7 @@ def test_keras_kd_search_quick_writes_a_sorted_ranking(tmp_path, capsys):
     (["--alphas", "0.1,1"], "student alone"),
     (["--objectives", "kd,nope"], "unknown objective 'nope'"),
     (["--temperatures", "1,1"], "--temperatures 1,2,4"),
+    (["--feature-pairs", "all"], "invalid choice: 'all'"),
 ])
 def test_keras_kd_search_refuses_bad_options(argv, match, capsys):
     from keras_kd.app.parser import build_parser

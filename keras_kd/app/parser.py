@@ -334,6 +334,12 @@ def add_search_parser(subparsers):
         options.search_alpha, "alphas", "0.1,0.5"), default=d["alphas"],
         help="comma-separated hard-label weights below 1 (the student alone, "
         "alpha 1, is always a row)")
+    p.add_argument("--feature-pairs", choices=("auto",), default=None,
+                   help="auto: also try a FitNet hint (weight 100) on each "
+                   "teacher/student layer pair that kd.pair_layers proposes "
+                   "(CNN stages by resolution, MLP hidden layers by relative "
+                   "depth), with every objective, temperature and alpha "
+                   "(default: logits only)")
     p.add_argument("--max-trials", type=options.max_trials,
                    default=None,
                    help="at most this many trials, drawn at random, the "

@@ -11,6 +11,7 @@ Examples::
     keras-kd search                     # digits, cnn -> small_cnn, 25 trials
     keras-kd search --quick             # seconds, for tests
     keras-kd search --objectives kd,dist --temperatures 1,4 --alphas 0.1
+    keras-kd search --feature-pairs auto  # + FitNet on kd.pair_layers' pairs
 """
 
 import json
@@ -86,7 +87,8 @@ def run_search(args):
     (``best``, ``best_score``, ``baseline_score``, ``validation_examples``,
     ``run_args``, ``ranking`` best first, each row with its 95% interval) and
     ``run_command``: the ``keras-kd run`` line of the best setting
-    (:func:`run_command`), which is also printed.
+    (:func:`run_command`), which is also printed (None when a feature loss
+    won, see :func:`train_line`).
     """
     import keras
 
@@ -120,14 +122,15 @@ def run_search(args):
             objectives=args.objectives, temperatures=args.temperatures,
             alphas=args.alphas, epochs=args.epochs, batch_size=None,
             learning_rate=args.learning_rate, max_trials=args.max_trials,
-            seed=args.seed, verbose=args.verbose)
+            seed=args.seed, verbose=args.verbose,
+            feature_pairs=getattr(args, "feature_pairs", None))
     print()
     print(result.table())
     print()
     path = os.path.join(state.run_dir, "search.json")
     config = {k: v for k, v in vars(args).items()
               if isinstance(v, (str, int, float, bool, tuple, type(None)))}
-    command = shlex.join(["keras-kd", *run_command(args, result)])
+    command, how = train_line(args, result)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(dict(config=config, backend=state.backend,
                        teacher_val_accuracy=teacher_accuracy,
@@ -137,5 +140,30 @@ def run_search(args):
     gain = result.best_score - result.baseline_score
     stage(f"best: {best} ({result.metric} {result.best_score:.4f}, "
           f"{100 * gain:+.2f} points over the student alone); wrote {path}")
-    print(f"To train it: {command}")
+    print(f"To train it: {how}")
     return 0
+
+
+def train_line(args, result):
+    """``(command, how)``: the ``keras-kd run`` line of the best setting
+    (:func:`run_command`) and the line printed after "To train it:"; when
+    the best setting has a feature loss (``--feature-pairs auto``), which
+    ``keras-kd run`` does not offer, ``command`` is None and ``how`` names
+    the feature loss and ``Distiller.compile(..., **result.compile_kwargs())``.
+    """
+    try:
+        command = shlex.join(["keras-kd", *run_command(args, result)])
+    except ValueError:
+        features = result.compile_kwargs()["feature_losses"]
+        hints = ", ".join(f"kd.{type(f).__name__}({f.teacher_layer!r}, "
+                          f"{f.student_layer!r}, weight={f.weight:g})"
+                          for f in features)
+        return None, (
+            f"in Python (keras-kd run distils logits only): "
+            f"kd.Distiller(teacher, student).compile(..., "
+            f"distillation_loss={result.best['objective']!r}, "
+            f"alpha={result.best['alpha']:g}, "
+            f"temperature={result.best['temperature'] or 1.0:g}, "
+            f"feature_losses=[{hints}]), i.e. **result.compile_kwargs() of "
+            "kd.search")
+    return command, command

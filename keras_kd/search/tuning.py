@@ -1,6 +1,7 @@
 """kd.search: one keras-tuner trial per setting, ranked next to the student
 alone."""
 
+import functools
 import math
 import os
 import shutil
@@ -17,7 +18,11 @@ from keras_kd.search.grid import (NO_FEATURES, STUDENT_ALONE, TEMPERATURE_FREE,
 from keras_kd.search.intervals import wilson_interval
 from keras_kd.search.result import SearchResult, rank_rows
 
-__all__ = ["search"]
+__all__ = ["search", "auto_feature_pairs", "AUTO_FITNET_WEIGHT"]
+
+# The FitNet weight of feature_pairs="auto" (kd.pair_layers' FitNet weight,
+# the CRD benchmark code's).
+AUTO_FITNET_WEIGHT = 100.0
 
 
 def _hypermodel(kt, teacher, make_student, objectives, temperatures, alphas,
@@ -113,6 +118,41 @@ def _row(trial, feature_labels):
     return row
 
 
+def auto_feature_pairs(feature_pairs, teacher, student, x):
+    """``feature_pairs`` of :func:`search`, with ``"auto"`` replaced by the
+    ``(teacher_layer, student_layer)`` pairs that
+    :func:`keras_kd.pair_layers` proposes on the first batch of ``x`` (its
+    default ``select="end"``: CNN stage outputs by resolution, dense hidden
+    layers by relative depth). Anything else is returned as it is.
+
+    Raises:
+        ValueError: another string, or models ``pair_layers`` finds no pair
+            for (its message, naming the fix).
+
+    >>> import keras, numpy as np
+    >>> def mlp(name):
+    ...     return keras.Sequential([keras.Input((4,)), keras.layers.Dense(
+    ...         3, activation="relu", name=f"{name}_hidden"),
+    ...         keras.layers.Dense(2)], name=name)
+    >>> auto_feature_pairs("auto", mlp("t"), mlp("s"), np.ones((8, 4)))
+    [('t_hidden', 's_hidden')]
+    """
+    if not isinstance(feature_pairs, str):
+        return feature_pairs
+    if feature_pairs != "auto":
+        raise ValueError(
+            f"feature_pairs must be a list of (teacher_layer, student_layer) "
+            f"pairs, 'auto' or None, got {feature_pairs!r}; e.g. "
+            "feature_pairs='auto'.")
+    from keras_kd.pairing import pair_layers
+
+    try:
+        pairing = pair_layers(teacher, student, x() if callable(x) else x)
+    except ValueError as error:
+        raise ValueError(f"feature_pairs='auto': {error}") from None
+    return [(p["teacher"], p["student"]) for p in pairing.pairs]
+
+
 def search(teacher, make_student, x, y=None, validation_data=None, *,
            objectives=("kd", "dist", "dkd", "ls"), temperatures=(1.0, 2.0, 4.0),
            alphas=(0.1, 0.5), feature_pairs=None, feature_objective=None,
@@ -164,9 +204,15 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
             always included.
         feature_pairs: ``[(teacher_layer, student_layer), ...]``; each is
             tried, as ``feature_objective(teacher_layer, student_layer)``,
-            and so is no feature loss. None: logits only.
+            and so is no feature loss. ``"auto"``: the pairs
+            :func:`keras_kd.pair_layers` proposes for ``teacher`` and a
+            student on the first batch of ``x`` (CNN stages by resolution,
+            dense hidden layers by relative depth), each tried the same
+            way, with ``FitNet(weight=100)`` (``pair_layers``' objective)
+            unless ``feature_objective`` is given. None: logits only.
         feature_objective: builds the feature loss of a pair; default
-            :class:`keras_kd.FitNet`.
+            :class:`keras_kd.FitNet` (its weight 1; 100 with ``"auto"``),
+            e.g. ``functools.partial(kd.FitNet, weight=10.0)``.
         epochs, batch_size, learning_rate: of each trial's training (Adam);
             ``batch_size=None`` when ``x`` is a batched dataset.
         loss: the hard-label loss; default sparse categorical cross-entropy
@@ -253,8 +299,25 @@ def search(teacher, make_student, x, y=None, validation_data=None, *,
     validation_examples = preflight.validation_examples(validation_data)
     if feature_objective is None:
         from keras_kd.objectives import FitNet as feature_objective
+        if isinstance(feature_pairs, str):
+            # "auto": pair_layers' proposal, with its FitNet weight.
+            feature_objective = functools.partial(feature_objective,
+                                                  weight=AUTO_FITNET_WEIGHT)
+    feature_pairs = auto_feature_pairs(feature_pairs, teacher, student, x)
     feature_labels = feature_pair_labels(
         feature_pairs, teacher, student if feature_pairs else None)
+    if feature_labels:
+        # Each trial taps the layers by name in a new student: unnamed
+        # layers get new names at each call ("dense_7", then "dense_9").
+        layer_names = {layer.name for layer in make_student().layers}
+        changed = sorted({s for _, s in feature_labels.values()}
+                         - layer_names)
+        if changed:
+            raise ValueError(
+                f"feature_pairs: the student layers {changed} are not in the "
+                "next model make_student builds (its layer names change at "
+                "each call); name them, e.g. keras.layers.Dense(32, "
+                "name='student_hidden').")
     preflight.check_metric(metric, preflight.logged_names(
         teacher, student, validation_data, batch_size, loss, metrics))
 
