@@ -140,6 +140,16 @@ def configs(epochs):
                               "teacher_embed"],
                              ["student_conv1", "student_conv2",
                               "student_embed"])])),
+        # Singular-vector relations between stages (KD-SVD), at mdistiller's
+        # settings: k=1, CE weight 1, KD-SVD weight 1, RBF width 8. The
+        # student is narrower than the teacher, so the vectors run along the
+        # positions (the authors' channel vectors need equal widths).
+        ("KD-SVD", "CE + 1·KD-SVD (conv1, conv2; k=1, σ=8, vectors along "
+         "positions)", lambda teacher: dict(
+             alpha=1.0, distillation_loss=None, feature_losses=[
+                 obj.KDSVD(["teacher_conv1", "teacher_conv2"],
+                           ["student_conv1", "student_conv2"],
+                           vectors="positions")])),
     ]
 
 

@@ -149,12 +149,11 @@ def test_kdsvd_in_distiller_matches_numpy_trains_and_saves(sparse_ce,
                                rtol=1e-5)
 
 
-def test_kdsvd_errors_name_the_fix(sparse_ce):
+def test_kdsvd_errors_name_the_fix():
+    """(``Distiller.compile`` calls ``build_for`` with the tapped shapes.)"""
     with pytest.raises(ValueError, match="vectors='positions'"):
-        kd.Distiller(teacher=cnn(8, "teacher"), student=cnn(4, "student")
-                     ).compile(loss=sparse_ce, feature_losses=[obj.KDSVD(
-                         ["teacher_conv1", "teacher_conv2"],
-                         ["student_conv1", "student_conv2"])])
+        obj.KDSVD(["t1", "t2"], ["s1", "s2"]).build_for(
+            [(None, 8, 8, 8)] * 2, [(None, 8, 8, 4)] * 2)
     with pytest.raises(ValueError, match="two or more"):
         obj.KDSVD(["teacher_conv2"], ["student_conv2"])
     with pytest.raises(ValueError, match="vectors must be one of"):
@@ -168,3 +167,25 @@ def test_kdsvd_errors_name_the_fix(sparse_ce):
         svd.build_for([(None, 2, 2, 8)] * 2, [(None, 2, 2, 8)] * 2)
     with pytest.raises(ValueError, match="before pooling"):
         svd.build_for([(None, 8)] * 2, [(None, 8)] * 2)
+
+
+def test_kdsvd_benchmark_row_fits_the_narrower_student():
+    """The MNIST-1D row: conv1 and conv2 (40 positions) of a teacher 32-32
+    wide and a student 4-8 wide; vectors along the positions, fresh per
+    teacher. Along the channels the widths would not match."""
+    from tests.helpers import benchmark_module
+
+    objectives = benchmark_module("objectives")
+    row = {name: kwargs for name, _, kwargs in objectives.configs(15)}["KD-SVD"]
+    teacher = objectives.conv_net("teacher", (32, 32), 64, input_shape=(40, 1))
+    first, second = row(teacher), row(teacher)
+    (svd,), (other,) = first["feature_losses"], second["feature_losses"]
+    assert svd is not other and first["alpha"] == 1.0
+    assert (svd.k, svd.sigma, svd.weight, svd.vectors) == (1, 8.0, 1.0,
+                                                           "positions")
+    teacher_shapes = [(None, 40, 32), (None, 40, 32)]
+    student_shapes = [(None, 40, 4), (None, 40, 8)]
+    svd.build_for(teacher_shapes, student_shapes)
+    with pytest.raises(ValueError, match="equal channel counts"):
+        obj.KDSVD(svd.teacher_layers, svd.student_layers).build_for(
+            teacher_shapes, student_shapes)
