@@ -60,3 +60,30 @@ def kdsvd(teacher, student, k=1, candidates=3, sigma=8.0,
                 out[n] += ((g_s - g_t) ** 2).sum()
             prev = (v_t, v_s)
     return out
+
+
+# ----------------------------------------------------------------------
+# DIST+ (Huang et al., TPAMI 2025): DIST's relations on a feature map
+# ----------------------------------------------------------------------
+def pearson(a, b, eps=1e-8):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    a, b = a - a.mean(), b - b.mean()
+    return (a * b).sum() / (np.linalg.norm(a) * np.linalg.norm(b) + eps)
+
+
+def dist_plus(teacher, student, iota=1.0, kappa=1.0):
+    """``ι (1 − ρ_channels(b)) + κ (1 − ρ_spatial)`` per sample; maps
+    ``(batch, H, W, C)`` or ``(batch, L, C)``."""
+    t = np.asarray(teacher, np.float64)
+    s = np.asarray(student, np.float64)
+    batch = t.shape[0]
+    t = t.reshape(batch, -1, t.shape[-1])     # (batch, N, C)
+    s = s.reshape(batch, -1, s.shape[-1])
+    n = t.shape[1]
+    out = np.zeros(batch)
+    for b in range(batch if iota else 0):   # iota=0: widths may differ
+        rho = np.mean([pearson(s[b, i], t[b, i]) for i in range(n)])
+        out[b] += iota * (1.0 - rho)
+    a_t, a_s = t.sum(axis=2), s.sum(axis=2)   # (batch, N)
+    rho_s = np.mean([pearson(a_s[:, i], a_t[:, i]) for i in range(n)])
+    return out + kappa * (1.0 - rho_s)
