@@ -45,6 +45,7 @@ def pearson(a, b, axis, eps=1e-8):
     ...                     np.array([2.0, 4.0, 7.0]), axis=0)), 4)
     0.9934
     """
+    a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
     a = a - ops.mean(a, axis=axis, keepdims=True)
     b = b - ops.mean(b, axis=axis, keepdims=True)
     num = ops.sum(a * b, axis=axis)

@@ -205,8 +205,8 @@ def kdsvd_loss(teacher_features, student_features, k=1, candidates=3,
                          allow_zero=False)
     total, previous = 0.0, None
     for i, (t, s) in enumerate(zip(teacher_features, student_features)):
-        s_t, v_t = singular_vectors(ops.stop_gradient(to_float32(ops.convert_to_tensor(t))), k,
-                                    eps, vectors)
+        t = ops.stop_gradient(to_float32(ops.convert_to_tensor(t)))
+        s_t, v_t = singular_vectors(t, k, eps, vectors)
         v_t = _canonical_sign(v_t)
         count = min(k + int(candidates), *_matrix(s, vectors).shape[1:])
         _, v_s = singular_vectors(s, count, eps, vectors)
