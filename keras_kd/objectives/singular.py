@@ -215,8 +215,9 @@ def kdsvd_loss(teacher_features, student_features, k=1, candidates=3,
                 f"KDSVD: stage {i} has singular vectors of length "
                 f"{v_t.shape[1]} in the teacher and {v_s.shape[1]} in the "
                 f"student ({vectors}); tap layers with equal "
-                f"{'channel counts' if vectors == 'channels' else 'sizes'}, "
-                "or use vectors='positions' for maps of the same size.")
+                + ("channel counts, or use vectors='positions' for maps of "
+                   "the same size." if vectors == "channels" else
+                   "spatial sizes."))
         v_s = _aligned(v_s, v_t)
         norm = ops.sqrt(ops.sum(ops.square(s_t), axis=1, keepdims=True))
         weight = ops.stop_gradient(
@@ -242,7 +243,10 @@ class KDSVD(StagesObjective):
     (``vectors="channels"``, the paper's) or equal spatial sizes
     (``"positions"``). mdistiller's CIFAR-100 setting: ``k=1``, weight 1
     next to cross-entropy (weight 1), the stages' outputs but the stem. No
-    trainable parts.
+    trainable parts. Cost per sample and stage: an SVD of a ``(H·W + C) × C``
+    matrix and an RBF of ``C_i · C_{i−1} · k`` entries; with
+    ``vectors="positions"``, ``(C + H·W) × H·W`` and ``(H·W)_i ·
+    (H·W)_{i−1} · k``: keep that for small maps.
 
     Args:
         teacher_layers: names of the teacher's layers, shallow to deep.
