@@ -140,6 +140,24 @@ def configs(epochs):
                               "teacher_embed"],
                              ["student_conv1", "student_conv2",
                               "student_embed"])])),
+        # Singular-vector relations between stages (KD-SVD), at mdistiller's
+        # settings: k=1, CE weight 1, KD-SVD weight 1, RBF width 8. The
+        # student is narrower than the teacher, so the vectors run along the
+        # positions (the authors' channel vectors need equal widths).
+        ("KD-SVD", "CE + 1·KD-SVD (conv1, conv2; k=1, σ=8, vectors along "
+         "positions)", lambda teacher: dict(
+             alpha=1.0, distillation_loss=None, feature_losses=[
+                 obj.KDSVD(["teacher_conv1", "teacher_conv2"],
+                           ["student_conv1", "student_conv2"],
+                           vectors="positions")])),
+        # DIST+ at torchdistill's ImageNet settings, halved: CE + 2·DIST
+        # (β=γ=2, τ=1) + 2·feature relations. The channel relation needs
+        # equal widths (student 8, teacher 32 on conv2): spatial only here.
+        ("DIST+", "α=0.5, DIST β=γ=2, τ=1, weight 2; DIST+ spatial relation "
+         "(conv2, κ=1, ι=0)", lambda teacher: dict(
+             alpha=0.5, temperature=1.0, distillation_loss=obj.DIST(
+                 beta=2.0, gamma=2.0, weight=2.0), feature_losses=[
+                 obj.DISTPlus("teacher_conv2", "student_conv2", iota=0.0)])),
     ]
 
 

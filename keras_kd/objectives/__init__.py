@@ -72,6 +72,10 @@ from keras_kd.objectives.flow import FSP, fsp_loss, fsp_matrix
 from keras_kd.objectives.contrastive import CRD, crd_loss, nce_loss
 from keras_kd.objectives.review import ReviewKD, hcl_loss
 from keras_kd.objectives.factor import FT, ft_loss, pretrain_paraphraser
+# Singular-vector relations between stages (KD-SVD); DIST+'s feature
+# relations.
+from keras_kd.objectives.singular import KDSVD, kdsvd_loss, singular_vectors
+from keras_kd.objectives.dist_plus import DISTPlus, dist_plus_loss
 
 # Single-pair feature methods: NST, ICKD, CCKD (statistics), AB, OFD
 # (boundaries), VID, MGD (generative), PAD-L2, SRD (regression).
