@@ -287,10 +287,10 @@ class PruningCallback(keras.callbacks.Callback):
         if self.verbose:
             left = budget.params_after(self.net, self.graph,
                                        np.asarray(sorted(removed), dtype=int))
-            print(f"PruningCallback: epoch {'' if epoch is None else epoch + 1}"
-                  f", sparsity {share:.3f}: {len(removed) - before} more "
-                  f"channels masked, {left} of {self._original['params']} "
-                  "parameters left after strip()")
+            when = "" if epoch is None else f" before epoch {epoch + 1},"
+            print(f"PruningCallback:{when} sparsity {share:.3f}: "
+                  f"{len(removed) - before} more channels masked, {left} of "
+                  f"{self._original['params']} parameters after strip()")
 
     def _build_masks(self):
         removed = np.asarray(sorted(self._removed), dtype=int)
