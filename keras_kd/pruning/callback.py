@@ -261,7 +261,7 @@ class PruningCallback(keras.callbacks.Callback):
     def mask_to(self, share, epoch=None):
         """Mask the channels to remove at ``share`` (called by
         :meth:`on_epoch_begin`); masks only grow."""
-        self.model        # (JAX: the training state back in the variables)
+        _ = self.model  # (JAX: the training state back in the variables)
         scores, _ = importance.scores(self.graph, self.criterion,
                                       **self.calibration)
         scores = {int(r): float(s) for r, s in scores.items()}

@@ -71,7 +71,7 @@ class _Recorder(keras.callbacks.Callback):
         self.batches, self.dead, self.kept = [], [], []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.model          # (JAX: the state in the variables)
+        _ = self.model      # (JAX: the state in the variables)
         dead = {}
         for name in ("stem", "expand"):
             kernel = _np(self.net.get_layer(name).kernel)
@@ -165,25 +165,71 @@ def test_the_stripped_model_equals_the_masked_model(trained):
     assert report["sparsity"] == pytest.approx(0.75)
 
 
-def test_an_activation_with_f0_not_zero_is_masked_downstream(tmp_path):
-    """sigmoid(0) = 0.5: the consumer's rows of a masked unit are zero, so
-    the stripped model still equals the masked one; it saves and loads."""
+def _sgd_with_masks(weights, x, y, lr, momentum, epochs, mask_epoch, kept):
+    """NumPy: Dense(8, sigmoid) -> Dense(3), MSE, SGD with momentum
+    (m = μm − lr·g, w = w + m), two batches an epoch in order. At the start
+    of ``mask_epoch`` the ``kept`` units of largest L1 norm (of their kernel
+    column) are kept; the others are masked (column, bias, head row, and the
+    same momentum entries) then and after every batch. Returns the weights
+    and the kept units."""
+    params = [w.astype("float64") for w in weights]
+    slots = [np.zeros_like(p) for p in params]
+    n, keep = len(x) // 2, None
+
+    def mask(arrays):
+        gone = np.setdiff1d(np.arange(8), keep)
+        arrays[0][:, gone] = 0
+        arrays[1][gone] = 0
+        arrays[2][gone] = 0
+
+    for epoch in range(epochs):
+        if epoch == mask_epoch:
+            l1 = np.abs(params[0]).sum(0)
+            keep = np.sort(np.argsort(-l1, kind="stable")[:kept])
+        if keep is not None:
+            mask(params), mask(slots)
+        for step in range(2):
+            xb, yb = x[step * n:(step + 1) * n], y[step * n:(step + 1) * n]
+            w1, b1, w2, b2 = params
+            h = 1 / (1 + np.exp(-(xb @ w1 + b1)))
+            dp = 2 * (h @ w2 + b2 - yb) / yb.size
+            dz = (dp @ w2.T) * h * (1 - h)
+            grads = [xb.T @ dz, dz.sum(0), h.T @ dp, dp.sum(0)]
+            for p, m, g in zip(params, slots, grads):
+                m *= momentum
+                m -= lr * g
+                p += m
+            if keep is not None:
+                mask(params), mask(slots)
+    return params, keep
+
+
+def test_training_sees_the_masks_even_where_f0_is_not_zero(tmp_path):
+    """Dense(8, sigmoid): sigmoid(0) = 0.5, so a masked unit is not zero
+    itself, but its head rows are; the training steps (their gradients, the
+    momentum) see the masked weights: the weights after fit equal a NumPy
+    run of masked SGD. The stripped model equals the masked one, and saves
+    and loads."""
     model = keras.Sequential([keras.Input((5,)),
                               L.Dense(8, activation="sigmoid", name="a"),
                               L.Dense(3, name="head")])
-    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+    model.compile(optimizer=keras.optimizers.SGD(0.5, momentum=0.9),
                   loss="mse")
+    start = [_np(w) for w in model.weights]
     x = np.random.default_rng(0).normal(size=(8, 5)).astype("float32")
     y = np.random.default_rng(1).normal(size=(8, 3)).astype("float32")
     pruner = PruningCallback(PolynomialDecay(0.5, end_epoch=1), verbose=0)
-    model.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[pruner])
-    gone = _removed(8, pruner.kept["a"])
-    assert len(gone) == 4
-    assert np.all(_np(model.get_layer("head").kernel)[gone] == 0)
-    assert np.all(_np(model.get_layer("a").kernel)[:, gone] == 0)
+    model.fit(x, y, epochs=3, batch_size=4, shuffle=False, verbose=0,
+              callbacks=[pruner])
+    expected, keep = _sgd_with_masks(start, x, y, 0.5, 0.9, 3, 1, kept=4)
+    assert pruner.kept["a"] == keep.tolist()
+    for got, want in zip(model.weights, expected):
+        np.testing.assert_allclose(_np(got), want, atol=1e-5)
     momentum = {v.name: _np(v) for v in model.optimizer.variables}[
         model.get_layer("head").kernel.path.replace("/", "_") + "_momentum"]
+    gone = _removed(8, keep)
     assert np.all(momentum[gone] == 0) and np.abs(momentum).max() > 0
+    assert np.all(_np(model.get_layer("head").kernel)[gone] == 0)
     hidden = keras.Model(model.inputs[0], model.get_layer("a").output)
     assert np.all(_np(hidden(x))[:, gone] == 0.5)     # not zero itself
     small, _ = pruner.strip()
