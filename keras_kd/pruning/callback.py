@@ -132,13 +132,14 @@ class PruningCallback(keras.callbacks.Callback):
 
     >>> import keras, numpy as np
     >>> from keras_kd import pruning
-    >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+    >>> m = keras.Sequential([keras.Input((8,)),
+    ...                       keras.layers.Dense(16, activation="relu", name="hidden"),
     ...                       keras.layers.Dense(3, name="head")])
     >>> m.compile(optimizer="adam", loss="mse")
     >>> cb = pruning.PruningCallback(pruning.PolynomialDecay(0.5, end_epoch=1), verbose=0)
     >>> _ = m.fit(np.ones((8, 8)), np.ones((8, 3)), epochs=2, callbacks=[cb], verbose=0)
     >>> [h["channels"] for h in cb.history]
-    [{'dense': 16}, {'dense': 8}]
+    [{'hidden': 16}, {'hidden': 8}]
     >>> small, report = cb.strip()
     >>> small.layers[0].units, report["params_after"]
     (8, 99)
