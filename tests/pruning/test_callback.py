@@ -311,3 +311,10 @@ def test_bad_input_is_refused_naming_the_fix():
     with pytest.raises(ValueError, match="Add 'unit' to never_prune="):
         refused.fit(x, y, epochs=3, verbose=0,
                     callbacks=[PruningCallback(schedule, verbose=0)])
+    free = keras.Sequential([keras.Input((None, 2)), L.Conv1D(4, 3, name="c"),
+                             L.GlobalAveragePooling1D(), L.Dense(3, name="head")])
+    free.compile(optimizer="adam", loss="mse")
+    with pytest.raises(ValueError, match="give the model a fixed input shape "
+                                         "or use target='params'"):
+        free.fit(np.ones((4, 6, 2), "float32"), y, epochs=3, verbose=0,
+                 callbacks=[PruningCallback(schedule, target="flops", verbose=0)])
