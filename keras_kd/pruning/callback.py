@@ -193,19 +193,19 @@ class PruningCallback(keras.callbacks.Callback):
     def _start(self, net):
         never = nodes_lib.output_names(net) if self.never_prune is None \
             else self.never_prune
-        self.graph = DependencyGraph(net, never)
-        self.net = net
-        self._never = list(never)
-        self.kept = {g.name: list(range(g.size)) for g in self.graph.groups}
-        self._removed, self.masks, self.history = set(), [], []
-        self.sparsity, self._slots = 0.0, None
-        self._original = dict(params=net.count_params(),
-                              flops=counting.count_flops(net))
-        if self.target == "flops" and self._original["flops"] is None:
+        graph = DependencyGraph(net, never)
+        original = dict(params=net.count_params(),
+                        flops=counting.count_flops(net))
+        if self.target == "flops" and original["flops"] is None:
             raise ValueError(
                 "target='flops' needs every layer's output size, and some is "
                 "unknown (a None spatial dimension): give the model a fixed "
                 "input shape or use target='params'.")
+        self.graph, self.net, self._never = graph, net, list(never)
+        self._original = original
+        self.kept = {g.name: list(range(g.size)) for g in graph.groups}
+        self._removed, self.masks, self.history = set(), [], []
+        self.sparsity, self._slots = 0.0, None
 
     def on_train_begin(self, logs=None):
         epochs = self.params.get("epochs") if self.params else None
