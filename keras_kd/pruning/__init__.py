@@ -9,6 +9,8 @@ every backend).
 - :func:`prune_transformer`: keras-hub GPT-2, BERT and Gemma in width and depth.
 - :class:`GradualPruning`: pruning on a :class:`PolynomialDecay` schedule
   during ``fit()``, the optimizer state following the kept weights.
+- :class:`PruningCallback`: the same schedule as masks inside the user's own
+  ``fit()``, then :meth:`PruningCallback.strip` (via :func:`prune_channels`).
 """
 
 from keras_kd.pruning.graph import DependencyGraph, Group, Slice
@@ -20,8 +22,13 @@ from keras_kd.pruning.low_rank import factorize, factorizable, svd_rank
 from keras_kd.pruning.optimizer_state import carry_optimizer_state
 from keras_kd.pruning.schedule import GradualPruning, PolynomialDecay
 from keras_kd.pruning.transformers import prune_transformer
+# masks inside the user's own fit(), then strip
+from keras_kd.pruning.surgery import prune_channels
+from keras_kd.pruning.callback import PruningCallback
 
 __all__ = ["DependencyGraph", "Group", "Slice", "budget", "count_flops", "importance",
            "kept_count", "layer_flops", "prune", "factorize", "factorizable", "svd_rank",
            "carry_optimizer_state", "GradualPruning", "PolynomialDecay",
-           "prune_transformer"]
+           "prune_transformer",
+           # masks inside the user's own fit(), then strip
+           "prune_channels", "PruningCallback"]

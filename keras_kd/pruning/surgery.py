@@ -29,7 +29,7 @@ from keras_kd.pruning import nodes as nodes_lib
 from keras_kd.pruning.budget import kept_count, params_after
 from keras_kd.pruning.graph import DependencyGraph
 
-__all__ = ["prune", "kept_count", "params_after"]
+__all__ = ["prune", "prune_channels", "kept_count", "params_after"]
 
 _WIDTH_KEYS = ("units", "filters", "output_dim")
 
@@ -114,6 +114,66 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
     else:
         keep = budget.uniform_keep(graph, ratio, min_channels, round_to)
     removed, groups = budget.plan(graph, class_scores, keep)
+    new, report = _cut(model, graph, removed, groups, never_prune)
+    report.update(criterion=criterion, ratio=ratio, fallback_to_l1=fallback,
+                  global_ranking=bool(global_ranking), threshold=threshold,
+                  budget=dict(params=params, flops=flops))
+    return new, report
+
+
+def prune_channels(model, kept, never_prune=None):
+    """Remove exactly the channels not in ``kept``: the surgery of
+    :func:`prune` without a criterion or a target.
+
+    Args:
+        model: as in :func:`prune`.
+        kept: ``{group name: indices kept}``, the indices into the group's
+            channels in its first producer's order (as ``report["groups"]``
+            gives them; :class:`DependencyGraph` names the groups); groups
+            left out keep every channel.
+        never_prune: as in :func:`prune` (it decides which groups exist).
+
+    Returns:
+        ``(pruned_model, report)`` as :func:`prune` (``criterion`` is None).
+
+    >>> import keras
+    >>> from keras_kd.pruning import prune_channels
+    >>> m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, name="a"),
+    ...                       keras.layers.Dense(3, name="head")])
+    >>> small, report = prune_channels(m, {"a": [0, 4]})
+    >>> small.get_layer("a").units, report["layers"]["head"]["kernel"]
+    (2, {0: [0, 4]})
+    """
+    if never_prune is None:
+        never_prune = _default_never_prune(model)
+    graph = DependencyGraph(model, never_prune)
+    by_name = {g.name: g for g in graph.groups}
+    unknown = sorted(set(kept) - set(by_name))
+    if unknown:
+        raise ValueError(f"kept names no pruning group of {model.name!r}: "
+                         f"{unknown}; its groups are {sorted(by_name)}.")
+    removed, groups = [], []
+    for group in graph.groups:
+        keep = sorted(int(k) for k in kept.get(group.name, range(group.size)))
+        if not keep or len(set(keep)) != len(keep) or keep[0] < 0 \
+                or keep[-1] >= group.size:
+            raise ValueError(
+                f"kept[{group.name!r}] must be distinct indices in "
+                f"[0, {group.size}), at least one; got {keep}.")
+        removed.extend(int(r) for r in np.delete(group.roots, keep))
+        groups.append(dict(name=group.name, producers=list(group.producers),
+                           channels_before=group.size,
+                           channels_after=len(keep), kept=keep))
+    new, report = _cut(model, graph, removed, groups, never_prune)
+    report.update(criterion=None, ratio=None, fallback_to_l1=[],
+                  global_ranking=False, threshold=None,
+                  budget=dict(params=None, flops=None))
+    return new, report
+
+
+def _cut(model, graph, removed, groups, never_prune):
+    """The model without the classes ``removed``, and the report's
+    structural entries."""
     positions = graph.kept_positions(removed)
     gone = set(removed)
     widths = {name: sum(int(r) not in gone for r in graph.roots(ids))
@@ -126,9 +186,6 @@ def prune(model, ratio=0.25, criterion="l1", never_prune=None, min_channels=1,
                                                 for axis, idx in axes.items()}
                         for w, axes in per_weight.items()}
     return new, dict(
-        criterion=criterion, ratio=ratio, fallback_to_l1=fallback,
-        global_ranking=bool(global_ranking), threshold=threshold,
-        budget=dict(params=params, flops=flops),
         groups=groups, layers=layers, never_prune=sorted(never_prune),
         params_before=model.count_params(), params_after=new.count_params(),
         flops_before=counting.count_flops(model),

@@ -210,3 +210,31 @@ def test_a_global_parameter_budget_picks_the_smallest_ratio():
         prune(model, params=10)
     unpruned, report = prune(model, params=10 ** 6)
     assert report["ratio"] == 0.0 and unpruned.count_params() == model.count_params()
+
+
+# prune_channels: the surgery from given kept indices (PruningCallback.strip)
+def test_prune_channels_cuts_exactly_the_given_channels():
+    from keras_kd.pruning import prune_channels
+    model = randomize(keras.Sequential([
+        keras.Input((5,)), L.Dense(6, name="a"), L.Dense(4, name="b"),
+        L.Dense(3, name="head")]))
+    kept = {"a": [0, 2, 5], "b": [1, 3]}
+    small, report = prune_channels(model, kept)
+    assert [g["kept"] for g in report["groups"]] == [kept["a"], kept["b"]]
+    weights = {w.path: keras.ops.convert_to_numpy(w) for w in model.weights}
+    got = {w.path: keras.ops.convert_to_numpy(w) for w in small.weights}
+    a, b, head = (model.get_layer(n) for n in ("a", "b", "head"))
+    np.testing.assert_array_equal(got[small.get_layer("a").kernel.path],
+                                  weights[a.kernel.path][:, [0, 2, 5]])
+    np.testing.assert_array_equal(got[small.get_layer("b").kernel.path],
+                                  weights[b.kernel.path][[0, 2, 5]][:, [1, 3]])
+    np.testing.assert_array_equal(got[small.get_layer("head").kernel.path],
+                                  weights[head.kernel.path][[1, 3]])
+    # 5·3 + 3, 3·2 + 2, 2·3 + 3
+    assert report["params_after"] == small.count_params() == 35
+    with pytest.raises(ValueError, match=r"kept names no pruning group.*\['a', 'b'\]"):
+        prune_channels(model, {"c": [0]})
+    with pytest.raises(ValueError, match=r"kept\['b'\] must be distinct indices in \[0, 4\)"):
+        prune_channels(model, {"b": [0, 4]})
+    with pytest.raises(ValueError, match="at least one"):
+        prune_channels(model, {"b": []})
