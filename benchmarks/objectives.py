@@ -161,6 +161,30 @@ def configs(epochs):
     ]
 
 
+def two_d_configs(widths):
+    """FSP and FT, whose maps are 2-D (the digits' Conv2D nets): FT at its
+    paper's settings (rate 0.5, β = 500, the paraphraser trained 30 epochs on
+    the teacher's conv2 first); FSP (one pair, conv1 → conv2, λ = 1, trained
+    jointly with the cross-entropy) only for a student whose conv widths
+    equal the teacher's (``--student-width 32 32 E``): its matrices must
+    have the same shape."""
+    rows = [("FT", "CE + 500·FT (conv2, rate 0.5; paraphraser 30 ep first)",
+             lambda teacher, x: dict(alpha=1.0, distillation_loss=None,
+                                     feature_losses=[_ft(teacher, x)]))]
+    if tuple(widths) == (32, 32):
+        rows.append(("FSP", "CE + 1·FSP (conv1 → conv2)", dict(
+            alpha=1.0, distillation_loss=None, feature_losses=[obj.FSP(
+                [("teacher_conv1", "teacher_conv2")],
+                [("student_conv1", "student_conv2")])])))
+    return rows
+
+
+def _ft(teacher, x):
+    ft = obj.FT("teacher_conv2", "student_conv2", weight=500.0)
+    obj.pretrain_paraphraser(ft, teacher, x, epochs=30)
+    return ft
+
+
 def kd_grid():
     """Hinton KD at T in {1, 2, 4} and alpha in {0.1, 0.5}, but the "KD" row's
     alpha=0.1, T=4."""
@@ -227,6 +251,8 @@ def main(argv=None):
         # Made anew for every seed: an objective's trained parts (adapters,
         # connectors, learned temperatures) never carry over to the next seed.
         runs = configs(args.epochs)
+        if args.dataset == "digits":
+            runs += two_d_configs(args.student_width[:2])
         if args.only is not None:
             wanted = {n.lower() for n in args.only}
             runs = [r for r in runs if r[0].lower() in wanted]
@@ -267,8 +293,9 @@ def main(argv=None):
             keras.utils.set_random_seed(2000 + seed)
             student = fresh_student()
             distiller = kd.Distiller(teacher=teacher, student=student)
-            if callable(kwargs):
-                kwargs = kwargs(teacher)
+            if callable(kwargs):  # the trained teacher (FT: and the data)
+                kwargs = (kwargs(teacher, x_train) if name == "FT"
+                          else kwargs(teacher))
             distiller.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ce,
                               **kwargs)
             distiller.fit(x_train, y_train, epochs=args.epochs,
