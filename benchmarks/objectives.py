@@ -153,6 +153,10 @@ def configs(epochs):
         # DIST+ at torchdistill's ImageNet settings, halved: CE + 2·DIST
         # (β=γ=2, τ=1) + 2·feature relations. The channel relation needs
         # equal widths (student 8, teacher 32 on conv2): spatial only here.
+        ("DIST (DIST+'s logit part)", "α=0.5, DIST β=γ=2, τ=1, weight 2; "
+         "no feature term", dict(alpha=0.5, temperature=1.0,
+                                 distillation_loss=obj.DIST(
+                                     beta=2.0, gamma=2.0, weight=2.0))),
         ("DIST+", "α=0.5, DIST β=γ=2, τ=1, weight 2; DIST+ spatial relation "
          "(conv2, κ=1, ι=0)", lambda teacher: dict(
              alpha=0.5, temperature=1.0, distillation_loss=obj.DIST(
