@@ -150,13 +150,13 @@ def configs(epochs):
                  obj.KDSVD(["teacher_conv1", "teacher_conv2"],
                            ["student_conv1", "student_conv2"],
                            vectors="positions")])),
-        # DIST+ at torchdistill's ImageNet settings, halved: CE + 2·DIST
-        # (β=γ=2, τ=1) + 2·feature relations. The channel relation needs
-        # equal widths (student 8, teacher 32 on conv2): spatial only here.
         ("DIST (DIST+'s logit part)", "α=0.5, DIST β=γ=2, τ=1, weight 2; "
          "no feature term", dict(alpha=0.5, temperature=1.0,
                                  distillation_loss=obj.DIST(
                                      beta=2.0, gamma=2.0, weight=2.0))),
+        # DIST+ at torchdistill's ImageNet settings, halved: CE + 2·DIST
+        # (β=γ=2, τ=1) + 2·feature relations. The channel relation needs
+        # equal widths (student 8, teacher 32 on conv2): spatial only here.
         ("DIST+", "α=0.5, DIST β=γ=2, τ=1, weight 2; DIST+ spatial relation "
          "(conv2, κ=1, ι=0)", lambda teacher: dict(
              alpha=0.5, temperature=1.0, distillation_loss=obj.DIST(
