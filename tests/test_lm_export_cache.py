@@ -335,3 +335,60 @@ def test_precisions_sizes_int8_ops_and_bits_per_byte(tmp_path):
     assert all(ins[1] == "FLOAT32" for name, ins, _ in ops["weight_only"]
                if name == "FULLY_CONNECTED")
     assert int8_inputs("float32") == int8_inputs("float16") == []
+
+
+def test_each_layer_updates_its_own_cache_without_the_stacked_cache(
+        exported):
+    # GPT-2 and Gemma are replayed layer by layer: no tensor of the file
+    # has keras-hub's 6-D cache shape (1, layers, 2, L, heads, head_dim),
+    # and each signature unpacks one (1, 2, L, heads, head_dim) per layer.
+    name, lm, path, _ = exported
+    _, length, _, (heads, head_dim) = MODELS[name]
+    assert lm_cache.layered_family(lm) == type(lm).__name__
+    model = export.litert.flatbuffer(open(path, "rb").read())
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        shapes = [tuple(graph.Tensors(i).ShapeAsNumpy())
+                  if graph.Tensors(i).ShapeLength() else ()
+                  for i in range(graph.TensorsLength())]
+        assert (1, 2, 2, length, heads, head_dim) not in shapes
+        assert max(len(shape) for shape in shapes) <= 5
+    ops = [op for op, _, _ in export.litert.operators(open(path, "rb")
+                                                      .read())]
+    signatures = model.SignatureDefsLength()
+    assert ops.count("UNPACK") == 2 * signatures  # 2 layers per signature
+
+
+def test_other_models_step_through_call_with_cache():
+    # A subclass with its own call_with_cache is not replayed layer by
+    # layer: step calls it on the stacked cache and gives the same numbers
+    # as the layered replay of the same weights.
+    class Wrapped(keras_hub.models.GPT2CausalLM):
+        def call_with_cache(self, token_ids, cache, cache_update_index):
+            return super().call_with_cache(token_ids, cache,
+                                           cache_update_index)
+
+    lm = gpt2(16)
+    other = Wrapped(lm.backbone, None)
+    assert lm_cache.layered_family(lm) == "GPT2CausalLM"
+    assert lm_cache.layered_family(other) is None
+    rng = np.random.default_rng(3)
+    inputs = {"tokens": rng.integers(0, V, (1, 3)).astype("int32"),
+              "input_pos": np.arange(5, 8, dtype="int32")}
+    for key in lm_cache.cache_names(2):
+        inputs[key] = rng.standard_normal((1, 16, 2, 8)).astype("float32")
+    layered = {k: to_numpy(v) for k, v in lm_cache.step(lm, inputs, 2)
+               .items()}
+    stacked = {k: to_numpy(v) for k, v in lm_cache.step(other, inputs, 2)
+               .items()}
+    assert sorted(layered) == sorted(stacked) == sorted(
+        ["logits"] + lm_cache.cache_names(2))
+    for key in layered:
+        np.testing.assert_allclose(layered[key], stacked[key], atol=1e-5)
+    # Positions 5-7 were written; the others are the inputs, unchanged.
+    for key in lm_cache.cache_names(2):
+        keep = np.r_[0:5, 8:16]
+        np.testing.assert_array_equal(layered[key][:, keep],
+                                      inputs[key][:, keep])
+        assert np.abs(layered[key][:, 5:8] - inputs[key][:, 5:8]).min() > 0
+    assert layered["logits"].shape == (1, 1, V)

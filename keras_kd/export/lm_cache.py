@@ -155,26 +155,95 @@ def signature_specs(n, kv_cache_length, layout):
     return specs
 
 
+LAYERED_FAMILIES = {
+    "GPT2CausalLM": ("self_attention_cache",
+                     "self_attention_cache_update_index"),
+    "GemmaCausalLM": ("cache", "cache_update_index"),
+    "LlamaCausalLM": ("self_attention_cache",
+                      "self_attention_cache_update_index"),
+}
+"""keras-hub tasks whose ``call_with_cache`` :func:`step` replays layer by
+layer: ``{class name: (the layer's cache keyword, its index keyword)}``."""
+
+
+def layered_family(model):
+    """The name in ``LAYERED_FAMILIES`` of ``model``'s keras-hub class, when
+    ``model`` runs keras-hub's own ``call_with_cache`` of that class (not an
+    override), else ``None`` (:func:`step` then calls ``call_with_cache``).
+
+    >>> from keras_kd.app.language_models import build_causal_lm
+    >>> layered_family(build_causal_lm("tiny", seed=0))
+    'GPT2CausalLM'
+    """
+    try:
+        import keras_hub
+    except ImportError:
+        return None
+    for name in LAYERED_FAMILIES:
+        task = getattr(keras_hub.models, name, None)
+        if task is not None and isinstance(model, task) and (
+                type(model).call_with_cache is task.call_with_cache):
+            return name
+    return None
+
+
+def embed(model, family, tokens, start):
+    """The hidden states keras-hub's ``call_with_cache`` of ``family`` (a
+    :func:`layered_family`) feeds its first layer: the token embeddings;
+    GPT-2 adds the position embeddings from ``start``, Gemma scales by
+    ``sqrt(hidden_dim)``."""
+    backbone = model.backbone
+    x = backbone.token_embedding(tokens)
+    if family == "GPT2CausalLM":
+        positions = backbone.position_embedding(x, start_index=start)
+        x = backbone.embeddings_dropout(backbone.embeddings_add(
+            (x, positions)))
+    elif family == "GemmaCausalLM":
+        x = x * keras.ops.cast(keras.ops.sqrt(backbone.hidden_dim), x.dtype)
+    return x
+
+
 def step(model, inputs, num_layers):
     """One call of a signature, in ``keras.ops`` (any backend): the logits
     of the last position and the updated per-layer cache.
 
-    ``inputs`` holds ``tokens``, ``input_pos`` and the cache tensors; the
-    per-layer tensors are stacked to keras-hub's cache, ``call_with_cache``
-    runs from position ``input_pos[0]``, and the result is split again.
+    ``inputs`` holds ``tokens``, ``input_pos`` and the cache tensors. For
+    GPT-2, Gemma and Llama (:func:`layered_family`) it replays keras-hub's
+    ``call_with_cache`` from position ``input_pos[0]`` layer by layer: layer
+    ``i`` gets ``stack(kv_cache_k_i, kv_cache_v_i)`` and its updated cache
+    is unstacked, with no ``(1, layers, 2, L, heads, head_dim)`` tensor (two
+    whole-cache copies per call fewer; ``UNPACK`` where slicing would give
+    ``STRIDED_SLICE``, a slow kernel in LiteRT). Other models go through
+    ``call_with_cache`` on the stacked cache, split with ``unstack``. Both
+    compute the same numbers as ``call_with_cache``.
     """
     ops = keras.ops
-    cache = ops.stack([ops.stack([inputs[f"kv_cache_k_{i}"],
-                                  inputs[f"kv_cache_v_{i}"]], axis=1)
-                       for i in range(num_layers)], axis=1)
     tokens = ops.convert_to_tensor(inputs["tokens"], "int32")
     start = ops.convert_to_tensor(inputs["input_pos"], "int32")[0]
-    logits, _, cache = model.call_with_cache(tokens, cache, start)
-    outputs = {"logits": logits[:, -1:, :]}
-    for i in range(num_layers):
-        outputs[f"kv_cache_k_{i}"] = cache[:, i, 0]
-        outputs[f"kv_cache_v_{i}"] = cache[:, i, 1]
-    return outputs
+    outputs = {}
+    family = layered_family(model)
+    if family is not None:
+        x = embed(model, family, tokens, start)
+        cache_keyword, index_keyword = LAYERED_FAMILIES[family]
+        for i, layer in enumerate(model.backbone.transformer_layers):
+            cache = ops.stack([inputs[f"kv_cache_k_{i}"],
+                               inputs[f"kv_cache_v_{i}"]], axis=1)
+            x, cache = layer(x, **{cache_keyword: cache,
+                                   index_keyword: start})
+            outputs[f"kv_cache_k_{i}"], outputs[f"kv_cache_v_{i}"] = (
+                ops.unstack(cache, 2, axis=1))
+        x = model.backbone.layer_norm(x)
+        logits = model.backbone.token_embedding(x, reverse=True)
+    else:
+        cache = ops.stack([ops.stack([inputs[f"kv_cache_k_{i}"],
+                                      inputs[f"kv_cache_v_{i}"]], axis=1)
+                           for i in range(num_layers)], axis=1)
+        logits, _, cache = model.call_with_cache(tokens, cache, start)
+        for i, layer_cache in enumerate(ops.unstack(cache, num_layers,
+                                                    axis=1)):
+            outputs[f"kv_cache_k_{i}"], outputs[f"kv_cache_v_{i}"] = (
+                ops.unstack(layer_cache, 2, axis=1))
+    return {"logits": logits[:, -1:, :], **outputs}
 
 
 def convert_in_process(model, kv_cache_length, prefill_lengths, quantize):
