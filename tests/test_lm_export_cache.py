@@ -337,26 +337,66 @@ def test_precisions_sizes_int8_ops_and_bits_per_byte(tmp_path):
     assert int8_inputs("float32") == int8_inputs("float16") == []
 
 
-def test_each_layer_updates_its_own_cache_without_the_stacked_cache(
-        exported):
-    # GPT-2 and Gemma are replayed layer by layer: no tensor of the file
-    # has keras-hub's 6-D cache shape (1, layers, 2, L, heads, head_dim),
-    # and each signature unpacks one (1, 2, L, heads, head_dim) per layer.
-    name, lm, path, _ = exported
-    _, length, _, (heads, head_dim) = MODELS[name]
-    assert lm_cache.layered_family(lm) == type(lm).__name__
-    model = export.litert.flatbuffer(open(path, "rb").read())
+def op_shapes(data):
+    """``[(op name, [output shapes])]`` of every op of every subgraph."""
+    model = export.litert.flatbuffer(data)
+    shapes = []
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
-        shapes = [tuple(graph.Tensors(i).ShapeAsNumpy())
-                  if graph.Tensors(i).ShapeLength() else ()
-                  for i in range(graph.TensorsLength())]
-        assert (1, 2, 2, length, heads, head_dim) not in shapes
-        assert max(len(shape) for shape in shapes) <= 5
-    ops = [op for op, _, _ in export.litert.operators(open(path, "rb")
-                                                      .read())]
-    signatures = model.SignatureDefsLength()
-    assert ops.count("UNPACK") == 2 * signatures  # 2 layers per signature
+        for i in range(graph.OperatorsLength()):
+            op = graph.Operators(i)
+            tensors = [graph.Tensors(int(j)) for j in op.OutputsAsNumpy()]
+            shapes.append([tuple(int(d) for d in t.ShapeAsNumpy())
+                           if t.ShapeLength() else () for t in tensors])
+    names = [name for name, _, _ in export.litert.operators(data)]
+    return list(zip(names, shapes))
+
+
+def test_each_layer_updates_its_own_cache_without_copies(exported):
+    # GPT-2 and Gemma are replayed layer by layer (no 6-D cache), and the
+    # stack / slice / unstack round trips of each layer's cache are gone:
+    # the only ops writing a cache-sized tensor are the two
+    # DYNAMIC_UPDATE_SLICE per layer and signature (and attention's
+    # TRANSPOSE of the keys and values).
+    name, lm, path, _ = exported
+    _, length, prefills, (heads, head_dim) = MODELS[name]
+    assert lm_cache.layered_family(lm) == type(lm).__name__
+    ops = op_shapes(open(path, "rb").read())
+    big = [op for op, shapes in ops if any(
+        np.prod(shape) >= length * heads * head_dim for shape in shapes)]
+    assert all(len(shape) <= 4 for _, shapes in ops for shape in shapes)
+    assert big.count("DYNAMIC_UPDATE_SLICE") == 2 * 2 * (1 + len(prefills))
+    assert not {"PACK", "UNPACK", "STRIDED_SLICE"} & set(big)
+
+
+def test_bypass_packs_keeps_the_values(tmp_path):
+    # Whole elements of a stack are read from the stacked tensors; a slice
+    # that takes part of an element stays. The file computes the same
+    # numbers as before, bit for bit.
+    x = keras.Input((3,), batch_size=1)
+    same = keras.layers.Dense(3, use_bias=False,
+                              kernel_initializer="identity")  # weights
+    both = keras.ops.stack([same(x) + 1, x * 2], axis=1)
+    first, second = keras.ops.unstack(both, 2, axis=1)
+    out = first * both[:, 1] + keras.ops.sum(both[:, 0, :2]) - second
+    path = str(tmp_path / "pack.tflite")
+    export.to_tflite(keras.Model(x, out), path, latency_runs=0)
+    before = open(path, "rb").read()
+    after = export.cache_graph.bypass_packs(before)
+    assert {"UNPACK", "PACK", "STRIDED_SLICE"} <= {
+        name for name, _ in op_shapes(before)}
+    names = [name for name, _ in op_shapes(after)]
+    assert "UNPACK" not in names and names.count("STRIDED_SLICE") == 1
+    assert names.count("PACK") == 1  # still read by the partial slice
+    value = np.array([[1, 2, 3]], "float32")
+    expected = (value + 1) * (value * 2) + (value[0, :2] + 1).sum() - (
+        value * 2)
+    for data in (before, after):
+        runner = Interpreter(model_content=data).get_signature_runner()
+        (name,) = runner.get_input_details()
+        (result,) = runner(**{name: value}).values()
+        np.testing.assert_array_equal(result, expected)
+    assert export.cache_graph.bypass_packs(after) == after
 
 
 def test_other_models_step_through_call_with_cache():

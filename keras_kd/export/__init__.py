@@ -16,7 +16,8 @@ Modules: :mod:`~keras_kd.export.api` (the functions below),
 :mod:`~keras_kd.export.lm` (language models), :mod:`~keras_kd.export.lm_cache`
 (their KV-cache file), :mod:`~keras_kd.export.litert_lm` (running either),
 :mod:`~keras_kd.export.sampling` (choosing tokens),
-:mod:`~keras_kd.export.weight_only` (weight-only int8).
+:mod:`~keras_kd.export.weight_only` (weight-only int8),
+:mod:`~keras_kd.export.cache_graph` (the KV-cache file's copies removed).
 """
 
 from keras_kd.export.api import (
@@ -33,6 +34,9 @@ from keras_kd.export.lm import LM_QUANTIZE_MODES, lm_to_tflite
 # KV-cache language-model files (prefill/decode), weight-only int8, sampling.
 from keras_kd.export import lm_cache, sampling, weight_only  # noqa: E402
 from keras_kd.export.lm_cache import CACHE_QUANTIZE_MODES  # noqa: E402
+
+# KV-cache file: the cache copies removed from the converted graph.
+from keras_kd.export import cache_graph  # noqa: E402
 
 __all__ = ["CACHE_QUANTIZE_MODES", "QUANTIZE_MODES", "LM_QUANTIZE_MODES", "ExportReport",
            "ExportError", "FlexOpsError", "FloatOpsError", "LiteRTCausalLM", "litert_generate",

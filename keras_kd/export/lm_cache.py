@@ -26,6 +26,12 @@ Deviations from litert-torch, by design: the positions are ``input_pos[0],
 input_pos[0] + 1, ...`` (only ``input_pos[0]`` is read: positions must be
 contiguous); the causal mask is computed inside the file (no ``mask``
 input); prefill returns its last position's logits as well as the cache.
+
+Speed: for GPT-2, Gemma and Llama :func:`step` calls the transformer layers
+one by one, as ``call_with_cache`` does, without the 6-D cache, and
+:func:`keras_kd.export.cache_graph.bypass_packs` removes the stack / slice
+copies of each layer's cache from the converted file: a decode step copies
+each cache tensor once (its ``DYNAMIC_UPDATE_SLICE``).
 """
 
 import dataclasses
@@ -413,6 +419,9 @@ def export(model, path, kv_cache_length, prefill_lengths, quantize,
     convert_mode = "dynamic" if quantize == "weight_only" else quantize
     data, converted_in = cache_bytes(model, kv_cache_length,
                                      prefill_lengths, convert_mode)
+    from keras_kd.export import cache_graph
+
+    data = cache_graph.bypass_packs(data)  # verified below like the rest
     if quantize == "weight_only":
         from keras_kd.export import weight_only
 
