@@ -13,7 +13,19 @@ from keras_kd.objectives.distributions import (
 )
 
 
-def _pearson(a, b, axis, eps=1e-8):
+def pearson(a, b, axis, eps=1e-8):
+    """Pearson correlation of ``a`` and ``b`` along ``axis``:
+    ``Σ a'b' / (‖a'‖·‖b'‖ + eps)``, ``a' = a − mean(a)`` (DIST's and
+    torchdistill's form).
+
+    Example:
+
+    >>> import numpy as np
+    >>> round(float(pearson(np.array([1.0, 2.0, 3.0]),
+    ...                     np.array([2.0, 4.0, 7.0]), axis=0)), 4)
+    0.9934
+    """
+    a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
     a = a - ops.mean(a, axis=axis, keepdims=True)
     b = b - ops.mean(b, axis=axis, keepdims=True)
     num = ops.sum(a * b, axis=axis)
@@ -68,10 +80,10 @@ def dist_loss(teacher_logits, student_logits, temperature=1.0, beta=1.0,
     check_number("gamma", gamma, "the usual DIST value is gamma=1.0.")
     p_t = soft_targets(teacher_logits, T, teacher_weights)
     p_s = ops.softmax(float32_tensor(student_logits) / T, axis=-1)
-    inter = 1.0 - _pearson(p_s, p_t, axis=-1)
+    inter = 1.0 - pearson(p_s, p_t, axis=-1)
     # Per class, across every element of the batch (samples, or tokens).
     classes = num_classes(p_s)
-    intra = 1.0 - ops.mean(_pearson(ops.reshape(p_s, (-1, classes)),
+    intra = 1.0 - ops.mean(pearson(ops.reshape(p_s, (-1, classes)),
                                     ops.reshape(p_t, (-1, classes)), axis=0))
     return (beta * inter + gamma * intra) * (T * T)
 

@@ -29,29 +29,9 @@ import keras
 from keras import ops
 
 from keras_kd.checks import check_number
+from keras_kd.objectives.dist import pearson
 from keras_kd.objectives.features import FeatureObjective
 from keras_kd.objectives.statistics import channel_maps
-
-
-def pearson(a, b, axis, eps=1e-8):
-    """Pearson correlation of ``a`` and ``b`` along ``axis``:
-    ``Σ a'b' / (‖a'‖·‖b'‖ + eps)``, ``a' = a − mean(a)`` (DIST's and
-    torchdistill's form).
-
-    Example:
-
-    >>> import numpy as np
-    >>> round(float(pearson(np.array([1.0, 2.0, 3.0]),
-    ...                     np.array([2.0, 4.0, 7.0]), axis=0)), 4)
-    0.9934
-    """
-    a, b = ops.convert_to_tensor(a), ops.convert_to_tensor(b)
-    a = a - ops.mean(a, axis=axis, keepdims=True)
-    b = b - ops.mean(b, axis=axis, keepdims=True)
-    num = ops.sum(a * b, axis=axis)
-    norm_a = ops.sqrt(ops.maximum(ops.sum(ops.square(a), axis=axis), 1e-30))
-    norm_b = ops.sqrt(ops.maximum(ops.sum(ops.square(b), axis=axis), 1e-30))
-    return num / (norm_a * norm_b + eps)
 
 
 def dist_plus_loss(teacher_features, student_features, iota=1.0, kappa=1.0,

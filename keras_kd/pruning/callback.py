@@ -47,10 +47,9 @@ from keras_kd.pruning import counting
 from keras_kd.pruning import importance
 from keras_kd.pruning import nodes as nodes_lib
 from keras_kd.pruning.graph import DependencyGraph
-from keras_kd.pruning.schedule import PolynomialDecay
+from keras_kd.pruning import schedule as schedule_lib
 from keras_kd.pruning.surgery import prune_channels
 
-_TARGETS = ("channels", "params", "flops")
 _MASKED_NORM = ("gamma", "beta")
 
 
@@ -150,15 +149,7 @@ class PruningCallback(keras.callbacks.Callback):
                  calibration_data=None, loss=None, calibration_steps=None,
                  verbose=1):
         super().__init__()
-        if not isinstance(schedule, PolynomialDecay):
-            raise TypeError("schedule must be a keras_kd.pruning."
-                            f"PolynomialDecay, got {type(schedule).__name__}.")
-        if target not in _TARGETS:
-            raise ValueError(f"target={target!r} is not one of {_TARGETS}.")
-        if global_ranking and target == "channels":
-            raise ValueError(
-                "global_ranking=True ranks channels against a budget: use "
-                "target='params' or 'flops'.")
+        schedule_lib.check_options(schedule, target, global_ranking)
         if criterion not in importance.CRITERIA:
             raise ValueError(f"criterion={criterion!r} is not one of "
                              f"{importance.CRITERIA}.")

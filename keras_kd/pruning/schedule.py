@@ -154,6 +154,28 @@ def _recompiled(old, student):
     return new
 
 
+def check_options(schedule, target, global_ranking):
+    """Refuses, with the fix, a schedule that is not a
+    :class:`PolynomialDecay`, an unknown ``target`` and ``global_ranking``
+    with ``target="channels"`` (shared by :class:`GradualPruning` and
+    :class:`keras_kd.pruning.PruningCallback`).
+
+    >>> check_options(PolynomialDecay(0.5, end_epoch=2), "channels", True)
+    Traceback (most recent call last):
+    ...
+    ValueError: global_ranking=True ranks channels against a budget: use target='params' or 'flops'.
+    """
+    if not isinstance(schedule, PolynomialDecay):
+        raise TypeError("schedule must be a keras_kd.pruning."
+                        f"PolynomialDecay, got {type(schedule).__name__}.")
+    if target not in _TARGETS:
+        raise ValueError(f"target={target!r} is not one of {_TARGETS}.")
+    if global_ranking and target == "channels":
+        raise ValueError(
+            "global_ranking=True ranks channels against a budget: use "
+            "target='params' or 'flops'.")
+
+
 class GradualPruning:
     """Prune a model gradually while ``fit()`` trains or distils it.
 
@@ -202,15 +224,7 @@ class GradualPruning:
                  criterion="l1", never_prune=None, min_channels=1, round_to=1,
                  calibration_data=None, loss=None, calibration_steps=None,
                  verbose=1):
-        if not isinstance(schedule, PolynomialDecay):
-            raise TypeError("schedule must be a keras_kd.pruning."
-                            f"PolynomialDecay, got {type(schedule).__name__}.")
-        if target not in _TARGETS:
-            raise ValueError(f"target={target!r} is not one of {_TARGETS}.")
-        if global_ranking and target == "channels":
-            raise ValueError(
-                "global_ranking=True ranks channels against a budget: use "
-                "target='params' or 'flops'.")
+        check_options(schedule, target, global_ranking)
         self.schedule = schedule
         self.target = target
         self.global_ranking = bool(global_ranking)
