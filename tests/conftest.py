@@ -37,7 +37,8 @@ collect_ignore = ["scale_scripts"]
 # smoke runs) exercise the same library code that the unit tests check on
 # every backend; to keep CI time down, each runs under one backend only and
 # is reported as skipped, not passed, under the other two. The three backend
-# runs together run every one of them once.
+# runs together run every one of them once. KERAS_KD_ONE_BACKEND=0 runs them
+# all under the backend in use (scripts/test.sh's install checks do).
 #   @pytest.mark.one_backend            -> a backend chosen from the test's id
 #   @pytest.mark.one_backend("torch")   -> that backend
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -66,13 +67,24 @@ def pytest_configure(config):
         "under one Keras backend only (named, or chosen from the test's id)")
 
 
+def is_docstring_example(item):
+    """Whether ``item`` is a docstring example of the library (collected
+    by ``--doctest-modules`` from ``keras_kd/``)."""
+    return item.nodeid.startswith("keras_kd/")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         marker = item.get_closest_marker("one_backend")
-        if marker is None:
+        if marker is None and is_docstring_example(item):
+            # A docstring's example shows a use, as a docs page's program
+            # does; the behaviour it shows is asserted on every backend by
+            # the tests. Each runs under one backend, chosen from its id.
+            marker = pytest.mark.one_backend.mark
+        if marker is None or os.environ.get("KERAS_KD_ONE_BACKEND") == "0":
             continue
         backend = marked_backend(marker, item.nodeid)
         if backend != BACKEND:
             item.add_marker(pytest.mark.skip(
                 reason=f"runs under KERAS_BACKEND={backend} in CI (one "
-                       "backend per end-to-end program)"))
+                       "backend per end-to-end program or example)"))

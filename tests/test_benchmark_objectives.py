@@ -1,8 +1,16 @@
 """benchmarks/objectives.py on MNIST-1D: its data and its 1-D conv nets."""
 
 import numpy as np
+import pytest
 
 from tests.helpers import benchmark_module
+
+# The objectives benchmark's driver: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
 
 def test_mnist1d_benchmark_data_and_nets():
     objectives = benchmark_module("objectives")

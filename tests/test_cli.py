@@ -13,6 +13,13 @@ from keras_kd.data import load_dataset
 from tests.conftest import BACKEND
 
 
+# The application's options, models and runs: no backend-specific path of its
+# own (the Keras and keras-kd calls it makes are tested on every backend
+# elsewhere), so CI runs this file under one backend (tests/conftest.py,
+# `one_backend`; a test's own mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _n_weights(model):
     return sum(int(np.prod(w.shape)) for w in model.weights)
 

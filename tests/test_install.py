@@ -18,6 +18,14 @@ EXTRA_MODULES = ("tensorflow", "tensorflow_datasets", "sklearn",
 BACKEND_MODULES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 
 
+# In the suite, the import check runs under every backend (with every extra
+# installed, none may load); the other tests run under one backend each
+# (`one_backend`, tests/conftest.py). scripts/test.sh runs this whole file
+# again under each backend in venvs holding that backend alone (the core
+# install with JAX, the bare PyTorch and TensorFlow installs), with
+# KERAS_KD_ONE_BACKEND=0.
+
+
 def _run(code):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True,
                             text=True, timeout=300,
@@ -49,6 +57,7 @@ def test_import_loads_no_extra_and_no_other_backend():
     assert BACKEND_MODULES[keras.backend.backend()] in baseline
 
 
+@pytest.mark.one_backend
 def test_distilling_a_sequence_model_needs_no_extra():
     out = _run(
         "import sys, keras, numpy as np, keras_kd as kd\n"
@@ -103,6 +112,7 @@ def test_import_keras_kd_imports_no_keras():
     assert loaded == set()
 
 
+@pytest.mark.one_backend
 def test_public_names_load_on_first_use():
     out = _run(
         "import sys, keras_kd as kd\n"
@@ -117,6 +127,7 @@ def test_public_names_load_on_first_use():
                            "StudentCheckpoint", "True", "True", "True"]
 
 
+@pytest.mark.one_backend
 @pytest.mark.parametrize("imports", [
     "import keras_kd\nimport keras",  # keras-kd first: registered when Keras loads
     "import keras\nimport keras_kd",  # Keras first: registered at once

@@ -10,6 +10,13 @@ from tests import references_features_b as ref
 from tests.helpers import layer_features, to_numpy
 
 
+# `kd.pair_layers` (NumPy CKA over predict outputs): no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def test_linear_cka_matches_numpy_and_invariances():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(20, 7))

@@ -11,6 +11,13 @@ from tests.helpers import mlp, to_numpy
 from tests.references_logit_schemes import dml as np_dml
 
 
+# Training schemes, built on Distiller.fit: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def data(n=32, seed=0):
     rng = np.random.default_rng(seed)
     return (rng.normal(size=(n, 64)).astype("float32"),

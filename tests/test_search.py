@@ -24,6 +24,13 @@ EPOCHS = 2
 SEED = 3
 
 
+# `kd.search`, a driver of fit() runs: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _mlp(width, name):
     return keras.Sequential([
         keras.Input((64,)),

@@ -16,7 +16,12 @@ from keras_kd import ownership
 from keras_kd.soft_labels import SoftLabels, compute_soft_labels, lock
 from tests.helpers import Interrupted, Rows, cnn, mlp, to_numpy
 
-pytestmark = pytest.mark.filterwarnings("ignore:The teacher")
+# The soft-label files' checksums and locks: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = [pytest.mark.filterwarnings("ignore:The teacher"),
+              pytest.mark.one_backend("tensorflow")]
 
 
 def _data(n=40, seed=0):

@@ -30,6 +30,13 @@ KEYS = ["teacher", "student_alone", "student_distilled", "student_tflite"]
 QUICK_RUN_BACKEND = "torch"
 
 
+# The application's language-model run: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("lm_runs")

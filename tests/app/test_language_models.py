@@ -24,6 +24,13 @@ from tests.helpers import to_numpy  # noqa: E402
 L = 16
 
 
+# The application's model builders: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 @pytest.fixture(scope="module")
 def data():
     return load_python_source(sequence_length=L, max_bytes=6_000)

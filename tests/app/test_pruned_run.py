@@ -15,6 +15,13 @@ from keras_kd.app.models import build_model
 from keras_kd.data import load_dataset
 
 
+# The application's `run --prune`: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--prune", "0"], "is not a share in (0, 1) of the teacher's parameters"),
     (["--prune", "1"], "e.g. --prune 0.25"),

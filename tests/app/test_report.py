@@ -7,6 +7,13 @@ import pytest
 from keras_kd.app import report
 
 
+# The application's report: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def test_wilson_interval_is_the_set_of_accuracies_the_test_cannot_reject():
     # Independent: the Wilson interval holds the p0 with
     # |p_hat - p0| <= z * sqrt(p0 (1 - p0) / n); found on a fine grid.

@@ -18,6 +18,13 @@ from keras_kd.app import launcher, options, runs
 ROOT = Path(__file__).parents[2]
 
 
+# The application's run folders: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _claim(args):
     output, default_name = args
     return runs.make_run_dir(output, None, default_name)[0]

@@ -10,6 +10,13 @@ from keras_kd.pruning import DependencyGraph, importance
 from tests.pruning.blocks import mobilenet_block, randomize, resnet_block
 
 
+# Pruning's budgets: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _counts(w, w1, classes=3):
     """Parameters and FLOPs of resnet_block with the residual group (stem,
     c2) at w channels and c1 at w1, by hand (6x6 'same' convolutions)."""

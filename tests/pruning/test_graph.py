@@ -10,6 +10,13 @@ from tests.pruning.blocks import mobilenet_block, resnet_block
 L = keras.layers
 
 
+# Pruning's dependency graph: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _groups(model, never_prune=()):
     return {g.name: g for g in DependencyGraph(model, never_prune).groups}
 

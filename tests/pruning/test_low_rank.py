@@ -7,6 +7,13 @@ import pytest
 from keras_kd.pruning import factorize, svd_rank
 
 
+# Low-rank factorization (NumPy SVD): no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _conv_model():
     i = keras.Input((5, 5, 3))
     x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c3")(i)

@@ -10,6 +10,13 @@ from keras_kd.pruning import GradualPruning, PolynomialDecay, kept_count
 from tests.pruning.blocks import images, randomize, resnet_block
 
 
+# Pruning's schedules: no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _zhu_gupta(t, s_i, s_f, t0, n, power=3):
     """s(t) = s_f + (s_i − s_f)(1 − (t − t0)/n)^3, clipped to [t0, t0 + n]."""
     if t < t0:

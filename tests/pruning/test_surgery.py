@@ -10,6 +10,13 @@ from tests.pruning.blocks import images, kill, mobilenet_block, randomize, resne
 L = keras.layers
 
 
+# Pruning's surgery (weights copied with NumPy): no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _predict(model, x):
     return keras.ops.convert_to_numpy(model(x, training=False))
 

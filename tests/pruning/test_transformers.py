@@ -13,6 +13,13 @@ keras_hub = pytest.importorskip("keras_hub")
 V, T = 64, 8
 
 
+# Pruning keras-hub transformers (weights copied with NumPy): no backend-specific path of its own (the Keras
+# and keras-kd calls it makes are tested on every backend elsewhere), so CI runs
+# this file under one backend (tests/conftest.py, `one_backend`; a test's own
+# mark wins).
+pytestmark = pytest.mark.one_backend("torch")
+
+
 def _tokens(n=6, seed=0, segments=False):
     rng = np.random.default_rng(seed)
     mask = np.ones((n, T), "int32")
