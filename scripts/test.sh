@@ -67,15 +67,19 @@ if [ "${KERAS_KD_SUITE:-1}" = "1" ]; then
   NO_MKDOCS_2_WARNING=1 .venv/bin/python -m mkdocs build --strict -q -d "$(mktemp -d)"
 fi
 
+# The check venvs install with --no-compile: pip does not byte-compile every
+# module of jax, torch and tensorflow; Python compiles the few they import.
 if [ "${KERAS_KD_CORE:-1}" = "1" ]; then
   echo "=== core install: keras==${KERAS_OLDEST}, jax, numpy (no extra)"
   if [ ! -x .venv-core/bin/python ]; then
     "$PYTHON" -m venv .venv-core
   fi
   .venv-core/bin/python -m pip install -q --upgrade pip
-  .venv-core/bin/python -m pip install -q "keras==${KERAS_OLDEST}" jax pytest
+  .venv-core/bin/python -m pip install -q --no-compile "keras==${KERAS_OLDEST}" jax pytest pytest-xdist
   .venv-core/bin/python -m pip install -q --no-deps -e .
-  KERAS_BACKEND=jax KERAS_KD_ONE_BACKEND=0 .venv-core/bin/python -m pytest -q -p no:cacheprovider \
+  XLA_FLAGS=${XLA_FLAGS:---xla_backend_optimization_level=0} KERAS_BACKEND=jax \
+    KERAS_KD_ONE_BACKEND=0 .venv-core/bin/python -m pytest -q -p no:cacheprovider \
+    -n "$WORKERS" --dist loadfile \
     tests/test_install.py tests/test_sequences.py tests/test_distiller.py \
     tests/objectives/test_logits.py tests/objectives/test_sequences.py \
     || { echo "=== core tests failed"; exit 1; }
@@ -94,7 +98,7 @@ bare_backend() {
     "$PYTHON" -m venv "$venv"
   fi
   "${venv}/bin/python" -m pip install -q --upgrade pip
-  "${venv}/bin/python" -m pip install -q "$@" pytest
+  "${venv}/bin/python" -m pip install -q --no-compile "$@" pytest
   "${venv}/bin/python" -m pip install -q --no-deps -e .
   KERAS_BACKEND=$backend KERAS_KD_ONE_BACKEND=0 "${venv}/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_install.py tests/test_distiller.py \
