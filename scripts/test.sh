@@ -20,6 +20,7 @@
 #   KERAS_KD_PACKAGE=0 bash scripts/test.sh             # skip the package check
 #   KERAS_KD_SUITE=0 bash scripts/test.sh               # only the install checks
 #   KERAS_KD_WORKERS=0 bash scripts/test.sh             # one pytest process, not two
+#   KERAS_KD_ONE_BACKEND=0 bash scripts/test.sh         # one-backend tests on every backend
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
