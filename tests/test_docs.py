@@ -30,6 +30,7 @@ import os
 import re
 import subprocess
 import sys
+import traceback
 
 import keras
 import pytest
@@ -273,8 +274,6 @@ def _run_fresh(script, tmp_path):
 
 
 def _run_here(script, tmp_path, monkeypatch, capfd):
-    import traceback
-
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setattr(sys, "path", [ROOT] + sys.path)
